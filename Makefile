@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is set up on demand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8080
+
+# Development secrets for `make run` only; a real deployment sets its own in the environment.
+DEV_META_APP_SECRET := dev-meta-app-secret
+DEV_META_VERIFY_TOKEN := dev-verify-token
+DEV_SLACK_SIGNING_SECRET := dev-slack-signing-secret
+
+.PHONY: run test lint typecheck pytest test-reliability bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(STAMP)
+	@META_APP_SECRET="$${META_APP_SECRET:-$(DEV_META_APP_SECRET)}"; \
+	META_VERIFY_TOKEN="$${META_VERIFY_TOKEN:-$(DEV_META_VERIFY_TOKEN)}"; \
+	SLACK_SIGNING_SECRET="$${SLACK_SIGNING_SECRET:-$(DEV_SLACK_SIGNING_SECRET)}"; \
+	export META_APP_SECRET META_VERIFY_TOKEN SLACK_SIGNING_SECRET; \
+	if [ -z "$${SLACK_BOT_TOKEN:-}" ]; then \
+	  echo "pinwatch: no SLACK_BOT_TOKEN, so this is a dry run: Slack calls are printed, not sent."; \
+	  echo "  development secrets: META_APP_SECRET=$$META_APP_SECRET META_VERIFY_TOKEN=$$META_VERIFY_TOKEN SLACK_SIGNING_SECRET=$$SLACK_SIGNING_SECRET"; \
+	  echo "  try it from a second shell:"; \
+	  echo "    META_APP_SECRET=$$META_APP_SECRET $(BIN)/pinwatch send-test --url http://127.0.0.1:$(PORT)/webhook"; \
+	fi; \
+	exec $(BIN)/pinwatch serve --config config.example.yaml --host 127.0.0.1 --port $(PORT)
+
+# pytest exits 5 when it collects no test; make treats that like any failure, so CI cannot pass empty.
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check bot tests bench
+	$(BIN)/ruff format --check bot tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+test-reliability: $(STAMP)
+	$(BIN)/pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis pinwatch.db pinwatch.db-*

@@ -1,0 +1,3 @@
+"""pinwatch: Slack alerts for WhatsApp Business two-step-verification changes."""
+
+__version__ = "0.1.0"
