@@ -1,0 +1,258 @@
+"""Deliver the outbox to Slack, one lane per channel, and escalate what waits too long."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from bot.config import LiveConfig
+from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EventType
+from bot.metrics import Metrics
+from bot.render import render_alert, render_success_reply
+from bot.routing import route
+from bot.slack import SlackCallError, SlackGateway
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff for a channel whose last post failed, after slack_sdk's own quick retries."""
+
+    first: float = 1.0
+    limit: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.limit, self.first * 2.0 ** max(0, failures - 1))
+
+
+class _Outcome(Enum):
+    POSTED = "posted"
+    WAITING = "waiting"  # depends on another alert that is not in Slack yet
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class _Backoff:
+    failures: int = 0
+    until: float = 0.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        slack: SlackGateway,
+        config: LiveConfig,
+        metrics: Metrics,
+        clock: Clock,
+        retry: RetryPolicy,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._slack = slack
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._retry = retry
+        self._poll_interval = poll_interval
+        self._wakeup = asyncio.Event()
+        self._busy: set[str] = set()
+        self._backoff: dict[str, _Backoff] = {}
+        self._lanes: set[asyncio.Task[None]] = set()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    @property
+    def _pinwatch(self) -> Actor:
+        return Actor(user_id=PINWATCH_ACTOR_ID, name="pinwatch", at=self._clock())
+
+    async def run(self) -> None:
+        """Until cancelled: hand each channel's unposted alerts, in order, to its lane."""
+        try:
+            while True:
+                self._wakeup.clear()
+                try:
+                    await self._start_lanes()
+                except Exception:  # the outbox must keep draining whatever one pass hit
+                    log.exception("dispatcher: delivery pass failed; retrying")
+                await self._sleep()
+        finally:
+            for lane in self._lanes:
+                lane.cancel()
+            await asyncio.gather(*self._lanes, return_exceptions=True)
+
+    async def _sleep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self._poll_interval
+        for backoff in self._backoff.values():
+            if backoff.until > now:
+                timeout = min(timeout, backoff.until - now)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+
+    async def _start_lanes(self) -> None:
+        count, oldest = await self._store.count_unposted()
+        self._metrics.pending.set(count)
+        self._metrics.oldest_pending_age.set(self._clock() - oldest if oldest else 0)
+        by_channel: dict[str, list[Alert]] = {}
+        for alert in await self._store.unposted():
+            if alert.channel is None:
+                alert = await self._route(alert)
+            assert alert.channel is not None
+            by_channel.setdefault(alert.channel, []).append(alert)
+        now = asyncio.get_running_loop().time()
+        for channel, alerts in by_channel.items():
+            backoff = self._backoff.get(channel)
+            if channel in self._busy or (backoff and backoff.until > now):
+                continue
+            self._busy.add(channel)
+            lane = asyncio.create_task(self._run_lane(channel, alerts), name=f"lane {channel}")
+            self._lanes.add(lane)
+            lane.add_done_callback(self._lanes.discard)
+
+    async def _route(self, alert: Alert) -> Alert:
+        destination = route(alert.event, self._config.config)
+        deadline = (
+            alert.received_at + destination.ack_timeout
+            if alert.event.event in (EventType.PIN_RESET_REQUEST, EventType.PIN_REQUEST_SUCCESS)
+            else None
+        )
+        await self._store.set_route(
+            alert.id,
+            team=destination.team,
+            channel=destination.channel,
+            mentions=destination.mentions,
+            ack_deadline=deadline,
+        )
+        self._metrics.events.labels(alert.event.event, destination.team or "").inc()
+        return replace(
+            alert,
+            team=destination.team,
+            channel=destination.channel,
+            mentions=destination.mentions,
+            ack_deadline=deadline,
+        )
+
+    async def _run_lane(self, channel: str, alerts: list[Alert]) -> None:
+        """Posts in order; the first failure stops the lane so that order is kept on retry."""
+        posted_any = False
+        try:
+            for alert in alerts:
+                outcome = await self._deliver(alert)
+                if outcome is _Outcome.FAILED:
+                    backoff = self._backoff.setdefault(channel, _Backoff())
+                    backoff.failures += 1
+                    delay = self._retry.delay(backoff.failures)
+                    backoff.until = asyncio.get_running_loop().time() + delay
+                    log.warning("dispatcher: channel %s paused for %.1fs", channel, delay)
+                    return
+                if outcome is _Outcome.WAITING:
+                    return  # the lane posting what it waits for wakes the dispatcher
+                posted_any = True
+                self._backoff.pop(channel, None)
+        finally:
+            self._busy.discard(channel)
+            if posted_any:
+                self.wake()  # what this lane posted may unblock another, or more may have come
+
+    async def _deliver(self, alert: Alert) -> _Outcome:
+        try:
+            if alert.event.event == EventType.PIN_REQUEST_SUCCESS:
+                request = await self._store.open_request_for(alert)
+                if request is not None:
+                    if request.slack_ts is None:
+                        return _Outcome.WAITING
+                    await self._post_under_request(alert, request)
+                    return _Outcome.POSTED
+            await self._post_top_level(alert)
+            return _Outcome.POSTED
+        except SlackCallError as exc:
+            self._metrics.delivery_retries.inc()
+            await self._store.mark_attempt_failed(alert.id, exc.error)
+            log.warning(
+                "alert %d team=%s event=%s: not posted, will retry: %s",
+                alert.id,
+                alert.team,
+                alert.event.event,
+                exc,
+            )
+            return _Outcome.FAILED
+
+    async def _post_top_level(self, alert: Alert) -> None:
+        assert alert.channel is not None
+        try:
+            posted = await self._slack.post(alert.channel, render_alert(alert))
+        except SlackCallError as exc:
+            fallback = self._config.config.defaults.channel
+            if not exc.channel_unusable or alert.channel == fallback:
+                raise
+            log.error(
+                "alert %d team=%s event=%s: channel %s refused (%s); posting to %s",
+                alert.id,
+                alert.team,
+                alert.event.event,
+                alert.channel,
+                exc.error,
+                fallback,
+            )
+            alert = replace(
+                alert,
+                delivery_note=(
+                    f"Routed to {alert.channel}, but Slack refused it ({exc.error}): "
+                    "invite pinwatch there or fix the routing file."
+                ),
+            )
+            posted = await self._slack.post(fallback, render_alert(alert))
+        await self._store.mark_posted(
+            alert.id,
+            slack_channel=posted.channel,
+            ts=posted.ts,
+            thread_ts=None,
+            note=alert.delivery_note,
+            actor=self._pinwatch,
+        )
+        self._observe_posted(alert)
+
+    async def _post_under_request(self, success: Alert, request: Alert) -> None:
+        assert request.slack_channel is not None
+        assert request.slack_ts is not None
+        posted = await self._slack.post(
+            request.slack_channel,
+            render_success_reply(success),
+            thread_ts=request.slack_ts,
+            reply_broadcast=True,  # the whole channel must see that 2SV is now off
+        )
+        await self._store.mark_posted(
+            success.id,
+            slack_channel=posted.channel,
+            ts=posted.ts,
+            thread_ts=request.slack_ts,
+            note=None,
+            actor=self._pinwatch,
+        )
+        self._observe_posted(success)
+        transition = await self._store.mark_verification_off(request.id, self._pinwatch)
+        await self.refresh_message(transition.alert)
+
+    async def refresh_message(self, alert: Alert) -> None:
+        """Re-render a posted alert in place; a failure here loses nothing, so it is logged only."""
+        if alert.slack_channel is None or alert.slack_ts is None:
+            return
+        try:
+            await self._slack.update(alert.slack_channel, alert.slack_ts, render_alert(alert))
+        except SlackCallError as exc:
+            log.warning("alert %d team=%s: message not updated: %s", alert.id, alert.team, exc)
+
+    def _observe_posted(self, alert: Alert) -> None:
+        self._metrics.receipt_to_post.observe(max(0.0, self._clock() - alert.received_at))
+        log.info("alert %d team=%s event=%s: posted", alert.id, alert.team, alert.event.event)

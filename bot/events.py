@@ -1,0 +1,147 @@
+"""Domain types: what Meta tells us, and the alerts we make of it. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+SECURITY_FIELD = "security"
+
+# Time is read through an injectable clock (seconds since the epoch) so tests can drive it.
+Clock = Callable[[], float]
+system_clock: Clock = time.time
+
+
+class EventType(StrEnum):
+    PIN_CHANGED = "PIN_CHANGED"
+    PIN_RESET_REQUEST = "PIN_RESET_REQUEST"
+    PIN_REQUEST_SUCCESS = "PIN_REQUEST_SUCCESS"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class AlertState(StrEnum):
+    PENDING = "pending"  # stored, not yet in Slack
+    OPEN = "open"  # in Slack, nobody has answered
+    ACKNOWLEDGED = "acknowledged"
+    ESCALATED = "escalated"  # escalated and not yet acknowledged
+
+
+class EscalationKind(StrEnum):
+    MANUAL = "manual"
+    AUTOMATIC = "automatic"
+
+
+def phone_digits(number: str) -> str:
+    """Phone numbers are compared as digits only: '+1 555-078-3881' is '15550783881'."""
+    return re.sub(r"\D", "", number)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """One `security` change from one webhook entry."""
+
+    waba_id: str
+    phone_number: str
+    event: str
+    time: int | None
+    requester: str | None = None
+    value: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def phone_digits(self) -> str:
+        return phone_digits(self.phone_number)
+
+    @property
+    def dedup_key(self) -> str:
+        """Stable across Meta's redeliveries: the same change always hashes the same."""
+        canonical = json.dumps(
+            [self.waba_id, self.time, SECURITY_FIELD, self.value],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def known_type(self) -> EventType | None:
+        try:
+            return EventType(self.event)
+        except ValueError:
+            return None
+
+
+def severity_of(event: str) -> Severity:
+    if event == EventType.PIN_REQUEST_SUCCESS:
+        return Severity.CRITICAL
+    if event == EventType.PIN_RESET_REQUEST:
+        return Severity.HIGH
+    return Severity.INFO
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did something: a Slack user, or pinwatch itself for automatic steps."""
+
+    user_id: str
+    name: str | None
+    at: float
+
+    @property
+    def is_pinwatch(self) -> bool:
+        return self.user_id == PINWATCH_ACTOR_ID
+
+
+PINWATCH_ACTOR_ID = "pinwatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A stored event and everything that happened to it since."""
+
+    id: int
+    event: SecurityEvent
+    received_at: float
+    team: str | None = None
+    channel: str | None = None
+    mentions: tuple[str, ...] = ()
+    slack_channel: str | None = None
+    slack_ts: str | None = None
+    thread_ts: str | None = None  # set when posted as a reply under an earlier alert
+    ack_deadline: float | None = None
+    acknowledged: Actor | None = None
+    escalated: Actor | None = None
+    escalation_kind: EscalationKind | None = None
+    verification_off_at: float | None = None  # a later PIN_REQUEST_SUCCESS confirmed the reset
+    delivery_note: str | None = None  # why it was posted somewhere else than routed
+
+    @property
+    def state(self) -> AlertState:
+        if self.slack_ts is None:
+            return AlertState.PENDING
+        if self.acknowledged is not None:
+            return AlertState.ACKNOWLEDGED
+        if self.escalated is not None:
+            return AlertState.ESCALATED
+        return AlertState.OPEN
+
+    @property
+    def needs_acknowledgement(self) -> bool:
+        """Reset requests, and successes with no request to hang under, wait for a human."""
+        if self.event.event == EventType.PIN_RESET_REQUEST:
+            return True
+        return self.event.event == EventType.PIN_REQUEST_SUCCESS and self.thread_ts is None
+
+    @property
+    def severity(self) -> Severity:
+        return severity_of(self.event.event)

@@ -1,0 +1,270 @@
+"""Pure rendering: an alert → Block Kit blocks and a plain-text fallback, within Slack's limits."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import phonenumbers
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.events import Actor, Alert, EscalationKind, EventType, Severity
+
+ACKNOWLEDGE_ACTION = "pinwatch.acknowledge"
+ESCALATE_ACTION = "pinwatch.escalate"
+
+# Slack's Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
+HEADER_MAX = 150
+SECTION_TEXT_MAX = 3000
+FIELD_MAX = 2000
+CONTEXT_TEXT_MAX = 2000
+FALLBACK_TEXT_MAX = 3000  # Slack truncates `text` past 40,000; notifications show far less
+
+_SLACK_ID = re.compile(r"^[UWSBC][A-Z0-9]{2,40}$")
+_MARKUP = re.compile(r"([*_~`])")
+
+_SEVERITY_LABEL = {
+    Severity.INFO: ":information_source: Info",
+    Severity.HIGH: ":rotating_light: High",
+    Severity.CRITICAL: ":red_circle: Critical",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    text: str  # plain-text fallback: notifications, screen readers, old clients
+    blocks: list[dict[str, Any]]
+
+
+def safe(value: str) -> str:
+    """Escape outside text for mrkdwn: no mentions, links or formatting can be smuggled in."""
+    escaped = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # A zero-width space after each marker stops Slack pairing them into bold, italics or code.
+    return _MARKUP.sub("\\1\u200b", escaped)
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def readable_phone(number: str) -> str:
+    """'15550783881' → '+1 555-078-3881'; anything unparseable is shown as sent."""
+    digits = re.sub(r"\D", "", number)
+    try:
+        parsed = phonenumbers.parse("+" + digits)
+    except phonenumbers.NumberParseException:
+        return number
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+
+
+def slack_date(timestamp: float) -> str:
+    """Shown in each reader's own time zone, with UTC as the fallback."""
+    seconds = int(timestamp)
+    fallback = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"<!date^{seconds}^{{date_short_pretty}} at {{time_secs}}|{fallback}>"
+
+
+def mention(target: str) -> str:
+    if target == "here":
+        return "<!here>"
+    if target.startswith("S"):
+        return f"<!subteam^{target}>"
+    return f"<@{target}>"
+
+
+def actor_text(actor: Actor) -> str:
+    if actor.is_pinwatch:
+        return "pinwatch"
+    if _SLACK_ID.match(actor.user_id):
+        return f"<@{actor.user_id}>"
+    return safe(actor.name or actor.user_id)
+
+
+def actor_plain(actor: Actor) -> str:
+    return "pinwatch" if actor.is_pinwatch else (actor.name or actor.user_id)
+
+
+def _title(alert: Alert) -> str:
+    event = alert.event.event
+    if event == EventType.PIN_RESET_REQUEST:
+        return "Two-step verification reset requested"
+    if event == EventType.PIN_REQUEST_SUCCESS:
+        return "Two-step verification turned off"
+    if event == EventType.PIN_CHANGED:
+        return "Two-step verification PIN changed"
+    return f"WhatsApp security event {event}"
+
+
+def _summary(alert: Alert) -> str:
+    phone = f"*{safe(readable_phone(alert.event.phone_number))}*"
+    event = alert.event.event
+    if event == EventType.PIN_RESET_REQUEST:
+        return (
+            f"Someone asked to turn off two-step verification for {phone}. "
+            "If your team did not ask for this, the number may be being taken over."
+        )
+    if event == EventType.PIN_REQUEST_SUCCESS:
+        return (
+            f"The reset email was followed: two-step verification is now *off* for {phone}. "
+            "Anyone holding the number can now register it elsewhere."
+        )
+    if event == EventType.PIN_CHANGED:
+        return (
+            f"The two-step verification PIN of {phone} was changed or enabled in "
+            "WhatsApp Manager. If nobody on your team did this, escalate."
+        )
+    return f"Meta reported a security event pinwatch does not know yet for {phone}."
+
+
+def _fields(alert: Alert) -> list[MarkdownTextObject]:
+    event = alert.event
+    pairs = [
+        ("Phone number", safe(readable_phone(event.phone_number))),
+        ("WABA", safe(event.waba_id)),
+        ("When", slack_date(event.time if event.time is not None else alert.received_at)),
+        ("Severity", _SEVERITY_LABEL[alert.severity]),
+    ]
+    if event.requester:
+        pairs.append(("Requested by", f"Meta Business Suite user {safe(event.requester)}"))
+    if alert.team:
+        pairs.append(("Team", safe(alert.team)))
+    return [
+        MarkdownTextObject(text=clip(f"*{label}*\n{value}", FIELD_MAX)) for label, value in pairs
+    ]
+
+
+def _status_lines(alert: Alert) -> list[str]:
+    lines = []
+    if alert.verification_off_at is not None:
+        lines.append(
+            f":red_circle: Two-step verification is now *off*: the reset was completed "
+            f"{slack_date(alert.verification_off_at)}."
+        )
+    if alert.escalated is not None:
+        how = (
+            "Automatically escalated"
+            if alert.escalation_kind == EscalationKind.AUTOMATIC
+            else f"Escalated by {actor_text(alert.escalated)}"
+        )
+        lines.append(f":mega: {how} {slack_date(alert.escalated.at)}.")
+    if alert.acknowledged is not None:
+        lines.append(
+            f":white_check_mark: Acknowledged by {actor_text(alert.acknowledged)} "
+            f"{slack_date(alert.acknowledged.at)}."
+        )
+    elif alert.needs_acknowledgement and alert.ack_deadline is not None and not alert.escalated:
+        lines.append(
+            f"Escalates automatically {slack_date(alert.ack_deadline)} unless acknowledged."
+        )
+    if alert.delivery_note:
+        lines.append(f":warning: {alert.delivery_note}")  # our words, not outside input
+    return lines
+
+
+def _buttons(alert: Alert) -> list[ButtonElement]:
+    value = str(alert.id)
+    buttons = []
+    if alert.needs_acknowledgement and alert.acknowledged is None:
+        buttons.append(
+            ButtonElement(
+                text="Acknowledge", action_id=ACKNOWLEDGE_ACTION, value=value, style="primary"
+            )
+        )
+    if alert.escalated is None:
+        buttons.append(
+            ButtonElement(
+                text="Escalate",
+                action_id=ESCALATE_ACTION,
+                value=value,
+                style="danger",
+                confirm=ConfirmObject(
+                    title="Escalate this alert?",
+                    text="This pages the escalation contacts for this team.",
+                    confirm="Escalate",
+                    deny="Cancel",
+                    style="danger",
+                ),
+            )
+        )
+    return buttons
+
+
+def _unknown_details(alert: Alert) -> SectionBlock:
+    raw = json.dumps(alert.event.value, ensure_ascii=False, sort_keys=True, indent=1)
+    escaped = raw.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    body = clip(escaped.replace("```", "'''"), SECTION_TEXT_MAX - 20)
+    return SectionBlock(text=MarkdownTextObject(text=f"*As sent by Meta*\n```{body}```"))
+
+
+def _fallback(alert: Alert) -> str:
+    event = alert.event
+    parts = [
+        f"[{alert.severity.value.upper()}] {_title(alert)}: {readable_phone(event.phone_number)}",
+        f"WABA {event.waba_id}",
+    ]
+    if event.requester:
+        parts.append(f"requested by Meta user {event.requester}")
+    if alert.team:
+        parts.append(f"team {alert.team}")
+    if alert.acknowledged is not None:
+        parts.append(f"acknowledged by {actor_plain(alert.acknowledged)}")
+    if alert.escalated is not None:
+        parts.append(f"escalated by {actor_plain(alert.escalated)}")
+    # The fallback is plain text, but Slack still parses <…> in it: escape those too.
+    text = " · ".join(parts)
+    return clip(
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), FALLBACK_TEXT_MAX
+    )
+
+
+def _to_dicts(blocks: list[Block]) -> list[dict[str, Any]]:
+    return [block.to_dict() for block in blocks]
+
+
+def render_alert(alert: Alert) -> Message:
+    """The alert's top-level message, showing its current state."""
+    summary = _summary(alert)
+    if alert.mentions:
+        summary = " ".join(mention(m) for m in alert.mentions) + "\n" + summary
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=clip(_title(alert), HEADER_MAX), emoji=True)),
+        SectionBlock(text=MarkdownTextObject(text=clip(summary, SECTION_TEXT_MAX))),
+        SectionBlock(fields=_fields(alert)),
+    ]
+    if alert.event.known_type is None:
+        blocks.append(_unknown_details(alert))
+    if status := _status_lines(alert):
+        blocks.append(
+            ContextBlock(
+                elements=[MarkdownTextObject(text=clip(line, CONTEXT_TEXT_MAX)) for line in status]
+            )
+        )
+    if buttons := _buttons(alert):
+        blocks.append(ActionsBlock(block_id=f"pinwatch-{alert.id}", elements=buttons))
+    return Message(text=_fallback(alert), blocks=_to_dicts(blocks))
+
+
+def render_success_reply(alert: Alert) -> Message:
+    """A PIN_REQUEST_SUCCESS threaded under the reset request it completes."""
+    phone = safe(readable_phone(alert.event.phone_number))
+    text = (
+        f":red_circle: *Two-step verification is now off* for *{phone}*: the reset request "
+        f"above was completed {slack_date(alert.event.time or alert.received_at)}."
+    )
+    if alert.mentions:
+        text = " ".join(mention(m) for m in alert.mentions) + " " + text
+    blocks = [SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)))]
+    return Message(text=_fallback(alert), blocks=_to_dicts(list(blocks)))

@@ -1,0 +1,55 @@
+"""Pure routing: an event and the config in force → who hears about it, and where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.config import Config, Escalation, Route
+from bot.events import SecurityEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    team: str | None  # None: no route matched, the defaults apply
+    channel: str
+    mentions: tuple[str, ...]
+    responders: tuple[str, ...] | None  # None: anyone in the channel may act
+    ack_timeout: float
+    escalation: Escalation
+
+
+def _matches(route: Route, event: SecurityEvent) -> bool:
+    if route.waba_ids is not None and event.waba_id not in route.waba_ids:
+        return False
+    if route.phone_numbers is not None and event.phone_digits not in route.phone_numbers:
+        return False
+    return route.events is None or event.event in route.events
+
+
+def team_destination(team: str | None, config: Config) -> Destination:
+    """A team's settings with the defaults filled in; an unknown team gets the defaults."""
+    defaults = config.defaults
+    settings = config.teams.get(team) if team is not None else None
+    if settings is None:
+        return Destination(
+            team=None,
+            channel=defaults.channel,
+            mentions=tuple(defaults.mention),
+            responders=None,
+            ack_timeout=defaults.ack_timeout,
+            escalation=defaults.escalation,
+        )
+    return Destination(
+        team=team,
+        channel=settings.channel or defaults.channel,
+        mentions=tuple(settings.mention if settings.mention is not None else defaults.mention),
+        responders=tuple(settings.responders) if settings.responders is not None else None,
+        ack_timeout=settings.ack_timeout or defaults.ack_timeout,
+        escalation=settings.escalation or defaults.escalation,
+    )
+
+
+def route(event: SecurityEvent, config: Config) -> Destination:
+    """First matching route wins; an event no route matches goes to the defaults."""
+    team = next((r.team for r in config.routes if _matches(r, event)), None)
+    return team_destination(team, config)

@@ -1,0 +1,78 @@
+"""Secrets and endpoints from the environment: validated once, never logged."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+
+from bot.slack import SLACK_API_URL
+
+
+class SettingsError(Exception):
+    pass
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    meta_app_secret: SecretStr
+    meta_verify_token: SecretStr
+    slack_signing_secret: SecretStr
+    slack_bot_token: SecretStr | None = None  # None: dry-run, Slack calls are printed
+    slack_app_token: SecretStr | None = None  # set: clicks arrive over Socket Mode
+    slack_api_url: str = SLACK_API_URL
+
+    @field_validator("meta_app_secret", "meta_verify_token", "slack_signing_secret")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("must be a bot token starting with xoxb-")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token starting with xapp-")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    @property
+    def dry_run(self) -> bool:
+        return self.slack_bot_token is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read the DESIGN.md variables; an unset or empty optional one counts as absent."""
+        names = {
+            "meta_app_secret": "META_APP_SECRET",
+            "meta_verify_token": "META_VERIFY_TOKEN",
+            "slack_signing_secret": "SLACK_SIGNING_SECRET",
+            "slack_bot_token": "SLACK_BOT_TOKEN",
+            "slack_app_token": "SLACK_APP_TOKEN",
+            "slack_api_url": "SLACK_API_URL",
+        }
+        values = {field: environ[var] for field, var in names.items() if environ.get(var)}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                variable = names[str(error["loc"][0])]
+                what = "is not set" if error["type"] == "missing" else error["msg"]
+                problems.append(f"{variable} {what.removeprefix('Value error, ')}")
+            raise SettingsError("; ".join(problems)) from exc

@@ -1,0 +1,428 @@
+"""Durable state in SQLite: deduplicated events, the Slack outbox, transitions and their audit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.events import Actor, Alert, EscalationKind, EventType, SecurityEvent
+
+log = logging.getLogger(__name__)
+
+# Each entry migrates the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        waba_id TEXT NOT NULL,
+        phone_number TEXT NOT NULL,
+        phone_digits TEXT NOT NULL,
+        event TEXT NOT NULL,
+        event_time INTEGER,
+        requester TEXT,
+        value TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        team TEXT,
+        channel TEXT,
+        mentions TEXT,
+        ack_deadline REAL,
+        slack_channel TEXT,
+        slack_ts TEXT,
+        thread_ts TEXT,
+        delivery_note TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        acknowledged_by TEXT,
+        acknowledged_name TEXT,
+        acknowledged_at REAL,
+        escalated_by TEXT,
+        escalated_name TEXT,
+        escalated_at REAL,
+        escalation_kind TEXT,
+        verification_off_at REAL
+    );
+    CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;
+    CREATE INDEX alerts_awaiting_ack ON alerts (ack_deadline)
+        WHERE acknowledged_at IS NULL AND escalated_at IS NULL AND ack_deadline IS NOT NULL;
+    CREATE INDEX alerts_by_phone ON alerts (phone_digits, event, id);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL REFERENCES alerts (id),
+        action TEXT NOT NULL,
+        actor_id TEXT NOT NULL,
+        actor_name TEXT,
+        at REAL NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_alert ON audit (alert_id, id);
+    """,
+)
+
+_INSERT_EVENT = """
+    INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event, event_time,
+                        requester, value, received_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (dedup_key) DO NOTHING
+"""
+
+
+class StoreError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    alert_id: int
+    action: str
+    actor: Actor
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The alert after a requested change, and whether this request made the change."""
+
+    alert: Alert
+    changed: bool
+
+
+def _actor(user_id: str | None, name: str | None, at: float | None) -> Actor | None:
+    if user_id is None or at is None:
+        return None
+    return Actor(user_id=user_id, name=name, at=at)
+
+
+def _alert_from_row(row: sqlite3.Row) -> Alert:
+    event = SecurityEvent(
+        waba_id=row["waba_id"],
+        phone_number=row["phone_number"],
+        event=row["event"],
+        time=row["event_time"],
+        requester=row["requester"],
+        value=json.loads(row["value"]),
+    )
+    kind = row["escalation_kind"]
+    return Alert(
+        id=row["id"],
+        event=event,
+        received_at=row["received_at"],
+        team=row["team"],
+        channel=row["channel"],
+        mentions=tuple(json.loads(row["mentions"])) if row["mentions"] else (),
+        slack_channel=row["slack_channel"],
+        slack_ts=row["slack_ts"],
+        thread_ts=row["thread_ts"],
+        ack_deadline=row["ack_deadline"],
+        acknowledged=_actor(
+            row["acknowledged_by"], row["acknowledged_name"], row["acknowledged_at"]
+        ),
+        escalated=_actor(row["escalated_by"], row["escalated_name"], row["escalated_at"]),
+        escalation_kind=EscalationKind(kind) if kind else None,
+        verification_off_at=row["verification_off_at"],
+        delivery_note=row["delivery_note"],
+    )
+
+
+@dataclass(slots=True)
+class _PendingInsert:
+    events: Sequence[SecurityEvent]
+    received_at: float
+    done: asyncio.Future[list[int | None]]
+
+
+class Store:
+    """One SQLite connection; every write goes through one lock so transactions never interleave."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._write_lock = asyncio.Lock()
+        self._queued: list[_PendingInsert] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Store:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from exc
+        db.row_factory = sqlite3.Row
+        try:
+            # WAL lets readers run beside the writer; FULL makes each commit survive power loss.
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            await _migrate(db)
+        except sqlite3.Error as exc:
+            await db.close()
+            raise StoreError(f"cannot use the store at {path}: {exc}") from exc
+        return cls(db)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        await self._db.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
+
+    # --- intake ---------------------------------------------------------------------------
+
+    async def add_events(
+        self, events: Sequence[SecurityEvent], *, received_at: float
+    ) -> list[int | None]:
+        """Commit the events, then return each one's new alert id, or None for a duplicate.
+
+        Concurrent callers share one transaction (group commit): each still returns only once
+        the commit that holds its events is durable, but the fsync is paid once per batch.
+        """
+        if not events:
+            return []
+        done: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
+        self._queued.append(_PendingInsert(events, received_at, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_queued())
+        return await done
+
+    async def _flush_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                results = await self._insert_batch(batch)
+            except Exception as exc:  # every waiting request must hear of the failure
+                log.exception("store: committing %d deliveries failed", len(batch))
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(StoreError(f"commit failed: {exc}"))
+                continue
+            for item, result in zip(batch, results, strict=True):
+                if not item.done.done():
+                    item.done.set_result(result)
+
+    async def _insert_batch(self, batch: list[_PendingInsert]) -> list[list[int | None]]:
+        rows = [
+            (
+                event.dedup_key,
+                event.waba_id,
+                event.phone_number,
+                event.phone_digits,
+                event.event,
+                event.time,
+                event.requester,
+                json.dumps(event.value, ensure_ascii=False, sort_keys=True),
+                item.received_at,
+            )
+            for item in batch
+            for event in item.events
+        ]
+        async with self._transaction() as db:
+            async with db.execute("SELECT coalesce(max(id), 0) FROM alerts") as cursor:
+                before = (await cursor.fetchone() or (0,))[0]
+            await db.executemany(_INSERT_EVENT, rows)
+            async with db.execute(
+                "SELECT id, dedup_key FROM alerts WHERE id > ?", (before,)
+            ) as cursor:
+                new_ids: dict[str, int] = {key: alert_id async for alert_id, key in cursor}
+        # A key that occurs twice in one batch is new only the first time.
+        results: list[list[int | None]] = []
+        for item in batch:
+            ids: list[int | None] = []
+            for event in item.events:
+                ids.append(new_ids.pop(event.dedup_key, None))
+            results.append(ids)
+        return results
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def get(self, alert_id: int) -> Alert | None:
+        async with self._db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cursor:
+            row = await cursor.fetchone()
+        return _alert_from_row(row) if row else None
+
+    async def unposted(self, *, limit: int = 500) -> list[Alert]:
+        """Alerts not yet in Slack, oldest first: the outbox."""
+        async with self._db.execute(
+            "SELECT * FROM alerts WHERE slack_ts IS NULL ORDER BY id LIMIT ?", (limit,)
+        ) as cursor:
+            return [_alert_from_row(row) async for row in cursor]
+
+    async def open_request_for(self, success: Alert) -> Alert | None:
+        """The latest earlier reset request for the same number that is not yet completed."""
+        async with self._db.execute(
+            """SELECT * FROM alerts
+               WHERE phone_digits = ? AND event = ? AND id < ? AND verification_off_at IS NULL
+               ORDER BY id DESC LIMIT 1""",
+            (success.event.phone_digits, EventType.PIN_RESET_REQUEST.value, success.id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _alert_from_row(row) if row else None
+
+    async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
+        async with self._db.execute(
+            """SELECT * FROM alerts
+               WHERE acknowledged_at IS NULL AND escalated_at IS NULL
+                 AND ack_deadline IS NOT NULL AND ack_deadline <= ? AND slack_ts IS NOT NULL
+               ORDER BY ack_deadline LIMIT ?""",
+            (now, limit),
+        ) as cursor:
+            return [_alert_from_row(row) async for row in cursor]
+
+    async def next_deadline(self) -> float | None:
+        async with self._db.execute(
+            """SELECT min(ack_deadline) FROM alerts
+               WHERE acknowledged_at IS NULL AND escalated_at IS NULL
+                 AND ack_deadline IS NOT NULL AND slack_ts IS NOT NULL"""
+        ) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def audit_log(self, alert_id: int) -> list[AuditEntry]:
+        async with self._db.execute(
+            "SELECT * FROM audit WHERE alert_id = ? ORDER BY id", (alert_id,)
+        ) as cursor:
+            return [
+                AuditEntry(
+                    alert_id=row["alert_id"],
+                    action=row["action"],
+                    actor=Actor(user_id=row["actor_id"], name=row["actor_name"], at=row["at"]),
+                    detail=row["detail"],
+                )
+                async for row in cursor
+            ]
+
+    async def count_unposted(self) -> tuple[int, float | None]:
+        """How many alerts wait for Slack, and when the oldest of them arrived."""
+        async with self._db.execute(
+            "SELECT count(*), min(received_at) FROM alerts WHERE slack_ts IS NULL"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (row[0], row[1]) if row else (0, None)
+
+    # --- transitions ----------------------------------------------------------------------
+
+    async def _audit(
+        self, db: aiosqlite.Connection, alert_id: int, action: str, actor: Actor, detail: str | None
+    ) -> None:
+        await db.execute(
+            "INSERT INTO audit (alert_id, action, actor_id, actor_name, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (alert_id, action, actor.user_id, actor.name, actor.at, detail),
+        )
+
+    async def set_route(
+        self,
+        alert_id: int,
+        *,
+        team: str | None,
+        channel: str,
+        mentions: Sequence[str],
+        ack_deadline: float | None,
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET team = ?, channel = ?, mentions = ?, ack_deadline = ?"
+                " WHERE id = ?",
+                (team, channel, json.dumps(list(mentions)), ack_deadline, alert_id),
+            )
+
+    async def mark_posted(
+        self,
+        alert_id: int,
+        *,
+        slack_channel: str,
+        ts: str,
+        thread_ts: str | None,
+        note: str | None,
+        actor: Actor,
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET slack_channel = ?, slack_ts = ?, thread_ts = ?,"
+                " delivery_note = ?, last_error = NULL WHERE id = ?",
+                (slack_channel, ts, thread_ts, note, alert_id),
+            )
+            await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts}")
+
+    async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                (error, alert_id),
+            )
+
+    async def mark_verification_off(self, alert_id: int, actor: Actor) -> Transition:
+        return await self._transition(
+            alert_id,
+            "verification_off",
+            actor,
+            "UPDATE alerts SET verification_off_at = ?"
+            " WHERE id = ? AND verification_off_at IS NULL",
+            (actor.at, alert_id),
+        )
+
+    async def acknowledge(self, alert_id: int, actor: Actor) -> Transition:
+        return await self._transition(
+            alert_id,
+            "acknowledged",
+            actor,
+            "UPDATE alerts SET acknowledged_by = ?, acknowledged_name = ?, acknowledged_at = ?"
+            " WHERE id = ? AND acknowledged_at IS NULL",
+            (actor.user_id, actor.name, actor.at, alert_id),
+        )
+
+    async def escalate(self, alert_id: int, actor: Actor, kind: EscalationKind) -> Transition:
+        return await self._transition(
+            alert_id,
+            f"escalated ({kind.value})",
+            actor,
+            "UPDATE alerts SET escalated_by = ?, escalated_name = ?, escalated_at = ?,"
+            " escalation_kind = ? WHERE id = ? AND escalated_at IS NULL",
+            (actor.user_id, actor.name, actor.at, kind.value, alert_id),
+        )
+
+    async def _transition(
+        self, alert_id: int, action: str, actor: Actor, sql: str, params: tuple[Any, ...]
+    ) -> Transition:
+        """A guarded UPDATE and its audit row in one transaction: racing clicks change it once."""
+        async with self._transaction() as db:
+            async with db.execute(sql, params) as cursor:
+                changed = cursor.rowcount == 1
+            if changed:
+                await self._audit(db, alert_id, action, actor, None)
+        alert = await self.get(alert_id)
+        if alert is None:
+            raise StoreError(f"alert {alert_id} does not exist")
+        return Transition(alert=alert, changed=changed)
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    version = row[0] if row else 0
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"the store has schema version {version}, newer than this pinwatch knows"
+            f" ({len(MIGRATIONS)}): upgrade pinwatch"
+        )
+    for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        await db.executescript(f"BEGIN; {script}; PRAGMA user_version = {target}; COMMIT;")
+        log.info("store: schema migrated to version %d", target)

@@ -1,0 +1,193 @@
+"""Meta's side: the subscription handshake, the signature check and the payload models."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from bot import keys
+from bot.events import SECURITY_FIELD, SecurityEvent
+from bot.metrics import Delivery
+from bot.store import StoreError
+
+log = logging.getLogger(__name__)
+
+WHATSAPP_OBJECT = "whatsapp_business_account"
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+# Meta sends up to 3 MB (1,000 batched updates); aiohttp's default limit is 1 MiB.
+MAX_BODY_BYTES = 3 * 1024 * 1024
+
+
+class SignatureError(Exception):
+    pass
+
+
+class MalformedDelivery(Exception):
+    pass
+
+
+def verify_signature(secret: bytes, body: bytes, header: str | None) -> None:
+    """Meta signs the raw bytes it sends: HMAC-SHA256, hex, prefixed 'sha256='."""
+    if not header:
+        raise SignatureError("missing signature")
+    algorithm, _, given = header.strip().partition("=")
+    if algorithm != "sha256" or not given:
+        raise SignatureError("signature is not sha256=<hex>")
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), given.lower().encode("ascii", "replace")):
+        raise SignatureError("signature does not match")
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The header value Meta would send for this body (used by send-test and the tests)."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def _text(value: object) -> object:
+    # Meta sends IDs and numbers as strings today; accept numbers too rather than drop an event.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+class _Tolerant(BaseModel):
+    model_config = ConfigDict(extra="allow")  # fields Meta adds later must not break parsing
+
+
+class SecurityValue(_Tolerant):
+    display_phone_number: Text = ""
+    event: Text = ""
+    requester: Text | None = None
+
+
+class Change(_Tolerant):
+    field: str
+    value: Any = None
+
+
+class Entry(_Tolerant):
+    id: Text
+    time: int | None = None
+    changes: list[Change] = Field(default_factory=list)
+
+
+class WebhookDelivery(_Tolerant):
+    object: str
+    entry: list[Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedDelivery:
+    events: list[SecurityEvent]
+    ignored_fields: Counter[str]
+
+
+def _short_reason(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def parse_delivery(body: bytes) -> ParsedDelivery:
+    """Every security change of every entry becomes one event; other fields are counted."""
+    try:
+        delivery = WebhookDelivery.model_validate_json(body)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise MalformedDelivery("body is not JSON") from exc
+        raise MalformedDelivery(f"not a WhatsApp webhook: {_short_reason(exc)}") from exc
+    if delivery.object != WHATSAPP_OBJECT:
+        raise MalformedDelivery(f"not a WhatsApp webhook: object is {delivery.object!r}")
+    events: list[SecurityEvent] = []
+    ignored: Counter[str] = Counter()
+    for entry in delivery.entry:
+        for change in entry.changes:
+            if change.field != SECURITY_FIELD:
+                ignored[change.field] += 1
+                continue
+            if not isinstance(change.value, dict):
+                raise MalformedDelivery("a security change's value is not an object")
+            try:
+                value = SecurityValue.model_validate(change.value)
+            except ValidationError as exc:
+                raise MalformedDelivery(f"security value: {_short_reason(exc)}") from exc
+            events.append(
+                SecurityEvent(
+                    waba_id=entry.id,
+                    phone_number=value.display_phone_number,
+                    event=value.event,
+                    time=entry.time,
+                    requester=value.requester,
+                    value=change.value,
+                )
+            )
+    return ParsedDelivery(events=events, ignored_fields=ignored)
+
+
+async def handle_handshake(request: web.Request) -> web.Response:
+    query = request.query
+    token = request.app[keys.SECRETS].meta_verify_token.get_secret_value()
+    given = query.get("hub.verify_token", "")
+    if query.get("hub.mode") == "subscribe" and hmac.compare_digest(
+        given.encode("utf-8", "replace"), token.encode()
+    ):
+        return web.Response(text=query.get("hub.challenge", ""), content_type="text/plain")
+    log.warning("webhook: subscription handshake refused")
+    return web.Response(status=403, text="verification failed")
+
+
+async def handle_delivery(request: web.Request) -> web.Response:
+    app = request.app
+    metrics = app[keys.METRICS]
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.deliveries.labels(Delivery.TOO_LARGE).inc()
+        raise
+    secret = app[keys.SECRETS].meta_app_secret.get_secret_value().encode()
+    try:
+        verify_signature(secret, body, request.headers.get(SIGNATURE_HEADER))
+    except SignatureError as exc:
+        metrics.deliveries.labels(Delivery.BAD_SIGNATURE).inc()
+        log.warning("webhook: refused from %s: %s", request.remote, exc)
+        return web.Response(status=401, text=str(exc))
+    try:
+        parsed = parse_delivery(body)
+    except MalformedDelivery as exc:
+        metrics.deliveries.labels(Delivery.MALFORMED).inc()
+        log.warning("webhook: malformed delivery: %s", exc)
+        return web.Response(status=400, text=str(exc))
+    for field, count in parsed.ignored_fields.items():
+        metrics.ignored_changes.labels(field).inc(count)
+    if not parsed.events:
+        metrics.deliveries.labels(Delivery.ACCEPTED).inc()
+        return web.Response(text="ok")
+    try:
+        # Committed before we answer: once Meta has its 200 it will not send this again.
+        ids = await app[keys.STORE].add_events(parsed.events, received_at=app[keys.CLOCK]())
+    except StoreError:
+        metrics.deliveries.labels(Delivery.STORE_UNAVAILABLE).inc()
+        # 503 makes Meta retry later rather than lose the event.
+        return web.Response(status=503, text="store unavailable, retry later")
+    new = [alert_id for alert_id in ids if alert_id is not None]
+    metrics.deliveries.labels(Delivery.ACCEPTED if new else Delivery.DUPLICATE).inc()
+    if new:
+        app[keys.DISPATCHER].wake()
+    for event, alert_id in zip(parsed.events, ids, strict=True):
+        log.info(
+            "webhook: %s %s for %s (WABA %s)%s",
+            "alert" if alert_id else "duplicate",
+            event.event,
+            event.phone_number,
+            event.waba_id,
+            f" id={alert_id}" if alert_id else "",
+        )
+    return web.Response(text="ok")

@@ -1,0 +1,212 @@
+"""Shared fixtures: the real pinwatch app on loopback, talking to the fake Slack on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from bot import keys
+from bot.app import Tuning, build_app
+from bot.config import load_config
+from bot.dispatcher import RetryPolicy
+from bot.events import Alert
+from bot.settings import Settings
+from bot.store import Store
+from bot.webhook import SIGNATURE_HEADER, sign
+from tests.fake_slack import FakeSlack, start_fake_slack
+
+META_APP_SECRET = "test-meta-app-secret"
+META_VERIFY_TOKEN = "test-verify-token"
+SLACK_SIGNING_SECRET = "test-slack-signing-secret"
+SLACK_BOT_TOKEN = "xoxb-test-token"
+DATA = Path(__file__).parent / "data"
+
+TEST_CONFIG = """\
+defaults:
+  channel: "#wa-security"
+  ack_timeout: 15m
+  escalation:
+    channel: "#security-escalations"
+    mention: ["S0SECLEADS"]
+teams:
+  payments:
+    channel: "C0PAYMENTS"
+    mention: ["S0PAYSEC"]
+    responders: ["S0PAYSEC", "U0ALICE"]
+    ack_timeout: 10m
+    escalation: {{channel: "#payments-leads", mention: ["U0BOB"]}}
+  support:
+    channel: "#support-security"
+store:
+  path: {store}
+routes:
+  - team: payments
+    waba_ids: ["102290129340398"]
+    phone_numbers: ["+1 555-078-3881"]
+  - team: support
+    phone_numbers: ["+44 20 7946 0018"]
+"""
+
+SLACK_CHANNELS = {
+    "wa-security": "C0WASEC",
+    "security-escalations": "C0SECESC",
+    "payments-leads": "C0PAYLEADS",
+    "support-security": "C0SUPPORT",
+}
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0) -> None:
+    """Wait until a condition on the store holds (it changes without notifying anyone)."""
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, now: float = 1_750_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def delivery(
+    *changes: dict[str, Any], waba: str = "102290129340398", time: int = 1748811473
+) -> dict[str, Any]:
+    """A webhook body with one entry holding the given changes."""
+    return {"object": "whatsapp_business_account", "entry": [entry(*changes, waba=waba, time=time)]}
+
+
+def entry(
+    *changes: dict[str, Any], waba: str = "102290129340398", time: int = 1748811473
+) -> dict[str, Any]:
+    return {"id": waba, "time": time, "changes": list(changes)}
+
+
+def security(event: str, phone: str = "15550783881", **extra: str) -> dict[str, Any]:
+    return {"field": "security", "value": {"display_phone_number": phone, "event": event, **extra}}
+
+
+@dataclass
+class Pinwatch:
+    """The bot under test, its HTTP client, and the fake Slack it posts to."""
+
+    client: TestClient[web.Request, web.Application]
+    app: web.Application
+    slack: FakeSlack
+    slack_url: str
+    clock: FakeClock
+    config_path: Path
+
+    @property
+    def store(self) -> Store:
+        return self.app[keys.STORE]
+
+    async def alert(self, alert_id: int) -> Alert:
+        alert = await self.store.get(alert_id)
+        assert alert is not None, f"no alert {alert_id} in the store"
+        return alert
+
+    async def wait_posted(self, alert_id: int) -> Alert:
+        async def posted() -> bool:
+            return (await self.alert(alert_id)).slack_ts is not None
+
+        await eventually(posted)
+        return await self.alert(alert_id)
+
+    async def stop(self) -> None:
+        await self.client.close()
+
+    async def post_webhook(
+        self,
+        payload: dict[str, Any] | bytes,
+        *,
+        secret: str = META_APP_SECRET,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        sent = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret.encode(), body)}
+        sent.update(headers or {})
+        async with self.client.post("/webhook", data=io.BytesIO(body), headers=sent) as response:
+            return response.status, await response.text()
+
+
+def settings(*, slack_api_url: str, bot_token: str | None = SLACK_BOT_TOKEN) -> Settings:
+    return Settings(
+        meta_app_secret=SecretStr(META_APP_SECRET),
+        meta_verify_token=SecretStr(META_VERIFY_TOKEN),
+        slack_signing_secret=SecretStr(SLACK_SIGNING_SECRET),
+        slack_bot_token=SecretStr(bot_token) if bot_token else None,
+        slack_api_url=slack_api_url,
+    )
+
+
+TEST_TUNING = Tuning(retry=RetryPolicy(first=0.05, limit=0.2), poll_interval=0.05)
+
+StartPinwatch = Callable[..., Awaitable[Pinwatch]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(TEST_CONFIG.format(store=tmp_path / "pinwatch.db"))
+    return path
+
+
+@pytest.fixture
+async def fake_slack(aiohttp_server: Any) -> FakeSlack:
+    fake, _ = await start_fake_slack(aiohttp_server, channels=SLACK_CHANNELS)
+    return fake
+
+
+@pytest.fixture
+async def start_pinwatch(
+    aiohttp_server: Any, clock: FakeClock, config_path: Path
+) -> AsyncIterator[StartPinwatch]:
+    """Starts pinwatch (again, after a stop, on the same store) against a fake Slack."""
+    started: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(slack: tuple[FakeSlack, str] | None = None) -> Pinwatch:
+        fake, url = slack or await start_fake_slack(aiohttp_server, channels=SLACK_CHANNELS)
+        app = build_app(
+            settings(slack_api_url=url), load_config(config_path), tuning=_tuning(clock)
+        )
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        started.append(client)
+        return Pinwatch(
+            client=client, app=app, slack=fake, slack_url=url, clock=clock, config_path=config_path
+        )
+
+    yield start
+    for client in reversed(started):
+        await client.close()
+
+
+def _tuning(clock: FakeClock) -> Tuning:
+    return Tuning(clock=clock, retry=TEST_TUNING.retry, poll_interval=TEST_TUNING.poll_interval)
+
+
+@pytest.fixture
+async def pinwatch(start_pinwatch: StartPinwatch) -> Pinwatch:
+    return await start_pinwatch()

@@ -1,0 +1,529 @@
+"""A fake Slack Web API served as a real aiohttp application on loopback.
+
+The bot's real ``AsyncWebClient`` talks to it over HTTP, so tests exercise the same request
+encoding, error handling and retries as production. It records every call, keeps the messages
+it was sent, enforces the Block Kit limits Slack enforces, and can be scripted to fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+BOT_USER_ID = "U0PINWATCH"
+BOT_ID = "B0PINWATCH"
+TEAM_ID = "T0FAKE"
+PERMALINK_BASE = "https://fake.slack.test/archives"
+
+_ID_RE = re.compile(r"^[CGD][A-Z0-9]+$")
+_MAX_TEXT = 40_000
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    method: str
+    params: dict[str, Any]
+    at: float  # time.monotonic() when the request arrived
+    status: int | None = None  # HTTP status answered; None while a scripted delay runs
+    error: str | None = None  # Slack's "error" field, if the answer carried one
+
+    @property
+    def pending(self) -> bool:
+        return self.status is None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+    @property
+    def failed(self) -> bool:
+        return not self.pending and not self.ok
+
+
+@dataclass
+class Message:
+    channel: str  # channel ID
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]]
+    thread_ts: str | None = None
+    reply_broadcast: bool = False
+    updates: list[dict[str, Any]] = field(default_factory=list)  # each chat.update, in order
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "message",
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "text": self.text,
+            "ts": self.ts,
+            "blocks": self.blocks,
+        }
+        if self.thread_ts is not None:
+            out["thread_ts"] = self.thread_ts
+        return out
+
+
+@dataclass(frozen=True)
+class _Failure:
+    status: int
+    error: str | None
+    retry_after: int | None
+    delay: float
+
+
+class SlackError(Exception):
+    """Raised by a method handler: answered as HTTP 200 with ``ok: false``."""
+
+    def __init__(self, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.error = error
+        self.extra = extra
+
+
+class FakeSlack:
+    def __init__(
+        self,
+        token: str = "xoxb-test-token",
+        *,
+        channels: Mapping[str, str] | None = None,
+        missing_channels: set[str] | None = None,
+        not_in_channel: set[str] | None = None,
+        usergroups: Mapping[str, list[str]] | None = None,
+    ) -> None:
+        self.token = token
+        self.channels: dict[str, str] = dict(channels or {})
+        self.missing_channels: set[str] = set(missing_channels or ())
+        self.not_in_channel: set[str] = set(not_in_channel or ())
+        self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
+        self.calls: list[RecordedCall] = []
+        self.ephemerals: list[dict[str, Any]] = []
+        self._messages: list[Message] = []
+        self._failures: dict[str, deque[_Failure]] = {}
+        self._seq = 0
+        self._changed = asyncio.Condition()
+        # Set on app shutdown so a scripted delay does not hold up the test server's close.
+        self._closing = asyncio.Event()
+        self._methods: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": self._post_ephemeral,
+            "chat.getPermalink": self._get_permalink,
+            "usergroups.users.list": self._usergroup_users,
+        }
+        self.app = web.Application()
+        self.app.router.add_get("/api/{method}", self._handle)
+        self.app.router.add_post("/api/{method}", self._handle)
+        self.app.on_shutdown.append(self._on_shutdown)
+
+    # -- scripting and queries ---------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        *,
+        times: int = 1,
+        status: int = 200,
+        error: str | None = None,
+        retry_after: int | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Queue ``times`` failures for ``method`` ("*" = any method), consumed in order."""
+        queue = self._failures.setdefault(method, deque())
+        queue.extend(_Failure(status, error, retry_after, delay) for _ in range(times))
+
+    def calls_to(self, method: str) -> list[RecordedCall]:
+        return [c for c in self.calls if c.method == method]
+
+    def channel_id(self, name: str) -> str:
+        """The ID a channel name ("#x" or "x") has or will get; an ID is returned as is."""
+        if _ID_RE.match(name):
+            return name
+        bare = name.removeprefix("#")
+        return self.channels.get(bare) or _auto_id(bare)
+
+    def messages(self, channel: str | None = None) -> list[Message]:
+        if channel is None:
+            return list(self._messages)
+        cid = self.channel_id(channel)
+        return [m for m in self._messages if m.channel == cid]
+
+    def top_level(self, channel: str | None = None) -> list[Message]:
+        return [m for m in self.messages(channel) if m.thread_ts in (None, m.ts)]
+
+    def replies(self, channel: str, thread_ts: str) -> list[Message]:
+        return [m for m in self.messages(channel) if m.thread_ts == thread_ts and m.ts != thread_ts]
+
+    def message(self, channel: str, ts: str) -> Message:
+        for m in self.messages(channel):
+            if m.ts == ts:
+                return m
+        raise KeyError(f"no message {ts} in {channel}")
+
+    # A timeout argument (ASYNC109) keeps test lines short; the wait is one asyncio.timeout.
+    async def wait_for(
+        self,
+        predicate: Callable[[FakeSlack], bool],
+        timeout: float = 5.0,
+    ) -> None:
+        """Wait until ``predicate(self)`` holds; re-checked on every recorded call."""
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+        except TimeoutError:
+            seen = ", ".join(f"{c.method}:{_outcome(c)}" for c in self.calls) or "none"
+            raise AssertionError(
+                f"fake Slack: condition not met in {timeout}s; calls: {seen}"
+            ) from None
+
+    async def wait_for_calls(
+        self,
+        method: str,
+        count: int = 1,
+        *,
+        timeout: float = 5.0,
+        ok_only: bool = True,
+    ) -> list[RecordedCall]:
+        def matching() -> list[RecordedCall]:
+            return [c for c in self.calls_to(method) if c.ok or not ok_only]
+
+        await self.wait_for(lambda _: len(matching()) >= count, timeout)
+        return matching()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self._closing.set()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        params, token = await _read_params(request)
+        pending = RecordedCall(method, params, time.monotonic())
+        await self._record(pending)
+        response, error = await self._answer(method, params, token)
+        await self._record(
+            dataclasses.replace(pending, status=response.status, error=error), pending
+        )
+        return response
+
+    async def _answer(
+        self, method: str, params: dict[str, Any], token: str | None
+    ) -> tuple[web.Response, str | None]:
+        failure = self._next_failure(method)
+        if failure is not None:
+            if failure.delay > 0:
+                # Sleep, but wake early when the server closes so tests tear down promptly.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), failure.delay)
+            if failure.status == 429:
+                headers = {"Retry-After": str(failure.retry_after or 1)}
+                body = {"ok": False, "error": "ratelimited"}
+                return web.json_response(body, status=429, headers=headers), "ratelimited"
+            if failure.status != 200 and failure.error is None:
+                return web.Response(
+                    status=failure.status, text="fake slack: scripted failure"
+                ), None
+            if failure.error is not None:
+                body = {"ok": False, "error": failure.error}
+                return web.json_response(body, status=failure.status), failure.error
+        handler = self._methods.get(method)
+        if handler is None:
+            # Slack answers an unknown method with 404 and a JSON body.
+            body = {"ok": False, "error": "unknown_method"}
+            return web.json_response(body, status=404), "unknown_method"
+        try:
+            if token != self.token:
+                raise SlackError("invalid_auth")
+            return web.json_response({"ok": True, **handler(params)}), None
+        except SlackError as e:
+            return web.json_response({"ok": False, "error": e.error, **e.extra}), e.error
+
+    def _next_failure(self, method: str) -> _Failure | None:
+        for key in (method, "*"):
+            queue = self._failures.get(key)
+            if queue:
+                return queue.popleft()
+        return None
+
+    async def _record(self, call: RecordedCall, replacing: RecordedCall | None = None) -> None:
+        async with self._changed:
+            # Replace the pending entry in place so `calls` stays in arrival order.
+            index = next((i for i, c in enumerate(self.calls) if c is replacing), None)
+            if index is None:
+                self.calls.append(call)
+            else:
+                self.calls[index] = call
+            self._changed.notify_all()
+
+    # -- Slack methods -----------------------------------------------------------------------
+
+    def _auth_test(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": "https://fake.slack.test/",
+            "team": "Fake",
+            "user": "pinwatch",
+            "team_id": TEAM_ID,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+        }
+
+    def _post_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._resolve(params.get("channel"))
+        text, blocks = _content(params)
+        thread_ts = params.get("thread_ts") or None
+        if thread_ts is not None:
+            parent = self._find(channel, str(thread_ts))
+            if parent is None:
+                raise SlackError("thread_not_found")
+            thread_ts = parent.thread_ts or parent.ts  # a reply to a reply joins the thread
+        message = Message(
+            channel=channel,
+            ts=self._next_ts(),
+            text=text,
+            blocks=blocks,
+            thread_ts=thread_ts,
+            reply_broadcast=_truthy(params.get("reply_broadcast")),
+        )
+        self._messages.append(message)
+        return {"channel": channel, "ts": message.ts, "message": message.to_dict()}
+
+    def _update(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._resolve(params.get("channel"))
+        message = self._find(channel, str(params.get("ts", "")))
+        if message is None:
+            raise SlackError("message_not_found")
+        text, blocks = _content(params)
+        # Like Slack, blocks not given are kept; an empty list removes them.
+        if "text" in params:
+            message.text = text
+        if "blocks" in params:
+            message.blocks = blocks
+        message.updates.append({"text": message.text, "blocks": message.blocks})
+        return {"channel": channel, "ts": message.ts, "text": message.text}
+
+    def _post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._resolve(params.get("channel"))
+        if not params.get("user"):
+            raise SlackError("user_not_found")
+        text, blocks = _content(params)
+        ts = self._next_ts()
+        self.ephemerals.append(
+            {
+                "channel": channel,
+                "user": params["user"],
+                "text": text,
+                "blocks": blocks,
+                "thread_ts": params.get("thread_ts"),
+                "message_ts": ts,
+            }
+        )
+        return {"message_ts": ts}
+
+    def _get_permalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._resolve(params.get("channel"))
+        message = self._find(channel, str(params.get("message_ts", "")))
+        if message is None:
+            raise SlackError("message_not_found")
+        link = f"{PERMALINK_BASE}/{channel}/p{message.ts.replace('.', '')}"
+        return {"channel": channel, "permalink": link}
+
+    def _usergroup_users(self, params: dict[str, Any]) -> dict[str, Any]:
+        users = self.usergroups.get(str(params.get("usergroup", "")))
+        if users is None:
+            raise SlackError("no_such_subteam")
+        return {"users": list(users)}
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _resolve(self, channel: Any) -> str:
+        """Channel name or ID → ID, creating unknown names as Slack's workspace would have them."""
+        if not isinstance(channel, str) or not channel:
+            raise SlackError("channel_not_found")
+        name = None if _ID_RE.match(channel) else channel.removeprefix("#")
+        cid = self.channel_id(channel)
+        keys = {channel, cid} | ({name, f"#{name}"} if name else set())
+        if keys & self.missing_channels:
+            raise SlackError("channel_not_found")
+        if keys & self.not_in_channel:
+            raise SlackError("not_in_channel")
+        if name is not None:
+            self.channels.setdefault(name, cid)
+        return cid
+
+    def _find(self, channel: str, ts: str) -> Message | None:
+        return next((m for m in self._messages if m.channel == channel and m.ts == ts), None)
+
+    def _next_ts(self) -> str:
+        self._seq += 1
+        return f"{1_700_000_000 + self._seq // 10_000}.{self._seq % 10_000 * 100:06d}"
+
+
+def _auto_id(name: str) -> str:
+    return "C" + hashlib.sha256(name.encode()).hexdigest()[:10].upper()
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.lower() in ("1", "true")
+    return bool(value)
+
+
+def _outcome(call: RecordedCall) -> str:
+    if call.pending:
+        return "pending"
+    return "ok" if call.ok else call.error or f"http_{call.status}"
+
+
+async def _read_params(request: web.Request) -> tuple[dict[str, Any], str | None]:
+    """Query string, JSON body and form body merged into one dict, plus the bearer token."""
+    params: dict[str, Any] = dict(request.query)
+    if request.content_type == "application/json":
+        with contextlib.suppress(ValueError):
+            body = await request.json()
+            if isinstance(body, dict):
+                params.update(body)
+    elif request.can_read_body:
+        form = await request.post()
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    if isinstance(params.get("blocks"), str):
+        # Form-encoded calls send blocks as a JSON string; a bad one is caught by _content.
+        with contextlib.suppress(ValueError):
+            params["blocks"] = json.loads(params["blocks"])
+    token = params.pop("token", None)
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        token = auth.removeprefix("Bearer ")
+    return params, token if isinstance(token, str) else None
+
+
+def _content(params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Validated (text, blocks) of a message, raising the error Slack would answer."""
+    text = params.get("text") or ""
+    blocks = params.get("blocks") or []
+    if not isinstance(text, str):
+        raise SlackError("invalid_arguments")
+    if isinstance(blocks, str):
+        raise SlackError("invalid_blocks_format")
+    if not text and not blocks:
+        raise SlackError("no_text")
+    if len(text) > _MAX_TEXT:
+        raise SlackError("msg_too_long")
+    errors = block_errors(blocks)
+    if errors:
+        raise SlackError("invalid_blocks", response_metadata={"messages": errors})
+    return text, blocks
+
+
+def block_errors(blocks: Any) -> list[str]:
+    """Slack's Block Kit limits (the ones our messages can hit), as Slack words its errors."""
+    v = _Validator()
+    if not isinstance(blocks, list):
+        v.add("/blocks", "must be an array")
+        return v.errors
+    if len(blocks) > 50:
+        v.add("/blocks", "no more than 50 items allowed")
+    for i, block in enumerate(blocks):
+        v.block(block, f"/blocks/{i}")
+    return v.errors
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.action_ids: set[str] = set()  # unique per message
+
+    def add(self, at: str, what: str) -> None:
+        self.errors.append(f"[ERROR] {what} [json-pointer:{at}]")
+
+    def length(self, value: Any, limit: int, at: str) -> None:
+        if isinstance(value, str) and len(value) > limit:
+            self.add(at, f"must be less than {limit + 1} characters")
+
+    def text(self, obj: Any, limit: int, at: str, *, plain: bool = False) -> None:
+        kinds = ("plain_text",) if plain else ("plain_text", "mrkdwn")
+        if not isinstance(obj, dict) or obj.get("type") not in kinds:
+            self.add(f"{at}/type", f"expected one of {', '.join(kinds)}")
+        elif not isinstance(obj.get("text"), str):
+            self.add(f"{at}/text", "must be a string")
+        else:
+            self.length(obj["text"], limit, f"{at}/text")
+
+    def block(self, block: Any, at: str) -> None:
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            self.add(f"{at}/type", "missing required field: type")
+            return
+        self.length(block.get("block_id"), 255, f"{at}/block_id")
+        kind = block["type"]
+        if kind == "section":
+            if "text" not in block and "fields" not in block:
+                self.add(at, "must provide either text or fields")
+            if "text" in block:
+                self.text(block["text"], 3000, f"{at}/text")
+            fields = block.get("fields", [])
+            if len(fields) > 10:
+                self.add(f"{at}/fields", "no more than 10 items allowed")
+            for j, item in enumerate(fields):
+                self.text(item, 2000, f"{at}/fields/{j}")
+            if "accessory" in block:
+                self.element(block["accessory"], f"{at}/accessory")
+        elif kind == "header":
+            self.text(block.get("text"), 150, f"{at}/text", plain=True)
+        elif kind == "context":
+            elements = block.get("elements", [])
+            if len(elements) > 10:
+                self.add(f"{at}/elements", "no more than 10 items allowed")
+            for j, el in enumerate(elements):
+                if isinstance(el, dict) and el.get("type") in ("plain_text", "mrkdwn"):
+                    self.length(el.get("text"), 2000, f"{at}/elements/{j}/text")
+        elif kind == "actions":
+            elements = block.get("elements", [])
+            if len(elements) > 25:
+                self.add(f"{at}/elements", "no more than 25 items allowed")
+            for j, el in enumerate(elements):
+                self.element(el, f"{at}/elements/{j}")
+        # divider, image, rich_text, ...: not checked
+
+    def element(self, el: Any, at: str) -> None:
+        if not isinstance(el, dict):
+            self.add(at, "must be an object")
+            return
+        action_id = el.get("action_id")
+        if isinstance(action_id, str):
+            self.length(action_id, 255, f"{at}/action_id")
+            if action_id in self.action_ids:
+                self.add(f"{at}/action_id", "must be unique within a message")
+            self.action_ids.add(action_id)
+        if el.get("type") == "button":
+            self.text(el.get("text"), 75, f"{at}/text", plain=True)
+            self.length(el.get("value"), 2000, f"{at}/value")
+            self.length(el.get("url"), 3000, f"{at}/url")
+            if el.get("style") not in (None, "primary", "danger"):
+                self.add(f"{at}/style", "must be primary or danger")
+        if "confirm" in el:
+            confirm, c_at = el["confirm"], f"{at}/confirm"
+            if not isinstance(confirm, dict):
+                self.add(c_at, "must be an object")
+                return
+            self.text(confirm.get("title"), 100, f"{c_at}/title", plain=True)
+            self.text(confirm.get("text"), 300, f"{c_at}/text")
+            self.text(confirm.get("confirm"), 30, f"{c_at}/confirm", plain=True)
+            self.text(confirm.get("deny"), 30, f"{c_at}/deny", plain=True)
+
+
+async def start_fake_slack(aiohttp_server: Any, **kwargs: Any) -> tuple[FakeSlack, str]:
+    """Serve a new FakeSlack(**kwargs) on loopback; returns it and its base URL (".../api/")."""
+    fake = FakeSlack(**kwargs)
+    server = await aiohttp_server(fake.app)
+    return fake, str(server.make_url("/api/"))
