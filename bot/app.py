@@ -12,7 +12,8 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot import keys, webhook
+from bot import actions, keys, webhook
+from bot.actions import ActionService, SlackRequestVerifier
 from bot.config import LiveConfig, LoadedConfig
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Clock, system_clock
@@ -45,6 +46,9 @@ def build_app(
     app[keys.CLOCK] = tuning.clock
     app[keys.CONFIG] = LiveConfig(config, loaded_at=tuning.clock())
     app[keys.METRICS] = Metrics()
+    app[keys.SLACK_VERIFIER] = SlackRequestVerifier(
+        settings.slack_signing_secret.get_secret_value(), clock=tuning.clock
+    )
 
     async def slack_client(app: web.Application) -> AsyncIterator[None]:
         if settings.slack_bot_token is None:
@@ -75,8 +79,17 @@ def build_app(
             retry=tuning.retry,
             poll_interval=tuning.poll_interval,
         )
+        app[keys.ACTIONS] = ActionService(
+            store=app[keys.STORE],
+            slack=app[keys.SLACK],
+            config=app[keys.CONFIG],
+            dispatcher=app[keys.DISPATCHER],
+            metrics=app[keys.METRICS],
+            clock=tuning.clock,
+        )
         task = asyncio.create_task(app[keys.DISPATCHER].run(), name="dispatcher")
         yield
+        await app[keys.ACTIONS].close()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -84,6 +97,7 @@ def build_app(
     app.cleanup_ctx.extend([slack_client, store, dispatcher])
     app.router.add_get("/webhook", webhook.handle_handshake)
     app.router.add_post("/webhook", webhook.handle_delivery)
+    app.router.add_post("/slack/actions", actions.handle_actions)
     app.router.add_get("/healthz", handle_health)
     app.router.add_get("/readyz", handle_ready)
     app.router.add_get("/metrics", handle_metrics)

@@ -5,14 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import partial
 
 from bot.config import LiveConfig
-from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EventType
+from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EscalationKind, EventType
 from bot.metrics import Metrics
-from bot.render import render_alert, render_success_reply
-from bot.routing import route
+from bot.render import (
+    render_alert,
+    render_escalation,
+    render_escalation_note,
+    render_success_reply,
+)
+from bot.routing import route, team_destination
 from bot.slack import SlackCallError, SlackGateway
 from bot.store import Store
 
@@ -31,9 +38,12 @@ class RetryPolicy:
 
 
 class _Outcome(Enum):
-    POSTED = "posted"
+    DONE = "done"
     WAITING = "waiting"  # depends on another alert that is not in Slack yet
     FAILED = "failed"
+
+
+Job = Callable[[], Awaitable[_Outcome]]
 
 
 @dataclass(slots=True)
@@ -79,7 +89,9 @@ class Dispatcher:
             while True:
                 self._wakeup.clear()
                 try:
-                    await self._start_lanes()
+                    await self._escalate_overdue()
+                    await self._start_deliveries()
+                    await self._start_pages()
                 except Exception:  # the outbox must keep draining whatever one pass hit
                     log.exception("dispatcher: delivery pass failed; retrying")
                 await self._sleep()
@@ -100,25 +112,50 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 await self._wakeup.wait()
 
-    async def _start_lanes(self) -> None:
+    async def _start_deliveries(self) -> None:
         count, oldest = await self._store.count_unposted()
         self._metrics.pending.set(count)
         self._metrics.oldest_pending_age.set(self._clock() - oldest if oldest else 0)
-        by_channel: dict[str, list[Alert]] = {}
+        by_channel: dict[str, list[Job]] = {}
         for alert in await self._store.unposted():
             if alert.channel is None:
                 alert = await self._route(alert)
             assert alert.channel is not None
-            by_channel.setdefault(alert.channel, []).append(alert)
-        now = asyncio.get_running_loop().time()
-        for channel, alerts in by_channel.items():
-            backoff = self._backoff.get(channel)
-            if channel in self._busy or (backoff and backoff.until > now):
-                continue
-            self._busy.add(channel)
-            lane = asyncio.create_task(self._run_lane(channel, alerts), name=f"lane {channel}")
-            self._lanes.add(lane)
-            lane.add_done_callback(self._lanes.discard)
+            by_channel.setdefault(alert.channel, []).append(partial(self._deliver, alert.id))
+        for channel, jobs in by_channel.items():
+            self._start_lane(channel, jobs)
+
+    async def _escalate_overdue(self) -> None:
+        for alert in await self._store.due_for_escalation(self._clock()):
+            transition = await self._store.escalate(
+                alert.id, self._pinwatch, EscalationKind.AUTOMATIC
+            )
+            if transition.changed:
+                self._metrics.escalations.labels(EscalationKind.AUTOMATIC.value).inc()
+                log.warning(
+                    "alert %d team=%s event=%s: not acknowledged in time, escalating",
+                    alert.id,
+                    alert.team,
+                    alert.event.event,
+                )
+
+    async def _start_pages(self) -> None:
+        by_channel: dict[str, list[Job]] = {}
+        for alert in await self._store.unpaged_escalations():
+            channel = team_destination(alert.team, self._config.config).escalation.channel
+            by_channel.setdefault(channel, []).append(partial(self._page, alert.id))
+        for channel, jobs in by_channel.items():
+            self._start_lane(f"escalation {channel}", jobs)
+
+    def _start_lane(self, key: str, jobs: list[Job]) -> None:
+        """One lane per key at a time, so each channel's messages go out in order."""
+        backoff = self._backoff.get(key)
+        if key in self._busy or (backoff and backoff.until > asyncio.get_running_loop().time()):
+            return
+        self._busy.add(key)
+        lane = asyncio.create_task(self._run_lane(key, jobs), name=f"lane {key}")
+        self._lanes.add(lane)
+        lane.add_done_callback(self._lanes.discard)
 
     async def _route(self, alert: Alert) -> Alert:
         destination = route(alert.event, self._config.config)
@@ -143,29 +180,34 @@ class Dispatcher:
             ack_deadline=deadline,
         )
 
-    async def _run_lane(self, channel: str, alerts: list[Alert]) -> None:
-        """Posts in order; the first failure stops the lane so that order is kept on retry."""
+    async def _run_lane(self, key: str, jobs: list[Job]) -> None:
+        """Runs jobs in order; the first failure stops the lane so that order is kept on retry."""
         posted_any = False
         try:
-            for alert in alerts:
-                outcome = await self._deliver(alert)
+            for job in jobs:
+                outcome = await job()
                 if outcome is _Outcome.FAILED:
-                    backoff = self._backoff.setdefault(channel, _Backoff())
+                    backoff = self._backoff.setdefault(key, _Backoff())
                     backoff.failures += 1
                     delay = self._retry.delay(backoff.failures)
                     backoff.until = asyncio.get_running_loop().time() + delay
-                    log.warning("dispatcher: channel %s paused for %.1fs", channel, delay)
+                    log.warning("dispatcher: %s paused for %.1fs", key, delay)
                     return
                 if outcome is _Outcome.WAITING:
                     return  # the lane posting what it waits for wakes the dispatcher
                 posted_any = True
-                self._backoff.pop(channel, None)
+                self._backoff.pop(key, None)
         finally:
-            self._busy.discard(channel)
+            self._busy.discard(key)
             if posted_any:
                 self.wake()  # what this lane posted may unblock another, or more may have come
 
-    async def _deliver(self, alert: Alert) -> _Outcome:
+    async def _deliver(self, alert_id: int) -> _Outcome:
+        # Read again inside the lane: the pass that queued this job may have read the outbox
+        # before an earlier lane for this channel committed its post.
+        alert = await self._store.get(alert_id)
+        if alert is None or alert.slack_ts is not None:
+            return _Outcome.DONE
         try:
             if alert.event.event == EventType.PIN_REQUEST_SUCCESS:
                 request = await self._store.open_request_for(alert)
@@ -173,9 +215,9 @@ class Dispatcher:
                     if request.slack_ts is None:
                         return _Outcome.WAITING
                     await self._post_under_request(alert, request)
-                    return _Outcome.POSTED
+                    return _Outcome.DONE
             await self._post_top_level(alert)
-            return _Outcome.POSTED
+            return _Outcome.DONE
         except SlackCallError as exc:
             self._metrics.delivery_retries.inc()
             await self._store.mark_attempt_failed(alert.id, exc.error)
@@ -243,6 +285,62 @@ class Dispatcher:
         self._observe_posted(success)
         transition = await self._store.mark_verification_off(request.id, self._pinwatch)
         await self.refresh_message(transition.alert)
+
+    async def _page(self, alert_id: int) -> _Outcome:
+        """Send an escalation's page, then say so under the alert and in it."""
+        alert = await self._store.get(alert_id)  # again, as in _deliver
+        if alert is None or alert.escalation_ts is not None:
+            return _Outcome.DONE
+        assert alert.slack_channel is not None
+        assert alert.slack_ts is not None
+        config = self._config.config
+        escalation = team_destination(alert.team, config).escalation
+        try:
+            page = render_escalation(
+                alert, permalink=await self._permalink(alert), mentions=escalation.mention
+            )
+            try:
+                posted = await self._slack.post(escalation.channel, page)
+            except SlackCallError as exc:
+                if not exc.channel_unusable or escalation.channel == config.defaults.channel:
+                    raise
+                log.error(
+                    "alert %d team=%s: escalation channel %s refused (%s); paging in %s",
+                    alert.id,
+                    alert.team,
+                    escalation.channel,
+                    exc.error,
+                    config.defaults.channel,
+                )
+                posted = await self._slack.post(config.defaults.channel, page)
+            await self._store.mark_paged(
+                alert.id, channel=posted.channel, ts=posted.ts, actor=self._pinwatch
+            )
+        except SlackCallError as exc:
+            log.warning(
+                "alert %d team=%s: escalation not paged, will retry: %s", alert.id, alert.team, exc
+            )
+            return _Outcome.FAILED
+        log.info("alert %d team=%s: escalated to %s", alert.id, alert.team, posted.channel)
+        note = render_escalation_note(alert, channel=escalation.channel)
+        try:
+            await self._slack.post(alert.slack_channel, note, thread_ts=alert.slack_ts)
+        except SlackCallError as exc:
+            log.warning(
+                "alert %d team=%s: escalation note not posted: %s", alert.id, alert.team, exc
+            )
+        await self.refresh_message(alert)
+        return _Outcome.DONE
+
+    async def _permalink(self, alert: Alert) -> str | None:
+        """A page without a link beats no page: a deleted alert message must not block it."""
+        assert alert.slack_channel is not None
+        assert alert.slack_ts is not None
+        try:
+            return await self._slack.permalink(alert.slack_channel, alert.slack_ts)
+        except SlackCallError as exc:
+            log.warning("alert %d team=%s: no permalink: %s", alert.id, alert.team, exc)
+            return None
 
     async def refresh_message(self, alert: Alert) -> None:
         """Re-render a posted alert in place; a failure here loses nothing, so it is logged only."""

@@ -124,6 +124,8 @@ class Alert:
     escalation_kind: EscalationKind | None = None
     verification_off_at: float | None = None  # a later PIN_REQUEST_SUCCESS confirmed the reset
     delivery_note: str | None = None  # why it was posted somewhere else than routed
+    escalation_channel: str | None = None  # where the escalation page went, once sent
+    escalation_ts: str | None = None
 
     @property
     def state(self) -> AlertState:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from bot.config import LiveConfig
-from bot.dispatcher import Dispatcher
-from bot.events import Clock
-from bot.metrics import Metrics
-from bot.settings import Settings
-from bot.slack import SlackGateway
-from bot.store import Store
+if TYPE_CHECKING:  # the adapters import this module: name their types without importing them
+    from bot.actions import ActionService, SlackRequestVerifier
+    from bot.config import LiveConfig
+    from bot.dispatcher import Dispatcher
+    from bot.events import Clock
+    from bot.metrics import Metrics
+    from bot.settings import Settings
+    from bot.slack import SlackGateway
+    from bot.store import Store
 
-SECRETS = web.AppKey("secrets", Settings)
-CONFIG = web.AppKey("config", LiveConfig)
-CLOCK = web.AppKey[Clock]("clock")
-METRICS = web.AppKey("metrics", Metrics)
-STORE = web.AppKey("store", Store)
-SLACK = web.AppKey("slack", SlackGateway)
-DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+SECRETS: web.AppKey[Settings] = web.AppKey("secrets")
+CONFIG: web.AppKey[LiveConfig] = web.AppKey("config")
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+STORE: web.AppKey[Store] = web.AppKey("store")
+SLACK: web.AppKey[SlackGateway] = web.AppKey("slack")
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+SLACK_VERIFIER: web.AppKey[SlackRequestVerifier] = web.AppKey("slack_verifier")
+ACTIONS: web.AppKey[ActionService] = web.AppKey("actions")

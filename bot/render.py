@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -268,3 +269,47 @@ def render_success_reply(alert: Alert) -> Message:
         text = " ".join(mention(m) for m in alert.mentions) + " " + text
     blocks = [SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)))]
     return Message(text=_fallback(alert), blocks=_to_dicts(list(blocks)))
+
+
+def channel_text(channel: str) -> str:
+    """A configured channel as Slack shows it: an ID becomes a link, a #name stays as written."""
+    return channel if channel.startswith("#") else f"<#{channel}>"
+
+
+def _escalation_reason(alert: Alert) -> str:
+    assert alert.escalated is not None
+    if alert.escalation_kind == EscalationKind.AUTOMATIC:
+        deadline = alert.ack_deadline if alert.ack_deadline is not None else alert.escalated.at
+        return f"Escalated automatically: nobody acknowledged it by {slack_date(deadline)}."
+    return f"Escalated by {actor_text(alert.escalated)} {slack_date(alert.escalated.at)}."
+
+
+def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence[str]) -> Message:
+    """The page sent to the escalation channel, linking back to the alert."""
+    lines = [
+        " ".join(mention(m) for m in mentions),
+        f"*{_title(alert)}* for *{safe(readable_phone(alert.event.phone_number))}*"
+        + (f" (team {safe(alert.team)})" if alert.team else "")
+        + " needs attention.",
+        _escalation_reason(alert),
+        f"<{permalink}|Open the alert>"
+        if permalink
+        else f"The alert is in {channel_text(alert.slack_channel or '')}.",
+    ]
+    text = "\n".join(line for line in lines if line)
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=clip(f"Escalated: {_title(alert)}", HEADER_MAX))),
+        SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX))),
+        SectionBlock(fields=_fields(alert)),
+    ]
+    return Message(text="[ESCALATED] " + _fallback(alert), blocks=_to_dicts(blocks))
+
+
+def render_escalation_note(alert: Alert, *, channel: str) -> Message:
+    """The thread reply under the alert saying where it was escalated, and by whom."""
+    text = f":mega: {_escalation_reason(alert)} Paged in {channel_text(channel)}."
+    blocks = [SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)))]
+    fallback = f"Escalated to {channel}" + (
+        f" by {actor_plain(alert.escalated)}" if alert.escalated else ""
+    )
+    return Message(text=fallback, blocks=_to_dicts(list(blocks)))

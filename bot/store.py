@@ -66,6 +66,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_by_alert ON audit (alert_id, id);
     """,
+    # 2: an escalation is recorded first and paged by the outbox, so a Slack failure cannot lose it.
+    """
+    ALTER TABLE alerts ADD COLUMN escalation_channel TEXT;
+    ALTER TABLE alerts ADD COLUMN escalation_ts TEXT;
+    CREATE INDEX alerts_unpaged ON alerts (id)
+        WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL;
+    """,
 )
 
 _INSERT_EVENT = """
@@ -130,6 +137,8 @@ def _alert_from_row(row: sqlite3.Row) -> Alert:
         escalation_kind=EscalationKind(kind) if kind else None,
         verification_off_at=row["verification_off_at"],
         delivery_note=row["delivery_note"],
+        escalation_channel=row["escalation_channel"],
+        escalation_ts=row["escalation_ts"],
     )
 
 
@@ -280,20 +289,21 @@ class Store:
         async with self._db.execute(
             """SELECT * FROM alerts
                WHERE acknowledged_at IS NULL AND escalated_at IS NULL
-                 AND ack_deadline IS NOT NULL AND ack_deadline <= ? AND slack_ts IS NOT NULL
+                 AND ack_deadline IS NOT NULL AND ack_deadline <= ?
+                 AND slack_ts IS NOT NULL AND thread_ts IS NULL
                ORDER BY ack_deadline LIMIT ?""",
             (now, limit),
         ) as cursor:
             return [_alert_from_row(row) async for row in cursor]
 
-    async def next_deadline(self) -> float | None:
+    async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
+        """Escalated alerts whose page has not reached Slack yet."""
         async with self._db.execute(
-            """SELECT min(ack_deadline) FROM alerts
-               WHERE acknowledged_at IS NULL AND escalated_at IS NULL
-                 AND ack_deadline IS NOT NULL AND slack_ts IS NOT NULL"""
+            """SELECT * FROM alerts WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL
+               ORDER BY id LIMIT ?""",
+            (limit,),
         ) as cursor:
-            row = await cursor.fetchone()
-        return row[0] if row else None
+            return [_alert_from_row(row) async for row in cursor]
 
     async def audit_log(self, alert_id: int) -> list[AuditEntry]:
         async with self._db.execute(
@@ -361,6 +371,14 @@ class Store:
                 (slack_channel, ts, thread_ts, note, alert_id),
             )
             await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts}")
+
+    async def mark_paged(self, alert_id: int, *, channel: str, ts: str, actor: Actor) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET escalation_channel = ?, escalation_ts = ? WHERE id = ?",
+                (channel, ts, alert_id),
+            )
+            await self._audit(db, alert_id, "paged", actor, f"{channel} {ts}")
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
         async with self._transaction() as db:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp import web
@@ -72,6 +75,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5
             await asyncio.sleep(0.01)
 
 
+SLACK_USERGROUPS = {"S0PAYSEC": ["U0CAROL", "U0DAVE"], "S0SECLEADS": ["U0BOB"]}
+
+
 class FakeClock:
     """Time that moves only when a test says so."""
 
@@ -102,6 +108,28 @@ def security(event: str, phone: str = "15550783881", **extra: str) -> dict[str, 
     return {"field": "security", "value": {"display_phone_number": phone, "event": event, **extra}}
 
 
+def slack_signature(secret: str, timestamp: str, body: bytes) -> str:
+    base = b"v0:" + timestamp.encode() + b":" + body
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+def block_actions_body(
+    action_id: str, alert_id: int, *, user: str, name: str | None, alert: Alert
+) -> bytes:
+    """A block_actions payload shaped like the one Slack sends (tests/data holds a real one)."""
+    payload = json.loads((DATA / "slack_block_actions.json").read_text())
+    payload["user"] = {"id": user, "username": name or user.lower(), "team_id": "T0FAKE"}
+    if name is not None:
+        payload["user"]["name"] = name
+    payload["container"]["channel_id"] = alert.slack_channel
+    payload["container"]["message_ts"] = alert.slack_ts
+    payload["channel"]["id"] = alert.slack_channel
+    payload["message"]["ts"] = alert.slack_ts
+    payload["actions"][0]["action_id"] = action_id
+    payload["actions"][0]["value"] = str(alert_id)
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
 @dataclass
 class Pinwatch:
     """The bot under test, its HTTP client, and the fake Slack it posts to."""
@@ -128,6 +156,31 @@ class Pinwatch:
 
         await eventually(posted)
         return await self.alert(alert_id)
+
+    async def click(
+        self,
+        action: str,
+        alert_id: int,
+        *,
+        user: str = "U0ALICE",
+        name: str | None = "alice",
+        timestamp: int | None = None,
+        secret: str = SLACK_SIGNING_SECRET,
+        body: bytes | None = None,
+    ) -> int:
+        """Press a button on an alert, as Slack posts it: form-encoded, signed, timestamped."""
+        alert = await self.alert(alert_id)
+        body = body or block_actions_body(
+            f"pinwatch.{action}", alert_id, user=user, name=name, alert=alert
+        )
+        stamp = str(int(self.clock()) if timestamp is None else timestamp)
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": slack_signature(secret, stamp, body),
+        }
+        async with self.client.post("/slack/actions", data=body, headers=headers) as response:
+            return response.status
 
     async def stop(self) -> None:
         await self.client.close()
@@ -175,7 +228,9 @@ def config_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def fake_slack(aiohttp_server: Any) -> FakeSlack:
-    fake, _ = await start_fake_slack(aiohttp_server, channels=SLACK_CHANNELS)
+    fake, _ = await start_fake_slack(
+        aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
+    )
     return fake
 
 
@@ -187,7 +242,9 @@ async def start_pinwatch(
     started: list[TestClient[web.Request, web.Application]] = []
 
     async def start(slack: tuple[FakeSlack, str] | None = None) -> Pinwatch:
-        fake, url = slack or await start_fake_slack(aiohttp_server, channels=SLACK_CHANNELS)
+        fake, url = slack or await start_fake_slack(
+            aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
+        )
         app = build_app(
             settings(slack_api_url=url), load_config(config_path), tuning=_tuning(clock)
         )

@@ -1,0 +1,326 @@
+"""Slack interactivity: verify a click, parse it, check who clicked, and apply it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import parse_qs
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from slack_sdk.signature import Clock as SlackClock
+from slack_sdk.signature import SignatureVerifier
+
+from bot import keys
+from bot.config import LiveConfig
+from bot.dispatcher import Dispatcher
+from bot.events import Actor, Alert, Clock, EscalationKind
+from bot.metrics import Metrics
+from bot.render import ACKNOWLEDGE_ACTION, ESCALATE_ACTION, actor_text, slack_date
+from bot.routing import team_destination
+from bot.slack import SlackCallError, SlackGateway
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_WINDOW = 5 * 60  # Slack's own rule for X-Slack-Request-Timestamp
+GROUP_CACHE_SECONDS = 300.0
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,40}$")
+
+
+class Action(StrEnum):
+    ACKNOWLEDGE = "acknowledge"
+    ESCALATE = "escalate"
+
+
+_ACTIONS = {ACKNOWLEDGE_ACTION: Action.ACKNOWLEDGE, ESCALATE_ACTION: Action.ESCALATE}
+
+
+class RequestRefused(Exception):
+    """Not signed by Slack, too old, or seen before: answered 401."""
+
+
+class MalformedInteraction(Exception):
+    """Signed by Slack but not a payload we can read: answered 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    action: Action
+    alert_id: int
+    user_id: str
+    user_name: str | None
+    channel_id: str | None
+
+
+# --- verification -----------------------------------------------------------------------------
+
+
+class _InjectedClock(SlackClock):
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def now(self) -> float:
+        return self._clock()
+
+
+class SlackRequestVerifier:
+    """SignatureVerifier, plus what it lacks: bad headers refused, replays refused."""
+
+    def __init__(self, signing_secret: str, *, clock: Clock) -> None:
+        self._verifier = SignatureVerifier(signing_secret, clock=_InjectedClock(clock))
+        self._clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def verify(self, body: bytes, timestamp: str | None, signature: str | None) -> None:
+        if not timestamp or not signature:
+            raise RequestRefused("missing Slack signature headers")
+        if not timestamp.isascii() or not timestamp.isdigit():
+            # is_valid raises ValueError on a non-numeric timestamp: refuse it here instead.
+            raise RequestRefused("bad X-Slack-Request-Timestamp")
+        try:
+            valid = self._verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
+        except (ValueError, UnicodeDecodeError):
+            valid = False
+        if not valid:
+            raise RequestRefused("bad or stale Slack signature")
+        now = self._clock()
+        self._forget_older_than(now - SIGNATURE_WINDOW)
+        if signature in self._seen:
+            raise RequestRefused("replayed Slack request")
+        self._seen[signature] = now
+
+    def _forget_older_than(self, horizon: float) -> None:
+        while self._seen and next(iter(self._seen.values())) < horizon:
+            self._seen.popitem(last=False)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SlackUser(_Loose):
+    id: str
+    name: str | None = None
+    username: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _user_id(cls, value: str) -> str:
+        if not _SLACK_USER.match(value):
+            raise ValueError("not a Slack user ID")
+        return value
+
+
+class SlackChannel(_Loose):
+    id: str
+
+
+class BlockAction(_Loose):
+    action_id: str = ""
+    value: str | None = None
+
+
+class Interaction(_Loose):
+    type: str
+    user: SlackUser | None = None
+    channel: SlackChannel | None = None
+    actions: list[BlockAction] = Field(default_factory=list)
+
+
+def parse_interaction(body: bytes) -> list[Click]:
+    """The pinwatch clicks in a form-encoded Slack interaction; [] for anything else."""
+    try:
+        form = parse_qs(body.decode("utf-8"), strict_parsing=False)
+        [raw] = form["payload"]
+        interaction = Interaction.model_validate_json(raw)
+    except (UnicodeDecodeError, KeyError, ValueError) as exc:
+        raise MalformedInteraction("not a Slack interaction payload") from exc
+    if interaction.type != "block_actions":
+        return []
+    clicks = []
+    for action in interaction.actions:
+        kind = _ACTIONS.get(action.action_id)
+        if kind is None:
+            continue
+        if interaction.user is None or not (action.value or "").isdigit():
+            raise MalformedInteraction("a pinwatch action without a user or alert id")
+        clicks.append(
+            Click(
+                action=kind,
+                alert_id=int(action.value or 0),
+                user_id=interaction.user.id,
+                # Slack does not always send user.name; username is the older field.
+                user_name=interaction.user.name or interaction.user.username,
+                channel_id=interaction.channel.id if interaction.channel else None,
+            )
+        )
+    return clicks
+
+
+# --- authorization ----------------------------------------------------------------------------
+
+
+class Responders:
+    """Who may act on a team's alerts; user groups resolved through Slack and cached."""
+
+    def __init__(self, slack: SlackGateway) -> None:
+        self._slack = slack
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+
+    async def may_act(self, user_id: str, responders: tuple[str, ...] | None) -> bool:
+        if responders is None:
+            return True
+        if user_id in responders:
+            return True
+        for group in (r for r in responders if r.startswith("S")):
+            if user_id in await self._members(group):
+                return True
+        return False
+
+    async def _members(self, group: str) -> frozenset[str]:
+        cached = self._groups.get(group)
+        if cached and time.monotonic() - cached[0] < GROUP_CACHE_SECONDS:
+            return cached[1]
+        try:
+            members = frozenset(await self._slack.usergroup_members(group))
+        except SlackCallError as exc:
+            if cached:  # a stale list beats locking every responder out during a Slack hiccup
+                log.warning("user group %s not refreshed, using cached members: %s", group, exc)
+                return cached[1]
+            raise
+        self._groups[group] = (time.monotonic(), members)
+        return members
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+
+class ActionService:
+    """Applies clicks in the background: Slack wants its answer within 3 seconds."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        slack: SlackGateway,
+        config: LiveConfig,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._slack = slack
+        self._config = config
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._clock = clock
+        self._responders = Responders(slack)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, clicks: list[Click]) -> None:
+        for click in clicks:
+            task = asyncio.create_task(self._apply_logged(click), name=f"click {click.alert_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _apply_logged(self, click: Click) -> None:
+        try:
+            await self.apply(click)
+        except Exception:
+            log.exception("alert %d: %s by %s failed", click.alert_id, click.action, click.user_id)
+
+    async def apply(self, click: Click) -> None:
+        alert = await self._store.get(click.alert_id)
+        if alert is None or alert.slack_channel is None:
+            await self._tell(click, "pinwatch has no such alert.")
+            return
+        responders = team_destination(alert.team, self._config.config).responders
+        try:
+            allowed = await self._responders.may_act(click.user_id, responders)
+        except SlackCallError as exc:
+            log.warning("alert %d team=%s: responders not resolved: %s", alert.id, alert.team, exc)
+            await self._tell(click, "pinwatch could not check the responders list; try again.")
+            return
+        if not allowed:
+            log.warning(
+                "alert %d team=%s: %s refused for %s (not a responder)",
+                alert.id,
+                alert.team,
+                click.action,
+                click.user_id,
+            )
+            await self._tell(
+                click, f"Only the responders of team {alert.team} can act on this alert."
+            )
+            return
+        actor = Actor(user_id=click.user_id, name=click.user_name, at=self._clock())
+        if click.action is Action.ACKNOWLEDGE:
+            await self._acknowledge(click, alert, actor)
+        else:
+            await self._escalate(click, alert, actor)
+
+    async def _acknowledge(self, click: Click, alert: Alert, actor: Actor) -> None:
+        transition = await self._store.acknowledge(alert.id, actor)
+        done = transition.alert.acknowledged
+        assert done is not None
+        if not transition.changed:
+            await self._tell(
+                click, f"Already acknowledged by {actor_text(done)} {slack_date(done.at)}."
+            )
+            return
+        self._metrics.time_to_ack.observe(max(0.0, actor.at - alert.received_at))
+        log.info("alert %d team=%s: acknowledged by %s", alert.id, alert.team, actor.user_id)
+        await self._dispatcher.refresh_message(transition.alert)
+
+    async def _escalate(self, click: Click, alert: Alert, actor: Actor) -> None:
+        transition = await self._store.escalate(alert.id, actor, EscalationKind.MANUAL)
+        done = transition.alert.escalated
+        assert done is not None
+        if not transition.changed:
+            await self._tell(
+                click, f"Already escalated by {actor_text(done)} {slack_date(done.at)}."
+            )
+            return
+        self._metrics.escalations.labels(EscalationKind.MANUAL.value).inc()
+        log.info("alert %d team=%s: escalated by %s", alert.id, alert.team, actor.user_id)
+        self._dispatcher.wake()  # the page goes out through the outbox, so it survives a crash
+
+    async def _tell(self, click: Click, text: str) -> None:
+        if click.channel_id is None:
+            return
+        try:
+            await self._slack.ephemeral(click.channel_id, click.user_id, text)
+        except SlackCallError as exc:
+            log.warning("alert %d: could not tell %s: %s", click.alert_id, click.user_id, exc)
+
+
+async def handle_actions(request: web.Request) -> web.Response:
+    app = request.app
+    body = await request.read()
+    try:
+        app[keys.SLACK_VERIFIER].verify(
+            body,
+            request.headers.get("X-Slack-Request-Timestamp"),
+            request.headers.get("X-Slack-Signature"),
+        )
+    except RequestRefused as exc:
+        log.warning("slack actions: refused from %s: %s", request.remote, exc)
+        return web.Response(status=401, text=str(exc))
+    try:
+        clicks = parse_interaction(body)
+    except MalformedInteraction as exc:
+        return web.Response(status=400, text=str(exc))
+    app[keys.ACTIONS].submit(clicks)
+    return web.Response()
