@@ -47,5 +47,10 @@ pytest: $(STAMP)
 test-reliability: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# Load runs on this machine only (loopback); never part of `make test`.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis pinwatch.db pinwatch.db-*

@@ -228,10 +228,39 @@ def _validation_problems(
         yield ConfigProblem(source, index.line_of(loc), _where(loc), message)
 
 
+def _unknown_teams(data: dict[str, Any], index: _LineIndex, source: str) -> Iterator[ConfigProblem]:
+    """Read from the raw data, so that a misspelt team is reported beside every other error."""
+    teams = data.get("teams")
+    known = set(teams) if isinstance(teams, dict) else set()
+    routes = data.get("routes")
+    for i, route in enumerate(routes if isinstance(routes, list) else []):
+        team = route.get("team") if isinstance(route, dict) else None
+        if isinstance(team, str) and team not in known:
+            yield ConfigProblem(
+                source,
+                index.line_of(("routes", i, "team")),
+                f"routes[{i}].team",
+                f"team {team!r} is not defined under teams",
+            )
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads an unquoted 00442071460 as octal 76051248: keep such numbers as written."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int | str:  # type: ignore[override]
+        text = str(node.value).replace("_", "")
+        if len(text.lstrip("+-")) > 1 and text.lstrip("+-").startswith("0"):
+            return str(node.value)
+        return int(super().construct_yaml_int(node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
 def parse_config(text: str, *, source: str) -> LoadedConfig:
     """Validate the routing file's text; raise ConfigError listing every problem found."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             root = loader.get_single_node()
             data: Any = loader.construct_document(root) if root is not None else None
@@ -255,17 +284,7 @@ def parse_config(text: str, *, source: str) -> LoadedConfig:
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_validation_problems(exc, index, source))
-    else:
-        problems.extend(
-            ConfigProblem(
-                source,
-                index.line_of(("routes", i, "team")),
-                f"routes[{i}].team",
-                f"team {route.team!r} is not defined under teams",
-            )
-            for i, route in enumerate(config.routes)
-            if route.team not in config.teams
-        )
+    problems.extend(_unknown_teams(data, index, source))
     if problems:
         raise ConfigError(problems)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -74,7 +74,10 @@ def readable_phone(number: str) -> str:
 def slack_date(timestamp: float) -> str:
     """Shown in each reader's own time zone, with UTC as the fallback."""
     seconds = int(timestamp)
-    fallback = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        fallback = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):  # Meta's `time` is outside input too
+        fallback = f"unix time {seconds}"
     return f"<!date^{seconds}^{{date_short_pretty}} at {{time_secs}}|{fallback}>"
 
 
@@ -206,8 +209,9 @@ def _buttons(alert: Alert) -> list[ButtonElement]:
 def _unknown_details(alert: Alert) -> SectionBlock:
     raw = json.dumps(alert.event.value, ensure_ascii=False, sort_keys=True, indent=1)
     escaped = raw.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    body = clip(escaped.replace("```", "'''"), SECTION_TEXT_MAX - 20)
-    return SectionBlock(text=MarkdownTextObject(text=f"*As sent by Meta*\n```{body}```"))
+    head, tail = "*As sent by Meta*\n```", "```"
+    body = clip(escaped.replace("```", "'''"), SECTION_TEXT_MAX - len(head) - len(tail))
+    return SectionBlock(text=MarkdownTextObject(text=f"{head}{body}{tail}"))
 
 
 def _fallback(alert: Alert) -> str:
