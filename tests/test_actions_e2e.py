@@ -148,7 +148,7 @@ async def test_racing_acknowledgements_give_exactly_one(pinwatch: Pinwatch) -> N
         pinwatch.click("acknowledge", 1, user="U0CAROL"),
         pinwatch.click("acknowledge", 1, user="U0DAVE"),
     )
-    assert statuses == [200, 200, 200]
+    assert list(statuses) == [200, 200, 200]
     await pinwatch.slack.wait_for_calls("chat.postEphemeral", 2)
     await pinwatch.slack.wait_for_calls("chat.update")
     acknowledgements = [e for e in await pinwatch.store.audit_log(1) if e.action == "acknowledged"]

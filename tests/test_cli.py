@@ -1,0 +1,227 @@
+"""The command line as a user runs it: exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from aiohttp import web
+
+from bot.cli import main
+
+ROOT = Path(__file__).parent.parent
+EXAMPLE = ROOT / "config.example.yaml"
+BAD = Path(__file__).parent / "data" / "config" / "several_errors.yaml"
+BAD_LINES = ["2", "3", "6", "10", "13", "14"]
+PAYMENTS_WABA = "102290129340398"
+
+
+def run(argv: Sequence[str]) -> int:
+    """main() as the console script would end: a SystemExit counts as its exit code."""
+    try:
+        return main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    if not isinstance(code, int):
+        raise TypeError(f"exit code {code!r} is not a number")
+    return code
+
+
+def run_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def route_table(out: str) -> dict[str, str]:
+    """'team:       payments' lines → {'team': 'payments'}."""
+    rows = [line.split(":", 1) for line in out.splitlines()]
+    return {label.strip(): value.strip() for label, value in rows}
+
+
+def assert_problem_lines(err: str, path: Path) -> None:
+    lines = err.splitlines()
+    assert [line.removeprefix(f"{path}:").split(":")[0] for line in lines] == BAD_LINES
+    assert all(line.startswith(f"{path}:") for line in lines)
+    assert all(len(line.split(": ", 2)) == 3 for line in lines)  # PATH:LINE: where: what
+
+
+# -- check-config ----------------------------------------------------------------------------
+
+
+def test_check_config_on_the_example_prints_one_summary_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(["check-config", str(EXAMPLE)]) == 0
+    out, err = capsys.readouterr()
+    [line] = out.splitlines()
+    assert line.startswith(f"{EXAMPLE}: ok (2 teams, 3 routes, default channel #wa-security")
+    assert err == ""
+
+
+def test_check_config_on_a_bad_file_lists_every_error_and_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(["check-config", str(BAD)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_problem_lines(err, BAD)
+
+
+def test_check_config_on_a_missing_file_exits_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert run(["check-config", str(missing)]) == 1
+    assert capsys.readouterr().err.startswith(f"{missing}:1: file: ")
+
+
+# -- route -----------------------------------------------------------------------------------
+
+
+def test_route_for_the_payments_number_shows_the_payments_team(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["route", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA, "--phone", "15550783881"]
+    assert run(argv) == 0
+    table = route_table(capsys.readouterr().out)
+    assert table["event"] == "PIN_RESET_REQUEST for +1 555-078-3881 (WABA 102290129340398)"
+    assert table["team"] == "payments"
+    assert table["channel"] == "C0PAYMENTS"
+    assert table["mentions"] == "S0PAYSEC"
+    assert table["responders"] == "S0PAYSEC, U0ALICE"
+    assert table["ack within"] == "600s, then escalate"
+    assert table["escalation"] == "#payments-leads mentioning U0BOB"
+
+
+def test_route_for_an_unmatched_number_shows_the_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["route", "--config", str(EXAMPLE), "--waba", "999", "--phone", "+49 151 23456789"]
+    assert run(argv) == 0
+    table = route_table(capsys.readouterr().out)
+    assert table["team"] == "(none: defaults)"
+    assert table["channel"] == "#wa-security"
+    assert table["mentions"] == "(none)"
+    assert table["responders"] == "anyone in the channel"
+    assert table["ack within"] == "900s, then escalate"
+    assert table["escalation"] == "#security-escalations mentioning S0SECLEADS"
+
+
+def test_route_honours_the_event_option(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["route", "--config", str(EXAMPLE), "--waba", "999", "--phone", "+44 20 7946 0018"]
+    assert run([*argv, "--event", "PIN_CHANGED"]) == 0
+    table = route_table(capsys.readouterr().out)
+    assert table["event"].startswith("PIN_CHANGED for ")
+    assert table["team"] == "support"
+    assert table["channel"] == "#support-security"
+
+
+def test_route_with_a_bad_config_reports_its_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["route", "--config", str(BAD), "--waba", PAYMENTS_WABA, "--phone", "15550783881"]
+    assert run(argv) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert_problem_lines(err, BAD)
+
+
+# -- usage errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["check-config"],
+        ["route", "--config", str(EXAMPLE), "--phone", "15550783881"],
+        ["serve", "--config", str(EXAMPLE), "--port", "http"],
+        ["serve", "--config", str(EXAMPLE), "--port", "70000"],
+    ],
+    ids=["no-command", "unknown-command", "no-path", "no-waba", "port-not-number", "port-range"],
+)
+def test_usage_errors_exit_2_with_usage(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "usage: pinwatch" in err
+
+
+# -- serve -----------------------------------------------------------------------------------
+
+
+def _must_not_serve(*args: object, **kwargs: object) -> NoReturn:
+    raise AssertionError("serve started a server although a secret is missing")
+
+
+def test_serve_without_meta_app_secret_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("META_APP_SECRET", raising=False)
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    monkeypatch.setenv("META_VERIFY_TOKEN", "verify")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing")
+    monkeypatch.setattr(web, "run_app", _must_not_serve)
+    assert run(["serve", "--config", str(EXAMPLE), "--port", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert "META_APP_SECRET" in err
+    assert "not set" in err
+    assert "META_VERIFY_TOKEN" not in err  # only what is actually missing is named
+    assert out == ""
+
+
+# -- as a real process -----------------------------------------------------------------------
+
+
+def _environment_without_secrets() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("META_", "SLACK_", "PORT"))}
+    return env | {"META_VERIFY_TOKEN": "verify", "SLACK_SIGNING_SECRET": "signing"}
+
+
+def test_python_m_bot_check_config_on_the_example() -> None:
+    result = run_process("check-config", str(EXAMPLE))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stdout.startswith(f"{EXAMPLE}: ok (")
+
+
+def test_python_m_bot_check_config_on_a_bad_file() -> None:
+    result = run_process("check-config", str(BAD))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert_problem_lines(result.stderr, BAD)
+
+
+def test_python_m_bot_route_prints_the_destination() -> None:
+    result = run_process(
+        "route", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA, "--phone", "+1 555-078-3881"
+    )
+    assert result.returncode == 0, result.stderr
+    assert route_table(result.stdout)["team"] == "payments"
+
+
+def test_python_m_bot_usage_error_exits_2() -> None:
+    result = run_process("route", "--config", str(EXAMPLE))
+    assert result.returncode == 2
+    assert "usage: pinwatch" in result.stderr
+
+
+def test_python_m_bot_serve_without_meta_app_secret_exits_1() -> None:
+    result = run_process(
+        "serve", "--config", str(EXAMPLE), "--port", "0", env=_environment_without_secrets()
+    )
+    assert result.returncode == 1
+    assert "META_APP_SECRET" in result.stderr
+    assert "not set" in result.stderr
