@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -14,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import actions, keys, webhook
 from bot.actions import ActionService, SlackRequestVerifier
-from bot.config import LiveConfig, LoadedConfig
+from bot.config import LiveConfig, LoadedConfig, ReloadResult
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Clock, system_clock
 from bot.metrics import Metrics
@@ -34,6 +36,7 @@ class Tuning:
     clock: Clock = system_clock
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_interval: float = 1.0
+    config_poll_interval: float = 1.0
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
 
 
@@ -94,7 +97,16 @@ def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([slack_client, store, dispatcher])
+    async def config_watcher(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(
+            watch_config(app, poll_interval=tuning.config_poll_interval), name="config watcher"
+        )
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.extend([slack_client, store, dispatcher, config_watcher])
     app.router.add_get("/webhook", webhook.handle_handshake)
     app.router.add_post("/webhook", webhook.handle_delivery)
     app.router.add_post("/slack/actions", actions.handle_actions)
@@ -102,6 +114,57 @@ def build_app(
     app.router.add_get("/readyz", handle_ready)
     app.router.add_get("/metrics", handle_metrics)
     return app
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def reload_config(app: web.Application) -> ReloadResult:
+    """Apply the routing file as it is now on disk, or keep the version in force and say why."""
+    live = app[keys.CONFIG]
+    before = live.current
+    result, error = live.reload(now=app[keys.CLOCK]())
+    app[keys.METRICS].config_reloads.labels(result.value).inc()
+    if error is not None:
+        log.error(
+            "config %s refused, version %s stays in force:\n%s", before.source, before.digest, error
+        )
+    elif result is ReloadResult.APPLIED:
+        log.info("config %s version %s in force", live.current.source, live.current.digest)
+        if live.config.store.path != before.config.store.path:
+            log.warning("store.path changed: the new path is used from the next restart")
+    return result
+
+
+async def watch_config(app: web.Application, *, poll_interval: float) -> None:
+    """Reload when the file changes on disk, or at once on SIGHUP."""
+    path = Path(app[keys.CONFIG].current.source)
+    hangup = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, hangup.set)
+        hangup_installed = True
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals
+        hangup_installed = False
+    stamp = _file_stamp(path)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_interval):
+                    await hangup.wait()
+            current = _file_stamp(path)
+            if hangup.is_set() or current != stamp:
+                hangup.clear()
+                stamp = current
+                reload_config(app)
+    finally:
+        if hangup_installed:
+            loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def handle_health(request: web.Request) -> web.Response:

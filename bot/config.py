@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -299,6 +300,12 @@ def load_config(path: Path) -> LoadedConfig:
     return parse_config(text, source=str(path))
 
 
+class ReloadResult(StrEnum):
+    APPLIED = "applied"
+    UNCHANGED = "unchanged"
+    REFUSED = "refused"
+
+
 class LiveConfig:
     """The config in force; a reload swaps it whole, so a reader never sees half of one."""
 
@@ -310,6 +317,14 @@ class LiveConfig:
     def config(self) -> Config:
         return self.current.config
 
-    def replace(self, loaded: LoadedConfig, *, loaded_at: float) -> None:
+    def reload(self, *, now: float) -> tuple[ReloadResult, ConfigError | None]:
+        """Re-read the file; a version that does not validate leaves the one in force alone."""
+        try:
+            loaded = load_config(Path(self.current.source))
+        except ConfigError as exc:
+            return ReloadResult.REFUSED, exc
+        if loaded.digest == self.current.digest:
+            return ReloadResult.UNCHANGED, None
         self.current = loaded
-        self.loaded_at = loaded_at
+        self.loaded_at = now
+        return ReloadResult.APPLIED, None

@@ -261,7 +261,12 @@ async def start_pinwatch(
 
 
 def _tuning(clock: FakeClock) -> Tuning:
-    return Tuning(clock=clock, retry=TEST_TUNING.retry, poll_interval=TEST_TUNING.poll_interval)
+    return Tuning(
+        clock=clock,
+        retry=TEST_TUNING.retry,
+        poll_interval=TEST_TUNING.poll_interval,
+        config_poll_interval=0.05,
+    )
 
 
 @pytest.fixture

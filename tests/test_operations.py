@@ -1,0 +1,224 @@
+"""Running it: live routing edits, SIGHUP, health, metrics, no secret in the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import (
+    DATA,
+    META_APP_SECRET,
+    META_VERIFY_TOKEN,
+    SLACK_BOT_TOKEN,
+    SLACK_SIGNING_SECRET,
+    TEST_CONFIG,
+    Pinwatch,
+    delivery,
+    eventually,
+    security,
+)
+
+REFERENCE_BODY = (DATA / "security_reset_request.json").read_bytes()
+
+
+async def config_version(pinwatch: Pinwatch) -> str:
+    async with pinwatch.client.get("/readyz") as response:
+        assert response.status == 200
+        body: dict[str, Any] = await response.json()
+        return str(body["config"]["version"])
+
+
+async def wait_for_version_change(pinwatch: Pinwatch, old: str) -> str:
+    async def changed() -> bool:
+        return await config_version(pinwatch) != old
+
+    await eventually(changed)
+    return await config_version(pinwatch)
+
+
+async def metric(pinwatch: Pinwatch, name: str, labels: str = "") -> float:
+    async with pinwatch.client.get("/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or line.startswith(f"{name}{{{labels}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+
+
+async def test_a_valid_edit_takes_effect_for_the_next_event(pinwatch: Pinwatch) -> None:
+    before = await config_version(pinwatch)
+    edit(pinwatch.config_path, 'channel: "C0PAYMENTS"', 'channel: "C0NEWPAY"')
+    after = await wait_for_version_change(pinwatch, before)
+    assert after != before
+
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    await pinwatch.wait_posted(1)
+    assert len(pinwatch.slack.top_level("C0NEWPAY")) == 1
+    assert await metric(pinwatch, "pinwatch_config_reloads_total", 'result="applied"') == 1
+
+
+async def test_an_invalid_edit_is_refused_and_the_old_version_still_routes(
+    pinwatch: Pinwatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = await config_version(pinwatch)
+    edit(pinwatch.config_path, 'channel: "C0PAYMENTS"', "channel: payments-without-hash")
+
+    async def refused() -> bool:
+        return await metric(pinwatch, "pinwatch_config_reloads_total", 'result="refused"') >= 1
+
+    await eventually(refused)
+    assert await config_version(pinwatch) == before
+    assert f"{pinwatch.config_path}:" in caplog.text
+    assert "teams.payments.channel" in caplog.text
+
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    await pinwatch.wait_posted(1)
+    assert len(pinwatch.slack.top_level("C0PAYMENTS")) == 1
+
+
+async def test_reload_under_concurrent_deliveries_drops_nothing(pinwatch: Pinwatch) -> None:
+    async def deliver(i: int) -> int:
+        body = delivery(security("PIN_CHANGED", phone="15550783881"), time=1748811473 + i)
+        status, _ = await pinwatch.post_webhook(body)
+        return status
+
+    async def rewrite() -> None:
+        for n in range(10):
+            edit(pinwatch.config_path, "ack_timeout: 10m", f"ack_timeout: {11 + n}m")
+            edit(pinwatch.config_path, f"ack_timeout: {11 + n}m", "ack_timeout: 10m")
+            await asyncio.sleep(0.01)
+
+    results = await asyncio.gather(rewrite(), *(deliver(i) for i in range(60)))
+    assert results[1:] == [200] * 60
+    await pinwatch.slack.wait_for(lambda s: len(s.top_level("C0PAYMENTS")) == 60, timeout=15)
+
+
+async def test_health_readiness_and_metrics_endpoints(pinwatch: Pinwatch) -> None:
+    async with pinwatch.client.get("/healthz") as response:
+        assert response.status == 200
+    async with pinwatch.client.get("/readyz") as response:
+        body = await response.json()
+        assert response.status == 200
+        assert body["status"] == "ready"
+        assert body["config"]["source"] == str(pinwatch.config_path)
+    async with pinwatch.client.get("/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        assert "pinwatch_alerts_pending" in await response.text()
+
+
+# --- a real process -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    """`pinwatch serve` as a subprocess in dry-run, its output captured to a file."""
+    config = tmp_path / "config.yaml"
+    config.write_text(TEST_CONFIG.format(store=tmp_path / "pinwatch.db"))
+    port = free_port()
+    env = {
+        **os.environ,
+        "META_APP_SECRET": META_APP_SECRET,
+        "META_VERIFY_TOKEN": META_VERIFY_TOKEN,
+        "SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
+    }
+    env.pop("SLACK_BOT_TOKEN", None)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "serve", "--config", str(config), "--host", "127.0.0.1"],
+            env={**env, "PORT": str(port)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        yield process, f"http://127.0.0.1:{port}", config
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def readyz(base: str) -> dict[str, Any]:
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{base}/readyz") as response,
+                ):
+                    if response.status == 200:
+                        body: dict[str, Any] = await response.json()
+                        return body
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def test_sighup_reloads_a_running_serve(
+    serve_process: tuple[subprocess.Popen[str], str, Path],
+) -> None:
+    process, base, config = serve_process
+    before = (await readyz(base))["config"]["version"]
+
+    # Same size, same inode, same mtime: only the signal can tell pinwatch to look again.
+    stat = config.stat()
+    edit(config, 'channel: "C0PAYMENTS"', 'channel: "C0PAYMENTX"')
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    await asyncio.sleep(1.5)  # longer than the file poll: prove the poll alone saw nothing
+    assert (await readyz(base))["config"]["version"] == before
+
+    process.send_signal(signal.SIGHUP)
+    async with asyncio.timeout(10):
+        while (await readyz(base))["config"]["version"] == before:
+            await asyncio.sleep(0.05)
+    assert process.poll() is None
+
+
+async def test_serve_logs_no_secret(
+    serve_process: tuple[subprocess.Popen[str], str, Path], tmp_path: Path
+) -> None:
+    process, base, _ = serve_process
+    await readyz(base)
+    from bot.webhook import sign
+
+    async with aiohttp.ClientSession() as session:
+        for body, signature in (
+            (REFERENCE_BODY, sign(META_APP_SECRET.encode(), REFERENCE_BODY)),
+            (REFERENCE_BODY, "sha256=" + "ab" * 32),
+        ):
+            headers = {"X-Hub-Signature-256": signature}
+            async with session.post(f"{base}/webhook", data=body, headers=headers) as response:
+                assert response.status in (200, 401)
+    log = tmp_path / "serve.log"
+    async with asyncio.timeout(10):
+        while "[dry-run] slack chat.postMessage" not in log.read_text():
+            await asyncio.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=10)
+    output = log.read_text()
+    for secret in (META_APP_SECRET, META_VERIFY_TOKEN, SLACK_SIGNING_SECRET, SLACK_BOT_TOKEN):
+        assert secret not in output
+    assert sign(META_APP_SECRET.encode(), REFERENCE_BODY) not in output
+    assert "ab" * 32 not in output
