@@ -20,6 +20,7 @@ from bot import keys
 from bot.config import LiveConfig
 from bot.dispatcher import Dispatcher
 from bot.events import Actor, Alert, Clock, EscalationKind
+from bot.logs import for_alert
 from bot.metrics import Metrics
 from bot.render import ACKNOWLEDGE_ACTION, ESCALATE_ACTION, actor_text, slack_date
 from bot.routing import team_destination
@@ -250,16 +251,12 @@ class ActionService:
         try:
             allowed = await self._responders.may_act(click.user_id, responders)
         except SlackCallError as exc:
-            log.warning("alert %d team=%s: responders not resolved: %s", alert.id, alert.team, exc)
+            for_alert(log, alert).warning("responders not resolved: %s", exc)
             await self._tell(click, "pinwatch could not check the responders list; try again.")
             return
         if not allowed:
-            log.warning(
-                "alert %d team=%s: %s refused for %s (not a responder)",
-                alert.id,
-                alert.team,
-                click.action,
-                click.user_id,
+            for_alert(log, alert).warning(
+                "%s refused for %s (not a responder)", click.action, click.user_id
             )
             await self._tell(
                 click, f"Only the responders of team {alert.team} can act on this alert."
@@ -281,7 +278,7 @@ class ActionService:
             )
             return
         self._metrics.time_to_ack.observe(max(0.0, actor.at - alert.received_at))
-        log.info("alert %d team=%s: acknowledged by %s", alert.id, alert.team, actor.user_id)
+        for_alert(log, alert).info("acknowledged by %s", actor.user_id)
         await self._dispatcher.refresh_message(transition.alert)
 
     async def _escalate(self, click: Click, alert: Alert, actor: Actor) -> None:
@@ -294,7 +291,7 @@ class ActionService:
             )
             return
         self._metrics.escalations.labels(EscalationKind.MANUAL.value).inc()
-        log.info("alert %d team=%s: escalated by %s", alert.id, alert.team, actor.user_id)
+        for_alert(log, alert).info("escalated by %s", actor.user_id)
         self._dispatcher.wake()  # the page goes out through the outbox, so it survives a crash
 
     async def _tell(self, click: Click, text: str) -> None:

@@ -55,7 +55,7 @@ def build_app(
 
     async def slack_client(app: web.Application) -> AsyncIterator[None]:
         if settings.slack_bot_token is None:
-            app[keys.SLACK] = SlackGateway(DryRunClient())
+            app[keys.SLACK] = SlackGateway(DryRunClient(), app[keys.METRICS])
             yield
             return
         async with aiohttp.ClientSession(timeout=tuning.slack_timeout) as session:
@@ -64,7 +64,7 @@ def build_app(
                 base_url=settings.slack_api_url,
                 session=session,
             )
-            app[keys.SLACK] = SlackGateway(client)
+            app[keys.SLACK] = SlackGateway(client, app[keys.METRICS])
             yield
 
     async def store(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from bot import logs
 from bot.app import build_app
 from bot.config import ConfigError, LoadedConfig, load_config
 from bot.events import EventType, SecurityEvent
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, type=Path, metavar="PATH")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=_port, help="default: $PORT, else 8080")
+    serve.add_argument("--log-format", choices=["text", "json"], default="text")
 
     check = commands.add_parser("check-config", help="validate a routing file")
     check.add_argument("path", type=Path, metavar="PATH")
@@ -161,10 +163,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"pinwatch: cannot start: {exc}", file=sys.stderr)
         return 1
     loaded = _load(args.config)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logs.configure(json_format=args.log_format == "json", secrets=settings.secret_values())
     log = logging.getLogger("bot")
     log.info("config %s version %s in force", loaded.source, loaded.digest)
     if settings.dry_run:

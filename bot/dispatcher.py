@@ -12,6 +12,7 @@ from functools import partial
 
 from bot.config import LiveConfig
 from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EscalationKind, EventType
+from bot.logs import for_alert
 from bot.metrics import Metrics
 from bot.render import (
     render_alert,
@@ -132,12 +133,7 @@ class Dispatcher:
             )
             if transition.changed:
                 self._metrics.escalations.labels(EscalationKind.AUTOMATIC.value).inc()
-                log.warning(
-                    "alert %d team=%s event=%s: not acknowledged in time, escalating",
-                    alert.id,
-                    alert.team,
-                    alert.event.event,
-                )
+                for_alert(log, alert).warning("not acknowledged in time, escalating")
 
     async def _start_pages(self) -> None:
         by_channel: dict[str, list[Job]] = {}
@@ -221,13 +217,7 @@ class Dispatcher:
         except SlackCallError as exc:
             self._metrics.delivery_retries.inc()
             await self._store.mark_attempt_failed(alert.id, exc.error)
-            log.warning(
-                "alert %d team=%s event=%s: not posted, will retry: %s",
-                alert.id,
-                alert.team,
-                alert.event.event,
-                exc,
-            )
+            for_alert(log, alert).warning("not posted, will retry: %s", exc)
             return _Outcome.FAILED
 
     async def _post_top_level(self, alert: Alert) -> None:
@@ -238,14 +228,8 @@ class Dispatcher:
             fallback = self._config.config.defaults.channel
             if not exc.channel_unusable or alert.channel == fallback:
                 raise
-            log.error(
-                "alert %d team=%s event=%s: channel %s refused (%s); posting to %s",
-                alert.id,
-                alert.team,
-                alert.event.event,
-                alert.channel,
-                exc.error,
-                fallback,
+            for_alert(log, alert).error(
+                "channel %s refused (%s); posting to %s", alert.channel, exc.error, fallback
             )
             alert = replace(
                 alert,
@@ -304,10 +288,8 @@ class Dispatcher:
             except SlackCallError as exc:
                 if not exc.channel_unusable or escalation.channel == config.defaults.channel:
                     raise
-                log.error(
-                    "alert %d team=%s: escalation channel %s refused (%s); paging in %s",
-                    alert.id,
-                    alert.team,
+                for_alert(log, alert).error(
+                    "escalation channel %s refused (%s); paging in %s",
                     escalation.channel,
                     exc.error,
                     config.defaults.channel,
@@ -317,18 +299,14 @@ class Dispatcher:
                 alert.id, channel=posted.channel, ts=posted.ts, actor=self._pinwatch
             )
         except SlackCallError as exc:
-            log.warning(
-                "alert %d team=%s: escalation not paged, will retry: %s", alert.id, alert.team, exc
-            )
+            for_alert(log, alert).warning("escalation not paged, will retry: %s", exc)
             return _Outcome.FAILED
-        log.info("alert %d team=%s: escalated to %s", alert.id, alert.team, posted.channel)
+        for_alert(log, alert).info("escalated to %s", posted.channel)
         note = render_escalation_note(alert, channel=escalation.channel)
         try:
             await self._slack.post(alert.slack_channel, note, thread_ts=alert.slack_ts)
         except SlackCallError as exc:
-            log.warning(
-                "alert %d team=%s: escalation note not posted: %s", alert.id, alert.team, exc
-            )
+            for_alert(log, alert).warning("escalation note not posted: %s", exc)
         await self.refresh_message(alert)
         return _Outcome.DONE
 
@@ -339,7 +317,7 @@ class Dispatcher:
         try:
             return await self._slack.permalink(alert.slack_channel, alert.slack_ts)
         except SlackCallError as exc:
-            log.warning("alert %d team=%s: no permalink: %s", alert.id, alert.team, exc)
+            for_alert(log, alert).warning("no permalink: %s", exc)
             return None
 
     async def refresh_message(self, alert: Alert) -> None:
@@ -349,8 +327,8 @@ class Dispatcher:
         try:
             await self._slack.update(alert.slack_channel, alert.slack_ts, render_alert(alert))
         except SlackCallError as exc:
-            log.warning("alert %d team=%s: message not updated: %s", alert.id, alert.team, exc)
+            for_alert(log, alert).warning("message not updated: %s", exc)
 
     def _observe_posted(self, alert: Alert) -> None:
         self._metrics.receipt_to_post.observe(max(0.0, self._clock() - alert.received_at))
-        log.info("alert %d team=%s event=%s: posted", alert.id, alert.team, alert.event.event)
+        for_alert(log, alert).info("posted")

@@ -15,6 +15,7 @@ class Delivery(StrEnum):
 
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
+    IGNORED = "ignored_field"  # only fields other than security
     BAD_SIGNATURE = "bad_signature"
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"

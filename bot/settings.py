@@ -51,6 +51,16 @@ class Settings(BaseModel):
             raise ValueError("must be an http(s) URL")
         return value if value.endswith("/") else value + "/"
 
+    def secret_values(self) -> list[str]:
+        secrets = [
+            self.meta_app_secret,
+            self.meta_verify_token,
+            self.slack_signing_secret,
+            self.slack_bot_token,
+            self.slack_app_token,
+        ]
+        return [s.get_secret_value() for s in secrets if s is not None]
+
     @property
     def dry_run(self) -> bool:
         return self.slack_bot_token is None

@@ -22,6 +22,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot.metrics import Metrics
 from bot.render import Message
 
 log = logging.getLogger(__name__)
@@ -118,17 +119,23 @@ def web_client(token: str, *, base_url: str, session: aiohttp.ClientSession) -> 
 
 
 class SlackGateway:
-    def __init__(self, client: AsyncWebClient) -> None:
+    def __init__(self, client: AsyncWebClient, metrics: Metrics) -> None:
         self._client = client
+        self._metrics = metrics
 
     async def _call(self, method: str, call: Awaitable[AsyncSlackResponse]) -> AsyncSlackResponse:
+        outcome = "ok"
         try:
             return await call
         except SlackApiError as exc:
             error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
-            raise SlackCallError(method, str(error or f"HTTP {exc.response.status_code}")) from exc
+            outcome = str(error or f"http_{exc.response.status_code}")
+            raise SlackCallError(method, outcome) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
+            outcome = "connection_error"
             raise SlackCallError(method, f"connection: {type(exc).__name__}") from exc
+        finally:
+            self._metrics.slack_calls.labels(method, outcome).inc()
 
     async def post(
         self,

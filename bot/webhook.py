@@ -168,7 +168,7 @@ async def handle_delivery(request: web.Request) -> web.Response:
     for field, count in parsed.ignored_fields.items():
         metrics.ignored_changes.labels(field).inc(count)
     if not parsed.events:
-        metrics.deliveries.labels(Delivery.ACCEPTED).inc()
+        metrics.deliveries.labels(Delivery.IGNORED).inc()
         return web.Response(text="ok")
     try:
         # Committed before we answer: once Meta has its 200 it will not send this again.
@@ -183,7 +183,7 @@ async def handle_delivery(request: web.Request) -> web.Response:
         app[keys.DISPATCHER].wake()
     for event, alert_id in zip(parsed.events, ids, strict=True):
         log.info(
-            "webhook: %s %s for %s (WABA %s)%s",
+            "webhook: %s %.64s for %.32s (WABA %.32s)%s",
             "alert" if alert_id else "duplicate",
             event.event,
             event.phone_number,

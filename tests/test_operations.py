@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -131,8 +132,7 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+def start_serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], str, Path, Path]:
     """`pinwatch serve` as a subprocess in dry-run, its output captured to a file."""
     config = tmp_path / "config.yaml"
     config.write_text(TEST_CONFIG.format(store=tmp_path / "pinwatch.db"))
@@ -142,22 +142,45 @@ def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, 
         "META_APP_SECRET": META_APP_SECRET,
         "META_VERIFY_TOKEN": META_VERIFY_TOKEN,
         "SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
+        "PORT": str(port),
     }
     env.pop("SLACK_BOT_TOKEN", None)
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "serve", "--config", str(config), "--host", "127.0.0.1"],
-            env={**env, "PORT": str(port)},
+            [
+                sys.executable,
+                "-m",
+                "bot",
+                "serve",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                *extra,
+            ],
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
         )
+    return process, f"http://127.0.0.1:{port}", config, log
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
+    process, base, config, _ = start_serve(tmp_path)
     try:
-        yield process, f"http://127.0.0.1:{port}", config
+        yield process, base, config
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+async def wait_for_output(log: Path, text: str) -> None:
+    async with asyncio.timeout(10):
+        while text not in log.read_text():
+            await asyncio.sleep(0.05)
 
 
 async def readyz(base: str) -> dict[str, Any]:
@@ -212,9 +235,7 @@ async def test_serve_logs_no_secret(
             async with session.post(f"{base}/webhook", data=body, headers=headers) as response:
                 assert response.status in (200, 401)
     log = tmp_path / "serve.log"
-    async with asyncio.timeout(10):
-        while "[dry-run] slack chat.postMessage" not in log.read_text():
-            await asyncio.sleep(0.05)
+    await wait_for_output(log, "[dry-run] slack chat.postMessage")
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=10)
     output = log.read_text()
@@ -222,3 +243,68 @@ async def test_serve_logs_no_secret(
         assert secret not in output
     assert sign(META_APP_SECRET.encode(), REFERENCE_BODY) not in output
     assert "ab" * 32 not in output
+
+
+async def test_metrics_after_a_scripted_sequence(pinwatch: Pinwatch) -> None:
+    await pinwatch.post_webhook(REFERENCE_BODY)  # accepted
+    await pinwatch.post_webhook(REFERENCE_BODY)  # duplicate
+    await pinwatch.post_webhook(REFERENCE_BODY, secret="wrong")  # bad signature
+    await pinwatch.post_webhook(b"[]")  # malformed
+    await pinwatch.post_webhook(delivery({"field": "messages", "value": {}}))  # ignored
+    await pinwatch.wait_posted(1)
+    pinwatch.clock.advance(30)
+    await pinwatch.click("acknowledge", 1)
+    await pinwatch.slack.wait_for_calls("chat.update")
+    await pinwatch.click("escalate", 1)
+    await pinwatch.slack.wait_for(lambda s: len(s.top_level("C0PAYLEADS")) == 1)
+
+    async def paged() -> bool:
+        return (await pinwatch.alert(1)).escalation_ts is not None
+
+    await eventually(paged)
+    expected = {
+        ("pinwatch_webhook_deliveries_total", 'result="accepted"'): 1,
+        ("pinwatch_webhook_deliveries_total", 'result="duplicate"'): 1,
+        ("pinwatch_webhook_deliveries_total", 'result="bad_signature"'): 1,
+        ("pinwatch_webhook_deliveries_total", 'result="malformed"'): 1,
+        ("pinwatch_webhook_deliveries_total", 'result="ignored_field"'): 1,
+        ("pinwatch_webhook_ignored_changes_total", 'field="messages"'): 1,
+        ("pinwatch_events_total", 'event="PIN_RESET_REQUEST",team="payments"'): 1,
+        ("pinwatch_slack_calls_total", 'method="chat.postMessage",outcome="ok"'): 3,
+        ("pinwatch_slack_calls_total", 'method="chat.getPermalink",outcome="ok"'): 1,
+        ("pinwatch_escalations_total", 'kind="manual"'): 1,
+        ("pinwatch_time_to_acknowledge_seconds_count", ""): 1,
+        ("pinwatch_time_to_acknowledge_seconds_sum", ""): 30,
+        ("pinwatch_receipt_to_post_seconds_count", ""): 1,
+        ("pinwatch_alerts_pending", ""): 0,
+    }
+    seen = {key: await metric(pinwatch, *key) for key in expected}
+    assert seen == expected
+
+
+async def test_json_logs_carry_the_alert_on_every_line_about_it(tmp_path: Path) -> None:
+    process, base, _, log = start_serve(tmp_path, "--log-format", "json")
+    try:
+        await readyz(base)
+        from bot.webhook import sign
+
+        headers = {"X-Hub-Signature-256": sign(META_APP_SECRET.encode(), REFERENCE_BODY)}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{base}/webhook", data=REFERENCE_BODY, headers=headers) as response,
+        ):
+            assert response.status == 200
+        await wait_for_output(log, ': posted"')
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    lines = [line for line in log.read_text().splitlines() if not line.startswith("[dry-run]")]
+    records = [json.loads(line) for line in lines]
+    about_alert = [r for r in records if r["message"].startswith("alert 1 ")]
+    assert len(about_alert) >= 1
+    for record in about_alert:
+        assert (record["alert_id"], record["team"], record["event"]) == (
+            1,
+            "payments",
+            "PIN_RESET_REQUEST",
+        )
