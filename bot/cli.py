@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -11,16 +12,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from bot import logs
 from bot.app import build_app
-from bot.config import ConfigError, LoadedConfig, load_config
+from bot.config import Config, ConfigError, LoadedConfig, load_config
 from bot.events import EventType, SecurityEvent
 from bot.render import readable_phone
-from bot.routing import route
+from bot.routing import Destination, route
 from bot.settings import Settings, SettingsError
 from bot.store import StoreError
 from bot.webhook import SIGNATURE_HEADER, WHATSAPP_OBJECT, sign
@@ -70,49 +73,97 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a routing file")
     check.add_argument("path", type=Path, metavar="PATH")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
 
     route_cmd = commands.add_parser("route", help="show where an event would go, sending nothing")
     route_cmd.add_argument("--config", required=True, type=Path, metavar="PATH")
     route_cmd.add_argument("--waba", required=True, metavar="ID")
     route_cmd.add_argument("--phone", required=True, metavar="NUMBER")
     route_cmd.add_argument("--event", default=EventType.PIN_RESET_REQUEST.value)
+    route_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
 
     send = commands.add_parser("send-test", help="send one signed sample webhook to a pinwatch")
     send.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8080/webhook")
     send.add_argument("--event", default=EventType.PIN_RESET_REQUEST.value)
     send.add_argument("--phone", default=SAMPLE_PHONE, metavar="N")
     send.add_argument("--waba", default=SAMPLE_WABA, metavar="ID")
+    send.add_argument(
+        "--config", type=Path, metavar="PATH", help="also say which channel it should reach"
+    )
     return parser
+
+
+class ConfigRefused(Exception):
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _load(path: Path) -> LoadedConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        raise SystemExit(1) from None
+        raise ConfigRefused(exc) from None
 
 
-def check_config(path: Path) -> int:
-    print(_load(path).summary())
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.path)
+    except ConfigError as exc:
+        if not args.json:
+            raise ConfigRefused(exc) from None
+        _print_json({"ok": False, "problems": [dataclasses.asdict(p) for p in exc.problems]})
+        return 1
+    if args.json:
+        config = loaded.config
+        _print_json(
+            {
+                "ok": True,
+                "source": loaded.source,
+                "version": loaded.digest,
+                "teams": sorted(config.teams),
+                "routes": len(config.routes),
+                "default_channel": config.defaults.channel,
+            }
+        )
+    else:
+        print(loaded.summary())
     return 0
+
+
+def destination_of(config: Config, *, waba: str, phone: str, event: str) -> Destination:
+    return route(SecurityEvent(waba_id=waba, phone_number=phone, event=event, time=None), config)
 
 
 def show_route(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
-    event = SecurityEvent(
-        waba_id=args.waba,
-        phone_number=args.phone,
-        event=args.event,
-        time=None,
-    )
-    destination = route(event, loaded.config)
+    destination = destination_of(loaded.config, waba=args.waba, phone=args.phone, event=args.event)
     escalation = destination.escalation
+    if args.json:
+        _print_json(
+            {
+                "event": args.event,
+                "waba_id": args.waba,
+                "phone_number": readable_phone(args.phone),
+                "team": destination.team,
+                "channel": destination.channel,
+                "mentions": list(destination.mentions),
+                "responders": list(destination.responders)
+                if destination.responders is not None
+                else None,
+                "ack_timeout_seconds": destination.ack_timeout,
+                "escalation": {"channel": escalation.channel, "mention": escalation.mention},
+            }
+        )
+        return 0
     responders = (
         ", ".join(destination.responders) if destination.responders else "anyone in the channel"
     )
-    print(f"event:      {event.event} for {readable_phone(args.phone)} (WABA {args.waba})")
+    print(f"event:      {args.event} for {readable_phone(args.phone)} (WABA {args.waba})")
     print(f"team:       {destination.team or '(none: defaults)'}")
     print(f"channel:    {destination.channel}")
     print(f"mentions:   {', '.join(destination.mentions) or '(none)'}")
@@ -135,24 +186,49 @@ def sample_delivery(*, event: str, phone: str, waba: str, at: int) -> bytes:
     return json.dumps(payload).encode()
 
 
+async def _readiness(session: aiohttp.ClientSession, webhook_url: str) -> dict[str, Any] | None:
+    """The server's /readyz, to say where the alert should appear; None if it cannot be read."""
+    try:
+        async with session.get(URL(webhook_url).with_path("/readyz").with_query(None)) as response:
+            body = await response.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 async def _send_test(args: argparse.Namespace) -> int:
     secret = os.environ.get("META_APP_SECRET")
     if not secret:
         raise UsageError("META_APP_SECRET is not set: send-test signs with the server's secret")
+    if not args.url.startswith(("http://", "https://")):
+        raise UsageError(f"--url {args.url!r} is not an http(s) URL")
     body = sample_delivery(event=args.event, phone=args.phone, waba=args.waba, at=int(time.time()))
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret.encode(), body)}
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.post(args.url, data=body, headers=headers) as response,
-        ):
-            text = await response.text()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.post(args.url, data=body, headers=headers) as response:
+                text = await response.text()
+            readiness = await _readiness(session, args.url) if response.status == 200 else None
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         print(f"send-test: could not reach {args.url}: {exc}", file=sys.stderr)
         return 1
     print(f"sent {args.event} for {readable_phone(args.phone)} (WABA {args.waba}) to {args.url}")
     print(f"server answered {response.status}: {text.strip()[:200]}")
-    return 0 if response.status == 200 else 1
+    if response.status == 401:
+        print("the server's META_APP_SECRET differs from the one send-test signed with")
+    if response.status != 200:
+        return 1
+    if args.config is not None:
+        destination = destination_of(
+            _load(args.config).config, waba=args.waba, phone=args.phone, event=args.event
+        )
+        team = destination.team or "defaults"
+        print(f"the alert should appear in {destination.channel} (team {team})")
+    if readiness is not None and readiness.get("dry_run"):
+        print("the server is in dry run: it prints the Slack message on its own console")
+    elif args.config is None:
+        print("see where it goes: pinwatch route --config PATH --waba ID --phone NUMBER")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -185,10 +261,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return serve(args)
         if args.command == "check-config":
-            return check_config(args.path)
+            return check_config(args)
         if args.command == "route":
             return show_route(args)
         return asyncio.run(_send_test(args))
     except UsageError as exc:
         print(f"pinwatch: {exc}", file=sys.stderr)
         return 2
+    except ConfigRefused as exc:
+        for problem in exc.error.problems:
+            print(problem, file=sys.stderr)
+        return 1

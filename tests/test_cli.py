@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from bot.cli import main
+from tests.conftest import META_APP_SECRET, Pinwatch
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -225,3 +226,70 @@ def test_python_m_bot_serve_without_meta_app_secret_exits_1() -> None:
     assert result.returncode == 1
     assert "META_APP_SECRET" in result.stderr
     assert "not set" in result.stderr
+
+
+# -- JSON output and send-test ---------------------------------------------------------------
+
+
+def test_check_config_and_route_speak_json(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert run(["check-config", "--json", str(EXAMPLE)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] is True
+    assert summary["teams"] == ["payments", "support"]
+
+    assert run(["check-config", "--json", str(BAD)]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [p["line"] for p in problems] == [int(n) for n in BAD_LINES]
+    assert set(problems[0]) == {"source", "line", "where", "what"}
+
+    argv = ["route", "--json", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA]
+    assert run([*argv, "--phone", "+1 555 078 3881"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["team"] == "payments"
+    assert decision["channel"] == "C0PAYMENTS"
+    assert decision["escalation"] == {"channel": "#payments-leads", "mention": ["U0BOB"]}
+
+
+async def test_send_test_reaches_a_running_pinwatch(pinwatch: Pinwatch) -> None:
+    import asyncio
+
+    url = str(pinwatch.client.make_url("/webhook"))
+    env = {**os.environ, "META_APP_SECRET": META_APP_SECRET}
+    command = [sys.executable, "-m", "bot", "send-test", "--url", url]
+    command += ["--config", str(pinwatch.config_path)]
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert "server answered 200: ok" in out.decode()
+    assert "the alert should appear in C0PAYMENTS (team payments)" in out.decode()
+    await pinwatch.wait_posted(1)
+    [message] = pinwatch.slack.top_level("C0PAYMENTS")
+    assert "reset requested" in message.text
+
+    # Signed with another secret: the server says 401 and send-test says why, exit 1.
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env={**env, "META_APP_SECRET": "another-secret"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 1
+    assert "server answered 401" in out.decode()
+    assert "META_APP_SECRET differs" in out.decode()
+
+
+def test_send_test_without_secret_or_server_exits_non_zero(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("META_APP_SECRET", raising=False)
+    assert run(["send-test", "--url", "http://127.0.0.1:9/webhook"]) == 2
+    assert "META_APP_SECRET is not set" in capsys.readouterr().err
+    monkeypatch.setenv("META_APP_SECRET", "x")
+    assert run(["send-test", "--url", "http://127.0.0.1:9/webhook"]) == 1
+    assert "could not reach" in capsys.readouterr().err
+    assert run(["send-test", "--url", "ftp://example"]) == 2
