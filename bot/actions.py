@@ -7,14 +7,19 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 from urllib.parse import parse_qs
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from slack_sdk.signature import Clock as SlackClock
 from slack_sdk.signature import SignatureVerifier
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot import keys
 from bot.config import LiveConfig
@@ -138,13 +143,27 @@ class Interaction(_Loose):
 
 
 def parse_interaction(body: bytes) -> list[Click]:
-    """The pinwatch clicks in a form-encoded Slack interaction; [] for anything else."""
+    """The pinwatch clicks in a form-encoded Slack interaction (POST /slack/actions)."""
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=False)
         [raw] = form["payload"]
         interaction = Interaction.model_validate_json(raw)
     except (UnicodeDecodeError, KeyError, ValueError) as exc:
         raise MalformedInteraction("not a Slack interaction payload") from exc
+    return clicks_in(interaction)
+
+
+def parse_socket_payload(payload: dict[str, Any]) -> list[Click]:
+    """The pinwatch clicks in a Socket Mode envelope's payload: the same JSON, unencoded."""
+    try:
+        interaction = Interaction.model_validate(payload)
+    except ValidationError as exc:
+        raise MalformedInteraction("not a Slack interaction payload") from exc
+    return clicks_in(interaction)
+
+
+def clicks_in(interaction: Interaction) -> list[Click]:
+    """Both transports end here: [] for anything that is not a pinwatch button."""
     if interaction.type != "block_actions":
         return []
     clicks = []
@@ -301,6 +320,25 @@ class ActionService:
             await self._slack.ephemeral(click.channel_id, click.user_id, text)
         except SlackCallError as exc:
             log.warning("alert %d: could not tell %s: %s", click.alert_id, click.user_id, exc)
+
+
+def socket_mode_listener(
+    actions: ActionService,
+) -> Callable[[AsyncBaseSocketModeClient, SocketModeRequest], Awaitable[None]]:
+    """Socket Mode's transport: the connection is authenticated by the app token, so there is
+    no signature to check; everything after that is the same path as POST /slack/actions."""
+
+    async def listener(client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+        # Acknowledge first: Slack retries an envelope that is not acked within 3 seconds.
+        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+        if request.type != "interactive":
+            return
+        try:
+            actions.submit(parse_socket_payload(request.payload))
+        except MalformedInteraction as exc:
+            log.warning("socket mode: %s", exc)
+
+    return listener
 
 
 async def handle_actions(request: web.Request) -> web.Response:

@@ -13,9 +13,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import actions, keys, webhook
-from bot.actions import ActionService, SlackRequestVerifier
+from bot.actions import ActionService, SlackRequestVerifier, socket_mode_listener
 from bot.config import LiveConfig, LoadedConfig, ReloadResult
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Clock, system_clock
@@ -106,7 +108,22 @@ def build_app(
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    app.cleanup_ctx.extend([slack_client, store, dispatcher, config_watcher])
+    async def socket_mode(app: web.Application) -> AsyncIterator[None]:
+        if settings.slack_app_token is None or settings.slack_bot_token is None:
+            yield
+            return
+        client = SocketModeClient(
+            app_token=settings.slack_app_token.get_secret_value(),
+            # Used once per (re)connection for apps.connections.open: no shared session needed.
+            web_client=AsyncWebClient(base_url=settings.slack_api_url),
+        )
+        client.socket_mode_request_listeners.append(socket_mode_listener(app[keys.ACTIONS]))
+        await client.connect()  # type: ignore[no-untyped-call]
+        log.info("socket mode: connected; button clicks arrive over the socket")
+        yield
+        await client.close()  # type: ignore[no-untyped-call]
+
+    app.cleanup_ctx.extend([slack_client, store, dispatcher, config_watcher, socket_mode])
     app.router.add_get("/webhook", webhook.handle_handshake)
     app.router.add_post("/webhook", webhook.handle_delivery)
     app.router.add_post("/slack/actions", actions.handle_actions)

@@ -199,12 +199,15 @@ class Pinwatch:
             return response.status, await response.text()
 
 
-def settings(*, slack_api_url: str, bot_token: str | None = SLACK_BOT_TOKEN) -> Settings:
+def settings(
+    *, slack_api_url: str, bot_token: str | None = SLACK_BOT_TOKEN, app_token: str | None = None
+) -> Settings:
     return Settings(
         meta_app_secret=SecretStr(META_APP_SECRET),
         meta_verify_token=SecretStr(META_VERIFY_TOKEN),
         slack_signing_secret=SecretStr(SLACK_SIGNING_SECRET),
         slack_bot_token=SecretStr(bot_token) if bot_token else None,
+        slack_app_token=SecretStr(app_token) if app_token else None,
         slack_api_url=slack_api_url,
     )
 
@@ -241,12 +244,16 @@ async def start_pinwatch(
     """Starts pinwatch (again, after a stop, on the same store) against a fake Slack."""
     started: list[TestClient[web.Request, web.Application]] = []
 
-    async def start(slack: tuple[FakeSlack, str] | None = None) -> Pinwatch:
+    async def start(
+        slack: tuple[FakeSlack, str] | None = None, *, app_token: str | None = None
+    ) -> Pinwatch:
         fake, url = slack or await start_fake_slack(
             aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
         )
         app = build_app(
-            settings(slack_api_url=url), load_config(config_path), tuning=_tuning(clock)
+            settings(slack_api_url=url, app_token=app_token),
+            load_config(config_path),
+            tuning=_tuning(clock),
         )
         client = TestClient(TestServer(app))
         await client.start_server()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 BOT_USER_ID = "U0PINWATCH"
 BOT_ID = "B0PINWATCH"
@@ -97,12 +97,18 @@ class FakeSlack:
         self,
         token: str = "xoxb-test-token",
         *,
+        app_token: str = "xapp-test-token",
         channels: Mapping[str, str] | None = None,
         missing_channels: set[str] | None = None,
         not_in_channel: set[str] | None = None,
         usergroups: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.token = token
+        self.app_token = app_token
+        # Socket Mode: the open connection, and every ack (envelope_id) the client sent back.
+        self.socket: web.WebSocketResponse | None = None
+        self.socket_acks: list[str] = []
+        self.socket_url = ""  # set by start_fake_slack
         self.channels: dict[str, str] = dict(channels or {})
         self.missing_channels: set[str] = set(missing_channels or ())
         self.not_in_channel: set[str] = set(not_in_channel or ())
@@ -122,10 +128,12 @@ class FakeSlack:
             "chat.postEphemeral": self._post_ephemeral,
             "chat.getPermalink": self._get_permalink,
             "usergroups.users.list": self._usergroup_users,
+            "apps.connections.open": self._connections_open,
         }
         self.app = web.Application()
         self.app.router.add_get("/api/{method}", self._handle)
         self.app.router.add_post("/api/{method}", self._handle)
+        self.app.router.add_get("/socket", self._socket)
         self.app.on_shutdown.append(self._on_shutdown)
 
     # -- scripting and queries ---------------------------------------------------------------
@@ -206,6 +214,8 @@ class FakeSlack:
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self._closing.set()
+        if self.socket is not None:
+            await self.socket.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
@@ -244,7 +254,9 @@ class FakeSlack:
             body = {"ok": False, "error": "unknown_method"}
             return web.json_response(body, status=404), "unknown_method"
         try:
-            if token != self.token:
+            # apps.connections.open is the one method that takes the app-level token.
+            expected = self.app_token if method == "apps.connections.open" else self.token
+            if token != expected:
                 raise SlackError("invalid_auth")
             return web.json_response({"ok": True, **handler(params)}), None
         except SlackError as e:
@@ -268,6 +280,36 @@ class FakeSlack:
             self._changed.notify_all()
 
     # -- Slack methods -----------------------------------------------------------------------
+
+    def _connections_open(self, _params: dict[str, Any]) -> dict[str, Any]:
+        return {"url": self.socket_url}
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_json({"type": "hello", "num_connections": 1})
+        self.socket = socket
+        async with self._changed:
+            self._changed.notify_all()
+        async for message in socket:
+            if message.type == WSMsgType.TEXT:
+                envelope = json.loads(message.data)
+                async with self._changed:
+                    self.socket_acks.append(str(envelope.get("envelope_id")))
+                    self._changed.notify_all()
+        return socket
+
+    async def send_interactive(self, payload: dict[str, Any], envelope_id: str) -> None:
+        """Deliver a click over Socket Mode, as Slack wraps it in an envelope."""
+        assert self.socket is not None, "no Socket Mode client is connected"
+        await self.socket.send_json(
+            {
+                "type": "interactive",
+                "envelope_id": envelope_id,
+                "payload": payload,
+                "accepts_response_payload": False,
+            }
+        )
 
     def _auth_test(self, _params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -526,4 +568,5 @@ async def start_fake_slack(aiohttp_server: Any, **kwargs: Any) -> tuple[FakeSlac
     """Serve a new FakeSlack(**kwargs) on loopback; returns it and its base URL (".../api/")."""
     fake = FakeSlack(**kwargs)
     server = await aiohttp_server(fake.app)
+    fake.socket_url = str(server.make_url("/socket")).replace("http://", "ws://")
     return fake, str(server.make_url("/api/"))
