@@ -171,12 +171,14 @@ def clicks_in(interaction: Interaction) -> list[Click]:
         kind = _ACTIONS.get(action.action_id)
         if kind is None:
             continue
-        if interaction.user is None or not (action.value or "").isdigit():
+        value = action.value or ""
+        # An alert id is a SQLite integer: at most 18 digits keeps it below 2**63.
+        if interaction.user is None or not (value.isascii() and value.isdigit()) or len(value) > 18:
             raise MalformedInteraction("a pinwatch action without a user or alert id")
         clicks.append(
             Click(
                 action=kind,
-                alert_id=int(action.value or 0),
+                alert_id=int(value),
                 user_id=interaction.user.id,
                 # Slack does not always send user.name; username is the older field.
                 user_name=interaction.user.name or interaction.user.username,

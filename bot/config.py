@@ -109,11 +109,19 @@ class Escalation(_Strict):
     mention: list[Mention] = Field(default_factory=list)
 
 
+class Storm(_Strict):
+    """Past `threshold` alerts for one channel within `window`, the rest share one summary."""
+
+    threshold: int = Field(default=5, ge=1, le=1000)
+    window: Duration = 60.0
+
+
 class Defaults(_Strict):
     channel: Channel
     mention: list[Mention] = Field(default_factory=list)
     ack_timeout: Duration = 15 * 60.0
     escalation: Escalation
+    storm: Storm = Field(default_factory=Storm)
 
 
 class Team(_Strict):

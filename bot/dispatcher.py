@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,13 +16,16 @@ from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EscalationKind, E
 from bot.logs import for_alert
 from bot.metrics import Metrics
 from bot.render import (
+    STORM_MAX_ROWS,
+    Message,
     render_alert,
     render_escalation,
     render_escalation_note,
+    render_storm,
     render_success_reply,
 )
 from bot.routing import route, team_destination
-from bot.slack import SlackCallError, SlackGateway
+from bot.slack import Posted, SlackCallError, SlackGateway
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -41,16 +45,27 @@ class RetryPolicy:
 class _Outcome(Enum):
     DONE = "done"
     WAITING = "waiting"  # depends on another alert that is not in Slack yet
-    FAILED = "failed"
 
 
-Job = Callable[[], Awaitable[_Outcome]]
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A failed job, and how long Slack asked us to wait before the next call (if it did)."""
+
+    retry_after: float | None = None
+
+
+Job = Callable[[], Awaitable[_Outcome | _Failed]]
 
 
 @dataclass(slots=True)
 class _Backoff:
     failures: int = 0
     until: float = 0.0
+
+
+def _regardless(message: Message) -> Callable[[str | None], Message]:
+    """A storm summary says nothing of a fallback; its rows keep their own notes."""
+    return lambda _note: message
 
 
 class Dispatcher:
@@ -117,14 +132,41 @@ class Dispatcher:
         count, oldest = await self._store.count_unposted()
         self._metrics.pending.set(count)
         self._metrics.oldest_pending_age.set(self._clock() - oldest if oldest else 0)
-        by_channel: dict[str, list[Job]] = {}
+        by_channel: dict[str, list[Alert]] = {}
         for alert in await self._store.unposted():
             if alert.channel is None:
                 alert = await self._route(alert)
             assert alert.channel is not None
-            by_channel.setdefault(alert.channel, []).append(partial(self._deliver, alert.id))
-        for channel, jobs in by_channel.items():
-            self._start_lane(channel, jobs)
+            by_channel.setdefault(alert.channel, []).append(alert)
+        for channel, alerts in by_channel.items():
+            if self._lane_free(channel):
+                self._start_lane(channel, await self._delivery_jobs(channel, alerts))
+
+    async def _delivery_jobs(self, channel: str, alerts: list[Alert]) -> list[Job]:
+        """One job per alert, except that an alert arriving when `threshold` others reached
+        this channel within `window` joins a storm summary instead of taking a message."""
+        storm = self._config.config.defaults.storm
+        history = await self._store.received_since(
+            channel, min(a.received_at for a in alerts) - storm.window
+        )
+        position = {alert_id: i for i, (alert_id, _) in enumerate(history)}
+        times = [received for _, received in history]
+        jobs: list[Job] = []
+        stormed: list[int] = []
+        for alert in alerts:
+            index = position.get(alert.id, len(times))
+            recent = index - bisect.bisect_left(times, alert.received_at - storm.window, 0, index)
+            # A success may belong under its request's thread: never fold it into a storm.
+            if recent >= storm.threshold and alert.event.event != EventType.PIN_REQUEST_SUCCESS:
+                stormed.append(alert.id)
+                continue
+            if stormed:
+                jobs.append(partial(self._deliver_storm, channel, stormed))
+                stormed = []
+            jobs.append(partial(self._deliver, alert.id))
+        if stormed:
+            jobs.append(partial(self._deliver_storm, channel, stormed))
+        return jobs
 
     async def _escalate_overdue(self) -> None:
         for alert in await self._store.due_for_escalation(self._clock()):
@@ -136,17 +178,27 @@ class Dispatcher:
                 for_alert(log, alert).warning("not acknowledged in time, escalating")
 
     async def _start_pages(self) -> None:
-        by_channel: dict[str, list[Job]] = {}
+        """One page per escalated alert, or per storm summary, whatever its size."""
+        pages: dict[str, dict[tuple[str, str] | int, list[int]]] = {}
         for alert in await self._store.unpaged_escalations():
             channel = team_destination(alert.team, self._config.config).escalation.channel
-            by_channel.setdefault(channel, []).append(partial(self._page, alert.id))
-        for channel, jobs in by_channel.items():
-            self._start_lane(f"escalation {channel}", jobs)
+            group: tuple[str, str] | int = alert.id
+            if alert.grouped and alert.slack_channel and alert.slack_ts:
+                group = (alert.slack_channel, alert.slack_ts)
+            pages.setdefault(channel, {}).setdefault(group, []).append(alert.id)
+        for channel, groups in pages.items():
+            self._start_lane(
+                f"escalation {channel}", [partial(self._page, ids) for ids in groups.values()]
+            )
+
+    def _lane_free(self, key: str) -> bool:
+        backoff = self._backoff.get(key)
+        now = asyncio.get_running_loop().time()
+        return key not in self._busy and not (backoff and backoff.until > now)
 
     def _start_lane(self, key: str, jobs: list[Job]) -> None:
         """One lane per key at a time, so each channel's messages go out in order."""
-        backoff = self._backoff.get(key)
-        if key in self._busy or (backoff and backoff.until > asyncio.get_running_loop().time()):
+        if not self._lane_free(key):
             return
         self._busy.add(key)
         lane = asyncio.create_task(self._run_lane(key, jobs), name=f"lane {key}")
@@ -182,10 +234,10 @@ class Dispatcher:
         try:
             for job in jobs:
                 outcome = await job()
-                if outcome is _Outcome.FAILED:
+                if isinstance(outcome, _Failed):
                     backoff = self._backoff.setdefault(key, _Backoff())
                     backoff.failures += 1
-                    delay = self._retry.delay(backoff.failures)
+                    delay = max(self._retry.delay(backoff.failures), outcome.retry_after or 0.0)
                     backoff.until = asyncio.get_running_loop().time() + delay
                     log.warning("dispatcher: %s paused for %.1fs", key, delay)
                     return
@@ -198,7 +250,7 @@ class Dispatcher:
             if posted_any:
                 self.wake()  # what this lane posted may unblock another, or more may have come
 
-    async def _deliver(self, alert_id: int) -> _Outcome:
+    async def _deliver(self, alert_id: int) -> _Outcome | _Failed:
         # Read again inside the lane: the pass that queued this job may have read the outbox
         # before an earlier lane for this channel committed its post.
         alert = await self._store.get(alert_id)
@@ -218,36 +270,85 @@ class Dispatcher:
             self._metrics.delivery_retries.inc()
             await self._store.mark_attempt_failed(alert.id, exc.error)
             for_alert(log, alert).warning("not posted, will retry: %s", exc)
-            return _Outcome.FAILED
+            return _Failed(exc.retry_after)
 
     async def _post_top_level(self, alert: Alert) -> None:
         assert alert.channel is not None
-        try:
-            posted = await self._slack.post(alert.channel, render_alert(alert))
-        except SlackCallError as exc:
-            fallback = self._config.config.defaults.channel
-            if not exc.channel_unusable or alert.channel == fallback:
-                raise
-            for_alert(log, alert).error(
-                "channel %s refused (%s); posting to %s", alert.channel, exc.error, fallback
-            )
-            alert = replace(
-                alert,
-                delivery_note=(
-                    f"Routed to {alert.channel}, but Slack refused it ({exc.error}): "
-                    "invite pinwatch there or fix the routing file."
-                ),
-            )
-            posted = await self._slack.post(fallback, render_alert(alert))
+        posted, note = await self._post_or_fall_back(
+            alert.channel, lambda note: render_alert(replace(alert, delivery_note=note))
+        )
         await self._store.mark_posted(
             alert.id,
             slack_channel=posted.channel,
             ts=posted.ts,
             thread_ts=None,
-            note=alert.delivery_note,
+            note=note,
             actor=self._pinwatch,
         )
         self._observe_posted(alert)
+
+    async def _post_or_fall_back(
+        self, channel: str, render: Callable[[str | None], Message]
+    ) -> tuple[Posted, str | None]:
+        """Post to the routed channel; one that Slack refuses for good falls back to the
+        default channel, with a note saying why (render gets the note, or None)."""
+        try:
+            return await self._slack.post(channel, render(None)), None
+        except SlackCallError as exc:
+            fallback = self._config.config.defaults.channel
+            if not exc.channel_unusable or channel == fallback:
+                raise
+            log.error("channel %s refused (%s); posting to %s", channel, exc.error, fallback)
+            note = (
+                f"Routed to {channel}, but Slack refused it ({exc.error}): "
+                "invite pinwatch there or fix the routing file."
+            )
+            return await self._slack.post(fallback, render(note)), note
+
+    async def _deliver_storm(self, channel: str, alert_ids: list[int]) -> _Outcome | _Failed:
+        """Add alerts as rows to the channel's open storm summary, or start a new one."""
+        fresh = [await self._store.get(alert_id) for alert_id in alert_ids]
+        alerts = [a for a in fresh if a is not None and a.slack_ts is None]
+        if not alerts:
+            return _Outcome.DONE
+        storm = self._config.config.defaults.storm
+        try:
+            summary = await self._store.open_summary(channel)
+            if summary is not None:
+                slack_channel, ts, rows, last = summary
+                room = STORM_MAX_ROWS - rows
+                if room > 0 and last >= self._clock() - storm.window:
+                    joining, alerts = alerts[:room], alerts[room:]
+                    shown = await self._store.alerts_in_summary(slack_channel, ts)
+                    # Slack first, then the store: a failed update leaves them in the outbox.
+                    rows_now = [*shown, *(replace(a, slack_channel=slack_channel) for a in joining)]
+                    await self._slack.update(
+                        slack_channel,
+                        ts,
+                        render_storm(rows_now, threshold=storm.threshold, window=storm.window),
+                    )
+                    await self._mark_grouped(joining, slack_channel, ts)
+            while alerts:
+                chunk, alerts = alerts[:STORM_MAX_ROWS], alerts[STORM_MAX_ROWS:]
+                summary_message = render_storm(
+                    chunk, threshold=storm.threshold, window=storm.window
+                )
+                posted, _ = await self._post_or_fall_back(channel, _regardless(summary_message))
+                await self._mark_grouped(chunk, posted.channel, posted.ts)
+        except SlackCallError as exc:
+            self._metrics.delivery_retries.inc()
+            log.warning(
+                "storm in %s: %d alerts not posted, will retry: %s", channel, len(alerts), exc
+            )
+            return _Failed(exc.retry_after)
+        return _Outcome.DONE
+
+    async def _mark_grouped(self, alerts: list[Alert], slack_channel: str, ts: str) -> None:
+        await self._store.mark_grouped(
+            [a.id for a in alerts], slack_channel=slack_channel, ts=ts, actor=self._pinwatch
+        )
+        for alert in alerts:
+            self._observe_posted(alert)
 
     async def _post_under_request(self, success: Alert, request: Alert) -> None:
         assert request.slack_channel is not None
@@ -270,13 +371,31 @@ class Dispatcher:
         transition = await self._store.mark_verification_off(request.id, self._pinwatch)
         await self.refresh_message(transition.alert)
 
-    async def _page(self, alert_id: int) -> _Outcome:
-        """Send an escalation's page, then say so under the alert and in it."""
-        alert = await self._store.get(alert_id)  # again, as in _deliver
-        if alert is None or alert.escalation_ts is not None:
+    async def _page(self, alert_ids: list[int]) -> _Outcome | _Failed:
+        """Send one page for these alerts (one, or a storm summary's), then say so under the
+        alert and in it."""
+        fresh = [await self._store.get(alert_id) for alert_id in alert_ids]  # as in _deliver
+        unpaged = [a for a in fresh if a is not None and a.escalation_ts is None]
+        if not unpaged:
             return _Outcome.DONE
+        alert = unpaged[0]
         assert alert.slack_channel is not None
         assert alert.slack_ts is not None
+        if alert.grouped:
+            shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
+            if (earlier := next((a for a in shown if a.escalation_ts), None)) is not None:
+                # The summary already paged someone: say nothing twice, record where it went.
+                assert earlier.escalation_channel is not None
+                assert earlier.escalation_ts is not None
+                for each in unpaged:
+                    await self._store.mark_paged(
+                        each.id,
+                        channel=earlier.escalation_channel,
+                        ts=earlier.escalation_ts,
+                        actor=self._pinwatch,
+                    )
+                await self.refresh_message(alert)
+                return _Outcome.DONE
         config = self._config.config
         escalation = team_destination(alert.team, config).escalation
         try:
@@ -295,12 +414,13 @@ class Dispatcher:
                     config.defaults.channel,
                 )
                 posted = await self._slack.post(config.defaults.channel, page)
-            await self._store.mark_paged(
-                alert.id, channel=posted.channel, ts=posted.ts, actor=self._pinwatch
-            )
+            for each in unpaged:
+                await self._store.mark_paged(
+                    each.id, channel=posted.channel, ts=posted.ts, actor=self._pinwatch
+                )
         except SlackCallError as exc:
             for_alert(log, alert).warning("escalation not paged, will retry: %s", exc)
-            return _Outcome.FAILED
+            return _Failed(exc.retry_after)
         for_alert(log, alert).info("escalated to %s", posted.channel)
         note = render_escalation_note(alert, channel=escalation.channel)
         try:
@@ -324,8 +444,13 @@ class Dispatcher:
         """Re-render a posted alert in place; a failure here loses nothing, so it is logged only."""
         if alert.slack_channel is None or alert.slack_ts is None:
             return
+        message = render_alert(alert)
+        if alert.grouped:
+            storm = self._config.config.defaults.storm
+            shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
+            message = render_storm(shown, threshold=storm.threshold, window=storm.window)
         try:
-            await self._slack.update(alert.slack_channel, alert.slack_ts, render_alert(alert))
+            await self._slack.update(alert.slack_channel, alert.slack_ts, message)
         except SlackCallError as exc:
             for_alert(log, alert).warning("message not updated: %s", exc)
 

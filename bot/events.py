@@ -126,6 +126,7 @@ class Alert:
     delivery_note: str | None = None  # why it was posted somewhere else than routed
     escalation_channel: str | None = None  # where the escalation page went, once sent
     escalation_ts: str | None = None
+    grouped: bool = False  # shown as one row of a storm summary message
 
     @property
     def state(self) -> AlertState:

@@ -178,31 +178,34 @@ def _status_lines(alert: Alert) -> list[str]:
     return lines
 
 
+def _acknowledge_button(alert: Alert) -> ButtonElement:
+    return ButtonElement(
+        text="Acknowledge", action_id=ACKNOWLEDGE_ACTION, value=str(alert.id), style="primary"
+    )
+
+
+def _escalate_button(alert: Alert) -> ButtonElement:
+    return ButtonElement(
+        text="Escalate",
+        action_id=ESCALATE_ACTION,
+        value=str(alert.id),
+        style="danger",
+        confirm=ConfirmObject(
+            title="Escalate this alert?",
+            text="This pages the escalation contacts for this team.",
+            confirm="Escalate",
+            deny="Cancel",
+            style="danger",
+        ),
+    )
+
+
 def _buttons(alert: Alert) -> list[ButtonElement]:
-    value = str(alert.id)
     buttons = []
     if alert.needs_acknowledgement and alert.acknowledged is None:
-        buttons.append(
-            ButtonElement(
-                text="Acknowledge", action_id=ACKNOWLEDGE_ACTION, value=value, style="primary"
-            )
-        )
+        buttons.append(_acknowledge_button(alert))
     if alert.escalated is None:
-        buttons.append(
-            ButtonElement(
-                text="Escalate",
-                action_id=ESCALATE_ACTION,
-                value=value,
-                style="danger",
-                confirm=ConfirmObject(
-                    title="Escalate this alert?",
-                    text="This pages the escalation contacts for this team.",
-                    confirm="Escalate",
-                    deny="Cancel",
-                    style="danger",
-                ),
-            )
-        )
+        buttons.append(_escalate_button(alert))
     return buttons
 
 
@@ -292,7 +295,7 @@ def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence
     """The page sent to the escalation channel, linking back to the alert."""
     lines = [
         " ".join(mention(m) for m in mentions),
-        f"*{_title(alert)}* for *{safe(readable_phone(alert.event.phone_number))}*"
+        f"*{safe(_title(alert))}* for *{safe(readable_phone(alert.event.phone_number))}*"
         + (f" (team {safe(alert.team)})" if alert.team else "")
         + " needs attention.",
         _escalation_reason(alert),
@@ -317,3 +320,52 @@ def render_escalation_note(alert: Alert, *, channel: str) -> Message:
         f" by {actor_plain(alert.escalated)}" if alert.escalated else ""
     )
     return Message(text=fallback, blocks=_to_dicts(list(blocks)))
+
+
+STORM_MAX_ROWS = 45  # with the header, context and actions: within Slack's 50 blocks
+
+
+def _storm_row(alert: Alert) -> SectionBlock:
+    event = alert.event
+    parts = [
+        f"*{safe(_title(alert))}*",
+        safe(readable_phone(event.phone_number)),
+        f"WABA {safe(event.waba_id)}",
+        slack_date(event.time if event.time is not None else alert.received_at),
+    ]
+    if event.requester:
+        parts.append(f"requested by {safe(event.requester)}")
+    text = " · ".join(parts)
+    if status := _status_lines(alert):
+        text += "\n" + " ".join(status)
+    needs_ack = alert.needs_acknowledgement and alert.acknowledged is None
+    return SectionBlock(
+        block_id=f"pinwatch-{alert.id}",
+        text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)),
+        accessory=_acknowledge_button(alert) if needs_ack else None,
+    )
+
+
+def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> Message:
+    """Many alerts for one channel in a short time: one message, one row each, updated in place."""
+    rows = list(alerts)[:STORM_MAX_ROWS]
+    first = rows[0]
+    intro = (
+        f"More than {threshold} alerts for this channel within {window:g}s: they are grouped "
+        "here so that none is held up by Slack's rate limit. Each can be acknowledged below."
+    )
+    if first.mentions:
+        intro = " ".join(mention(m) for m in first.mentions) + " " + intro
+    blocks: list[Block] = [
+        HeaderBlock(
+            text=PlainTextObject(text=f"Storm: {len(rows)} WhatsApp security events", emoji=True)
+        ),
+        ContextBlock(elements=[MarkdownTextObject(text=clip(intro, CONTEXT_TEXT_MAX))]),
+        *(_storm_row(alert) for alert in rows),
+    ]
+    # One Escalate for the whole storm: it pages once for the summary (see the dispatcher).
+    if (target := next((a for a in rows if a.escalated is None), None)) is not None:
+        blocks.append(ActionsBlock(block_id="pinwatch-storm", elements=[_escalate_button(target)]))
+    team = f" for team {first.team}" if first.team else ""
+    text = f"[STORM] {len(rows)} WhatsApp security events{team}; first: {_fallback(first)}"
+    return Message(text=clip(text, FALLBACK_TEXT_MAX), blocks=_to_dicts(blocks))

@@ -48,10 +48,11 @@ CHANNEL_ERRORS = frozenset(
 class SlackCallError(Exception):
     """A Slack call that failed after slack_sdk's own retries."""
 
-    def __init__(self, method: str, error: str) -> None:
+    def __init__(self, method: str, error: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{method}: {error}")
         self.method = method
         self.error = error
+        self.retry_after = retry_after  # Slack's Retry-After, when it rate-limited us
 
     @property
     def channel_unusable(self) -> bool:
@@ -62,6 +63,18 @@ class SlackCallError(Exception):
 class Posted:
     channel: str  # the channel ID Slack answered with, even when posted by #name
     ts: str
+
+
+def _retry_after(exc: SlackApiError) -> float | None:
+    """slack_sdk honours Retry-After for its own retries only; keep it for the outbox's."""
+    for name, value in (exc.response.headers or {}).items():
+        if name.lower() == "retry-after":
+            text = value[0] if isinstance(value, list) else value
+            try:
+                return max(0.0, float(text))
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def retry_handlers() -> list[AsyncRetryHandler]:
@@ -130,7 +143,7 @@ class SlackGateway:
         except SlackApiError as exc:
             error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
             outcome = str(error or f"http_{exc.response.status_code}")
-            raise SlackCallError(method, outcome) from exc
+            raise SlackCallError(method, outcome, retry_after=_retry_after(exc)) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             outcome = "connection_error"
             raise SlackCallError(method, f"connection: {type(exc).__name__}") from exc

@@ -73,6 +73,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_unpaged ON alerts (id)
         WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL;
     """,
+    # 3: storms: alerts grouped into one summary message per channel.
+    """
+    ALTER TABLE alerts ADD COLUMN grouped INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX alerts_by_channel ON alerts (channel, id);
+    CREATE INDEX alerts_by_message ON alerts (slack_ts) WHERE grouped = 1;
+    """,
 )
 
 _INSERT_EVENT = """
@@ -139,6 +145,7 @@ def _alert_from_row(row: sqlite3.Row) -> Alert:
         delivery_note=row["delivery_note"],
         escalation_channel=row["escalation_channel"],
         escalation_ts=row["escalation_ts"],
+        grouped=bool(row["grouped"]),
     )
 
 
@@ -217,15 +224,33 @@ class Store:
             batch, self._queued = self._queued, []
             try:
                 results = await self._insert_batch(batch)
-            except Exception as exc:  # every waiting request must hear of the failure
-                log.exception("store: committing %d deliveries failed", len(batch))
+            except Exception:
+                if len(batch) == 1:
+                    log.exception("store: committing a delivery failed")
+                    self._fail(batch[0])
+                    continue
+                # One bad delivery must not fail the others it shares a commit with.
                 for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(StoreError(f"commit failed: {exc}"))
+                    try:
+                        [result] = await self._insert_batch([item])
+                    except Exception:
+                        log.exception("store: committing a delivery failed")
+                        self._fail(item)
+                    else:
+                        self._succeed(item, result)
                 continue
             for item, result in zip(batch, results, strict=True):
-                if not item.done.done():
-                    item.done.set_result(result)
+                self._succeed(item, result)
+
+    @staticmethod
+    def _succeed(item: _PendingInsert, result: list[int | None]) -> None:
+        if not item.done.done():
+            item.done.set_result(result)
+
+    @staticmethod
+    def _fail(item: _PendingInsert) -> None:
+        if not item.done.done():
+            item.done.set_exception(StoreError("commit failed"))
 
     async def _insert_batch(self, batch: list[_PendingInsert]) -> list[list[int | None]]:
         rows = [
@@ -305,6 +330,33 @@ class Store:
         ) as cursor:
             return [_alert_from_row(row) async for row in cursor]
 
+    async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
+        """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
+        async with self._db.execute(
+            "SELECT id, received_at FROM alerts WHERE channel = ? AND received_at >= ? ORDER BY id",
+            (channel, since),
+        ) as cursor:
+            return [(row[0], row[1]) async for row in cursor]
+
+    async def open_summary(self, channel: str) -> tuple[str, str, int, float] | None:
+        """The newest storm summary for a routed channel: Slack channel, ts, rows, last receipt."""
+        async with self._db.execute(
+            """SELECT slack_channel, slack_ts, count(*), max(received_at) FROM alerts
+               WHERE channel = ? AND grouped = 1 AND slack_ts IS NOT NULL
+               GROUP BY slack_ts ORDER BY max(id) DESC LIMIT 1""",
+            (channel,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (row[0], row[1], row[2], row[3]) if row else None
+
+    async def alerts_in_summary(self, slack_channel: str, ts: str) -> list[Alert]:
+        async with self._db.execute(
+            "SELECT * FROM alerts WHERE slack_ts = ? AND slack_channel = ? AND grouped = 1"
+            " ORDER BY id",
+            (ts, slack_channel),
+        ) as cursor:
+            return [_alert_from_row(row) async for row in cursor]
+
     async def audit_log(self, alert_id: int) -> list[AuditEntry]:
         async with self._db.execute(
             "SELECT * FROM audit WHERE alert_id = ? ORDER BY id", (alert_id,)
@@ -371,6 +423,19 @@ class Store:
                 (slack_channel, ts, thread_ts, note, alert_id),
             )
             await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts}")
+
+    async def mark_grouped(
+        self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
+    ) -> None:
+        """Alerts shown as rows of a storm summary: posted, all in one transaction."""
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE alerts SET slack_channel = ?, slack_ts = ?, grouped = 1, last_error = NULL"
+                " WHERE id = ?",
+                [(slack_channel, ts, alert_id) for alert_id in alert_ids],
+            )
+            for alert_id in alert_ids:
+                await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts} (storm)")
 
     async def mark_paged(self, alert_id: int, *, channel: str, ts: str, actor: Actor) -> None:
         async with self._transaction() as db:

@@ -75,7 +75,8 @@ class Change(_Tolerant):
 
 class Entry(_Tolerant):
     id: Text
-    time: int | None = None
+    # A Unix time; the bound keeps it within what SQLite can store.
+    time: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     changes: list[Change] = Field(default_factory=list)
 
 

@@ -484,7 +484,8 @@ def block_errors(blocks: Any) -> list[str]:
 class _Validator:
     def __init__(self) -> None:
         self.errors: list[str] = []
-        self.action_ids: set[str] = set()  # unique per message
+        self.action_ids: set[str] = set()  # unique within their block, as Slack documents
+        self.block_ids: set[str] = set()  # unique within the message
 
     def add(self, at: str, what: str) -> None:
         self.errors.append(f"[ERROR] {what} [json-pointer:{at}]")
@@ -507,6 +508,12 @@ class _Validator:
             self.add(f"{at}/type", "missing required field: type")
             return
         self.length(block.get("block_id"), 255, f"{at}/block_id")
+        block_id = block.get("block_id")
+        if isinstance(block_id, str):
+            if block_id in self.block_ids:
+                self.add(f"{at}/block_id", "must be unique within a message")
+            self.block_ids.add(block_id)
+        self.action_ids = set()
         kind = block["type"]
         if kind == "section":
             if "text" not in block and "fields" not in block:
@@ -545,7 +552,7 @@ class _Validator:
         if isinstance(action_id, str):
             self.length(action_id, 255, f"{at}/action_id")
             if action_id in self.action_ids:
-                self.add(f"{at}/action_id", "must be unique within a message")
+                self.add(f"{at}/action_id", "must be unique within a block")
             self.action_ids.add(action_id)
         if el.get("type") == "button":
             self.text(el.get("text"), 75, f"{at}/text", plain=True)

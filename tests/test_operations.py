@@ -56,6 +56,13 @@ async def metric(pinwatch: Pinwatch, name: str, labels: str = "") -> float:
     return 0.0
 
 
+def _alert_ids(blocks: list[dict[str, Any]]) -> set[str]:
+    """The alerts a message shows: one for an alert, one per row for a storm summary."""
+    ids = {b["block_id"] for b in blocks if b.get("block_id", "").startswith("pinwatch-")}
+    ids.discard("pinwatch-storm")
+    return ids
+
+
 def edit(path: Path, old: str, new: str) -> None:
     path.write_text(path.read_text().replace(old, new))
 
@@ -105,7 +112,17 @@ async def test_reload_under_concurrent_deliveries_drops_nothing(pinwatch: Pinwat
 
     results = await asyncio.gather(rewrite(), *(deliver(i) for i in range(60)))
     assert results[1:] == [200] * 60
-    await pinwatch.slack.wait_for(lambda s: len(s.top_level("C0PAYMENTS")) == 60, timeout=15)
+
+    async def all_posted() -> bool:
+        alerts = [await pinwatch.store.get(i) for i in range(1, 61)]
+        return all(a is not None and a.slack_channel == "C0PAYMENTS" for a in alerts)
+
+    await eventually(all_posted, timeout=15)
+    shown = json.dumps([m.blocks for m in pinwatch.slack.top_level("C0PAYMENTS")])
+    assert shown.count("pinwatch.escalate") >= 1
+    # Each event is one message or one row of a storm summary: 60 in all, none twice.
+    rows = sum(1 for m in pinwatch.slack.top_level("C0PAYMENTS") for _ in _alert_ids(m.blocks))
+    assert rows == 60
 
 
 async def test_health_readiness_and_metrics_endpoints(pinwatch: Pinwatch) -> None:

@@ -1,0 +1,682 @@
+"""Issue 6's scenarios W1..W6: each reports pinwatch's figure, the baseline's and the ratio."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import servers
+from bench.load import (
+    OpenLoopResult,
+    Request,
+    WrkResult,
+    open_loop,
+    percentile,
+    run_wrk,
+    webhook_requests,
+)
+from bench.payloads import (
+    CHANNELS,
+    PHONES,
+    SLACK_SIGNING_SECRET,
+    WABA_ID,
+    other_field_bodies,
+    requester,
+    security_bodies,
+    write_lua_table,
+)
+from bot.events import Alert, SecurityEvent
+from bot.render import ACKNOWLEDGE_ACTION
+from tests.conftest import block_actions_body, slack_signature
+from tests.fake_slack import FakeSlack
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How long and how much: the full run, or --quick."""
+
+    saturation_seconds: float
+    saturation_bodies: int
+    connections: int
+    warmup_seconds: float
+    fixed_rate: float
+    fixed_seconds: float
+    slack_events: int  # W3, at 20/s
+    clicks: int  # W4, at 20/s
+    memory_deliveries: int  # W5, in two halves
+    prefill_alerts: int  # W6
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(
+            saturation_seconds=12,
+            saturation_bodies=60_000,
+            connections=64,
+            warmup_seconds=2,
+            fixed_rate=500,
+            fixed_seconds=20,
+            slack_events=300,
+            clicks=200,
+            memory_deliveries=100_000,
+            prefill_alerts=1_000_000,
+        )
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(
+            saturation_seconds=3,
+            saturation_bodies=12_000,
+            connections=64,
+            warmup_seconds=1,
+            fixed_rate=500,
+            fixed_seconds=4,
+            slack_events=60,
+            clicks=40,
+            memory_deliveries=10_000,
+            prefill_alerts=50_000,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    scenario: str
+    measure: str
+    pinwatch: float
+    baseline: float
+    unit: str
+    target: str
+    met: bool
+    baseline_label: str = "bare aiohttp"
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.pinwatch / self.baseline if self.baseline else float("inf")
+
+
+@dataclass
+class Context:
+    plan: Plan
+    workdir: Path
+    report: Callable[[Row], None]
+    log: Callable[[str], None]
+    # W1's empty-store p99 at the fixed rate, which W6 compares against.
+    empty_store_p99: float | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def fresh_dir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def lua_file(self, name: str, make: Callable[[], list[Any]]) -> Path:
+        if name not in self.files:
+            started = time.monotonic()
+            self.files[name] = write_lua_table(self.workdir / f"{name}.lua", make())
+            self.log(f"  wrote {name}.lua in {time.monotonic() - started:.1f}s")
+        return self.files[name]
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def _wrk_note(result: WrkResult) -> str:
+    problems = []
+    if result.not_ok:
+        problems.append(f"{result.not_ok} non-200")
+    if result.socket_errors:
+        problems.append(f"{result.socket_errors} socket errors")
+    return f"{result.responses} requests in {result.elapsed:.1f}s" + (
+        f" ({', '.join(problems)})" if problems else ""
+    )
+
+
+def _loop_note(result: OpenLoopResult) -> str:
+    extra = []
+    if result.not_ok or result.errors:
+        extra.append(f"{result.not_ok} non-200, {result.errors} errors")
+    if result.max_lag > 0.005:
+        extra.append(f"sender lag up to {_ms(result.max_lag):.0f} ms")
+    return f"{len(result.sent_at)} at {result.achieved_rate:.0f}/s" + (
+        f" ({'; '.join(extra)})" if extra else ""
+    )
+
+
+def stored_alerts(store: Path) -> int:
+    with sqlite3.connect(store) as db:
+        row = db.execute("SELECT count(*) FROM alerts").fetchone()
+    return int(row[0])
+
+
+async def _warm(ctx: Context, url: str) -> None:
+    warm = ctx.lua_file("other-fields", lambda: other_field_bodies(20_000))
+    await run_wrk(
+        url,
+        warm,
+        duration=ctx.plan.warmup_seconds,
+        connections=ctx.plan.connections,
+        wrap=True,
+        workdir=ctx.workdir,
+    )
+
+
+# --- W1: saturation and fixed rate ----------------------------------------------------------
+
+
+async def w1(ctx: Context) -> None:
+    plan = ctx.plan
+    bodies = ctx.lua_file("w1", lambda: security_bodies(plan.saturation_bodies, tag="W1S"))
+    workdir = ctx.fresh_dir("w1-saturation")
+    async with (
+        servers.sink(workdir) as sink,
+        servers.pinwatch(workdir, slack_url=sink.url + "/api/") as pw,
+    ):
+        await _warm(ctx, pw.url)
+        ours = await run_wrk(
+            pw.url,
+            bodies,
+            duration=plan.saturation_seconds,
+            connections=plan.connections,
+            wrap=False,
+            workdir=workdir,
+        )
+    stored = stored_alerts(workdir / "pinwatch.db")
+    async with servers.baseline(workdir) as base:
+        await _warm(ctx, base.url)
+        theirs = await run_wrk(
+            base.url,
+            bodies,
+            duration=plan.saturation_seconds,
+            connections=plan.connections,
+            wrap=True,
+            workdir=workdir,
+        )
+    ratio = ours.rate / theirs.rate
+    ctx.report(
+        Row(
+            "W1",
+            f"security deliveries, req/s at saturation (-c{plan.connections})",
+            ours.rate,
+            theirs.rate,
+            "req/s",
+            "ratio ≥ 0.5",
+            ratio >= 0.5 and ours.not_ok == 0,
+            note=f"pinwatch {_wrk_note(ours)}, {stored} alerts stored; "
+            f"p99 at saturation {ours.p99_ms:.1f} ms vs {theirs.p99_ms:.1f} ms",
+        )
+    )
+    await w1_fixed(ctx)
+
+
+async def _fixed_rate_p99(ctx: Context, url: str, tag: str) -> OpenLoopResult:
+    plan = ctx.plan
+    count = int(plan.fixed_rate * plan.fixed_seconds)
+    requests = webhook_requests(security_bodies(count, tag=tag))
+    return await open_loop(
+        url, requests, rate=plan.fixed_rate, count=count, time_limit=plan.fixed_seconds + 5
+    )
+
+
+async def _pinwatch_fixed_rate(
+    ctx: Context, workdir: Path, *, store: Path | None
+) -> OpenLoopResult:
+    async with (
+        servers.sink(workdir) as sink,
+        servers.pinwatch(workdir, slack_url=sink.url + "/api/", store=store) as pw,
+    ):
+        await _warm(ctx, pw.url)
+        return await _fixed_rate_p99(ctx, pw.url, f"{workdir.name[:3].upper()}F")
+
+
+async def w1_fixed(ctx: Context) -> None:
+    plan = ctx.plan
+    workdir = ctx.fresh_dir("w1-fixed")
+    ours = await _pinwatch_fixed_rate(ctx, workdir, store=None)
+    async with servers.baseline(workdir) as base:
+        await _warm(ctx, base.url)
+        theirs = await _fixed_rate_p99(ctx, base.url, "W1B")
+    p99 = _ms(percentile(ours.latencies, 99))
+    ctx.empty_store_p99 = p99
+    ctx.report(
+        Row(
+            "W1",
+            f"security deliveries at {plan.fixed_rate:.0f}/s, p99 latency",
+            p99,
+            _ms(percentile(theirs.latencies, 99)),
+            "ms",
+            "≤ 20 ms",
+            p99 <= 20 and ours.not_ok == 0 and ours.errors == 0,
+            note=f"pinwatch {_loop_note(ours)}, p50 {_ms(percentile(ours.latencies, 50)):.1f} ms;"
+            f" baseline {_loop_note(theirs)}",
+        )
+    )
+
+
+# --- W2: other fields -------------------------------------------------------------------------
+
+
+async def w2(ctx: Context) -> None:
+    plan = ctx.plan
+    bodies = ctx.lua_file("other-fields", lambda: other_field_bodies(20_000))
+    workdir = ctx.fresh_dir("w2")
+    results: list[WrkResult] = []
+    async with (
+        servers.sink(workdir) as sink,
+        servers.pinwatch(workdir, slack_url=sink.url + "/api/") as pw,
+    ):
+        await _warm(ctx, pw.url)
+        results.append(
+            await run_wrk(
+                pw.url,
+                bodies,
+                duration=plan.saturation_seconds,
+                connections=plan.connections,
+                wrap=True,
+                workdir=workdir,
+            )
+        )
+    async with servers.baseline(workdir) as base:
+        await _warm(ctx, base.url)
+        results.append(
+            await run_wrk(
+                base.url,
+                bodies,
+                duration=plan.saturation_seconds,
+                connections=plan.connections,
+                wrap=True,
+                workdir=workdir,
+            )
+        )
+    ours, theirs = results
+    ctx.report(
+        Row(
+            "W2",
+            "`messages`/`statuses` deliveries (ignored), req/s",
+            ours.rate,
+            theirs.rate,
+            "req/s",
+            "ratio ≥ 0.85",
+            ours.rate / theirs.rate >= 0.85 and ours.not_ok == 0,
+            note=f"pinwatch {_wrk_note(ours)}",
+        )
+    )
+
+
+# --- W3 and W4: to the fake Slack -------------------------------------------------------------
+
+SLACK_RATE = 20.0
+_REQUESTER = re.compile(r"W3E\d{8}")
+
+
+async def _wait_for(check: Callable[[], bool], *, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def _posted(fake: FakeSlack) -> list[tuple[float, dict[str, Any]]]:
+    return [(c.at, c.params) for c in fake.calls_to("chat.postMessage") if c.ok]
+
+
+def _button_alert_id(blocks: Any) -> int | None:
+    for block in blocks if isinstance(blocks, list) else []:
+        for element in block.get("elements", []) if block.get("type") == "actions" else []:
+            value = element.get("value")
+            if isinstance(value, str) and value.isdigit():
+                return int(value)
+    return None
+
+
+async def _one_hop(ctx: Context, count: int) -> OpenLoopResult:
+    """The floor of W3 and W4: one loopback request to the bare server at the same rate."""
+    workdir = ctx.fresh_dir("w3-baseline")
+    async with servers.baseline(workdir) as base:
+        requests = webhook_requests(security_bodies(count, tag="W3B"))
+        return await open_loop(
+            base.url, requests, rate=SLACK_RATE, count=count, time_limit=count / SLACK_RATE + 5
+        )
+
+
+async def w3_w4(ctx: Context, *, w3: bool, w4: bool) -> None:
+    plan = ctx.plan
+    workdir = ctx.fresh_dir("w3-w4")
+    count = plan.slack_events if w3 else max(plan.clicks, CHANNELS)
+    tag = "W3E"
+    async with servers.fake_slack() as (fake, url), servers.pinwatch(workdir, slack_url=url) as pw:
+        sent = await open_loop(
+            pw.url,
+            webhook_requests(security_bodies(count, tag=tag)),
+            rate=SLACK_RATE,
+            count=count,
+            time_limit=count / SLACK_RATE + 5,
+        )
+        tokens = {requester(tag, i): i for i in range(count)}
+
+        def arrivals() -> dict[int, float]:
+            # The first Slack message (posted, or an update such as a storm summary) that
+            # names the event's requester.
+            found: dict[int, float] = {}
+            for call in fake.calls:
+                if call.ok and call.method in ("chat.postMessage", "chat.update"):
+                    text = json.dumps(call.params)
+                    for match in _REQUESTER.findall(text):
+                        if match in tokens:
+                            found.setdefault(tokens[match], call.at)
+            return found
+
+        all_posted = await _wait_for(lambda: len(arrivals()) >= count, within=15)
+        arrived = arrivals()
+        delays = [arrived[i] - sent.sent_at[i] for i in arrived if i in sent.sent_at]
+        click_delays, clicked = await _clicks(ctx, fake, pw.url) if w4 else ([], 0)
+    floor = await _one_hop(ctx, max(plan.slack_events, plan.clicks))
+    hop_p50 = _ms(percentile(floor.latencies, 50))
+    hop_p99 = _ms(percentile(floor.latencies, 99))
+    hop = "one loopback request to the bare server"
+    if w3:
+        p50, p99 = _ms(percentile(delays, 50)), _ms(percentile(delays, 99))
+        note = (
+            f"{len(delays)} of {count} events at {sent.achieved_rate:.0f}/s"
+            f" over {CHANNELS} channels"
+        )
+        if not all_posted:
+            note += " (the rest not named in any Slack message within 15 s)"
+        complete = len(delays) == count
+        ctx.report(
+            Row(
+                "W3",
+                "webhook → Slack message naming the event, p50",
+                p50,
+                hop_p50,
+                "ms",
+                "≤ 50 ms",
+                complete and p50 <= 50,
+                hop,
+                note,
+            )
+        )
+        ctx.report(
+            Row(
+                "W3",
+                "webhook → Slack message naming the event, p99",
+                p99,
+                hop_p99,
+                "ms",
+                "≤ 250 ms",
+                complete and p99 <= 250,
+                hop,
+                note,
+            )
+        )
+    if w4:
+        p99 = _ms(percentile(click_delays, 99))
+        note = (
+            f"{len(click_delays)} of {clicked} clicks (one per posted message with buttons,"
+            f" at most {plan.clicks}) at {SLACK_RATE:.0f}/s,"
+            f" p50 {_ms(percentile(click_delays, 50)):.1f} ms"
+        )
+        complete = 0 < len(click_delays) == clicked
+        ctx.report(
+            Row(
+                "W4",
+                "button click → chat.update at fake Slack, p99",
+                p99,
+                hop_p99,
+                "ms",
+                "≤ 100 ms",
+                complete and p99 <= 100,
+                hop,
+                note,
+            )
+        )
+
+
+async def _clicks(ctx: Context, fake: FakeSlack, url: str) -> tuple[list[float], int]:
+    """Acknowledge posted alerts, signed as Slack signs them; time each click to its chat.update."""
+    targets = []
+    for message in fake.top_level():
+        alert_id = _button_alert_id(message.blocks)
+        if alert_id is not None:
+            targets.append((alert_id, message.channel, message.ts))
+    targets = targets[: ctx.plan.clicks]
+    stamp = str(int(time.time()))
+    requests = []
+    for alert_id, channel, ts in targets:
+        alert = Alert(
+            id=alert_id,
+            event=SecurityEvent(waba_id=WABA_ID, phone_number=PHONES[0], event="", time=None),
+            received_at=0.0,
+            slack_channel=channel,
+            slack_ts=ts,
+        )
+        body = block_actions_body(
+            ACKNOWLEDGE_ACTION, alert_id, user="U0BENCHER", name="bencher", alert=alert
+        )
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": slack_signature(SLACK_SIGNING_SECRET, stamp, body),
+        }
+        requests.append(Request("/slack/actions", body, headers))
+    sent = await open_loop(
+        url,
+        requests,
+        rate=SLACK_RATE,
+        count=len(requests),
+        time_limit=len(requests) / SLACK_RATE + 5,
+    )
+
+    def updates() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for call in fake.calls_to("chat.update"):
+            if call.ok:
+                found.setdefault(str(call.params.get("ts")), call.at)
+        return found
+
+    await _wait_for(lambda: len(updates()) >= len(targets), within=15)
+    arrived = updates()
+    delays = [
+        arrived[ts] - sent.sent_at[i]
+        for i, (_, _, ts) in enumerate(targets)
+        if ts in arrived and i in sent.sent_at
+    ]
+    return delays, len(targets)
+
+
+# --- W5: memory -------------------------------------------------------------------------------
+
+
+async def _drained(sink: servers.Server, expected: int, *, within: float) -> int:
+    """Wait until the sink has every alert, or stops getting more for 5 s; the count posted."""
+    deadline = time.monotonic() + within
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        posted = await servers.posted_to_sink(sink)
+        if posted >= expected:
+            return posted
+        if posted != last:
+            last, last_change = posted, time.monotonic()
+        elif time.monotonic() - last_change > 5:
+            break
+        await asyncio.sleep(0.25)
+    return last
+
+
+async def w5(ctx: Context) -> None:
+    plan = ctx.plan
+    half = plan.memory_deliveries // 2
+    first = ctx.lua_file("w5a", lambda: security_bodies(half, tag="W5A"))
+    second = ctx.lua_file("w5b", lambda: security_bodies(half, tag="W5B"))
+    bound = half / 200 + 30  # no run may take longer, even at 200 deliveries/s
+
+    async def load(server: servers.Server, bodies: Path) -> WrkResult:
+        return await run_wrk(
+            server.url,
+            bodies,
+            duration=bound,
+            connections=plan.connections,
+            wrap=False,
+            workdir=workdir,
+        )
+
+    workdir = ctx.fresh_dir("w5")
+    async with (
+        servers.sink(workdir) as sink,
+        servers.pinwatch(workdir, slack_url=sink.url + "/api/") as pw,
+    ):
+        start_rss = pw.rss()
+        a = await load(pw, first)
+        posted_a = await _drained(sink, half, within=120)
+        rss_a = pw.rss()
+        b = await load(pw, second)
+        posted_b = await _drained(sink, 2 * half, within=120)
+        rss_b = pw.rss()
+    stored = stored_alerts(workdir / "pinwatch.db")
+    async with servers.baseline(workdir) as base:
+        base_start = base.rss()
+        await load(base, first)
+        base_a = base.rss()
+        await load(base, second)
+        base_b = base.rss()
+    growth = (rss_b - rss_a) / rss_a * 100
+    base_growth = (base_b - base_a) / base_a * 100
+    note = (
+        f"{a.responses + b.responses} deliveries ({a.rate:.0f} and {b.rate:.0f}/s),"
+        f" {stored} stored, "
+        f"{posted_b} posted to the Slack sink ({posted_a} after the first half); "
+        f"RSS at start {start_rss / MB:.0f} MB, after 50% {rss_a / MB:.0f} MB; "
+        f"baseline {base_start / MB:.0f} → {base_a / MB:.0f} → {base_b / MB:.0f} MB"
+    )
+    ctx.report(
+        Row(
+            "W5",
+            f"resident memory after {2 * half:,} deliveries",
+            rss_b / MB,
+            base_b / MB,
+            "MB",
+            "≤ 150 MB",
+            rss_b / MB <= 150,
+            note=note,
+        )
+    )
+    ctx.report(
+        Row(
+            "W5",
+            f"RSS growth {half:,} → {2 * half:,} deliveries",
+            growth,
+            base_growth,
+            "%",
+            "≤ 5 %",
+            growth <= 5,
+            note="ratio of growths is not meaningful near 0",
+        )
+    )
+
+
+# --- W6: a store that already holds a million alerts ------------------------------------------
+
+
+def prefill(store: Path, count: int) -> None:
+    """Bulk-load posted, acknowledged alerts into a store pinwatch has created (not served)."""
+    value_template = (
+        '{{"display_phone_number":"{phone}","event":"PIN_RESET_REQUEST","requester":"P{i:09d}"}}'
+    )
+
+    def rows(start: int, stop: int) -> Iterator[tuple[Any, ...]]:
+        for i in range(start, stop):
+            k = i % CHANNELS
+            received = 1_600_000_000.0 + i * 30
+            yield (
+                hashlib.sha256(b"prefill %d" % i).hexdigest(),
+                WABA_ID,
+                PHONES[k],
+                PHONES[k],
+                "PIN_RESET_REQUEST",
+                1_600_000_000 + i * 30,
+                f"P{i:09d}",
+                value_template.format(phone=PHONES[k], i=i),
+                received,
+                f"team{k:02d}",
+                servers.channel_id(k),
+                "[]",
+                received + 3600,
+                servers.channel_id(k),
+                f"{int(received)}.{i % 1_000_000:06d}",
+                "U0PREFILL",
+                "prefill",
+                received + 60,
+            )
+
+    with sqlite3.connect(store, isolation_level=None) as db:
+        db.execute("PRAGMA synchronous=OFF")  # a load before the test, not pinwatch's own writes
+        db.execute("BEGIN")
+        step = 100_000
+        for start in range(0, count, step):
+            db.executemany(
+                """INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event,
+                       event_time, requester, value, received_at, team, channel, mentions,
+                       ack_deadline, slack_channel, slack_ts, acknowledged_by, acknowledged_name,
+                       acknowledged_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                rows(start, min(count, start + step)),
+            )
+        db.execute("COMMIT")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def w6(ctx: Context) -> None:
+    plan = ctx.plan
+    if ctx.empty_store_p99 is None:
+        ctx.log("  W6 needs W1's empty-store p99 at the fixed rate: measuring it first")
+        empty = await _pinwatch_fixed_rate(ctx, ctx.fresh_dir("w6-empty"), store=None)
+        ctx.empty_store_p99 = _ms(percentile(empty.latencies, 99))
+    workdir = ctx.fresh_dir("w6")
+    store = workdir / "full.db"
+    async with (
+        servers.sink(workdir) as sink,
+        servers.pinwatch(workdir, slack_url=sink.url + "/api/", store=store),
+    ):
+        pass  # creates the schema, then stops
+    started = time.monotonic()
+    await asyncio.to_thread(prefill, store, plan.prefill_alerts)
+    ctx.log(
+        f"  prefilled {plan.prefill_alerts:,} alerts in {time.monotonic() - started:.1f}s"
+        f" ({store.stat().st_size / MB:.0f} MB)"
+    )
+    ours = await _pinwatch_fixed_rate(ctx, workdir, store=store)
+    p99 = _ms(percentile(ours.latencies, 99))
+    ratio = p99 / ctx.empty_store_p99
+    ctx.report(
+        Row(
+            "W6",
+            f"W1 at {plan.fixed_rate:.0f}/s with {plan.prefill_alerts:,} alerts stored, p99",
+            p99,
+            ctx.empty_store_p99,
+            "ms",
+            "ratio ≤ 1.3",
+            ratio <= 1.3 and ours.not_ok == 0 and ours.errors == 0,
+            baseline_label="pinwatch, empty store",
+            note=f"{_loop_note(ours)}, p50 {_ms(percentile(ours.latencies, 50)):.1f} ms",
+        )
+    )
+
+
+SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
+    "W1": w1,
+    "W2": w2,
+    "W5": w5,
+    "W6": w6,
+}

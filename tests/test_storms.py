@@ -1,0 +1,110 @@
+"""Storms: hundreds of events for one channel become a few summary messages, none lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from bot.render import STORM_MAX_ROWS
+from tests.conftest import Pinwatch, delivery, eventually, security
+
+
+async def send_reset_requests(pinwatch: Pinwatch, count: int, *, start: int = 0) -> None:
+    limit = asyncio.Semaphore(20)
+
+    async def send(i: int) -> None:
+        body = delivery(security("PIN_RESET_REQUEST", requester=str(i)), time=1748811473 + i)
+        async with limit:
+            status, _ = await pinwatch.post_webhook(body)
+        assert status == 200
+
+    await asyncio.gather(*(send(i) for i in range(start, start + count)))
+
+
+async def wait_all_posted(pinwatch: Pinwatch, count: int) -> None:
+    async def posted() -> bool:
+        unposted, _ = await pinwatch.store.count_unposted()
+        return unposted == 0 and await pinwatch.store.get(count) is not None
+
+    await eventually(posted, timeout=30)
+
+
+async def test_a_storm_of_500_becomes_a_few_summaries(pinwatch: Pinwatch) -> None:
+    await send_reset_requests(pinwatch, 500)
+    await wait_all_posted(pinwatch, 500)
+
+    messages = pinwatch.slack.top_level("C0PAYMENTS")
+    individual = [m for m in messages if not m.text.startswith("[STORM]")]
+    summaries = [m for m in messages if m.text.startswith("[STORM]")]
+    assert len(individual) == 5  # the default threshold: single events still go out at once
+    assert len(summaries) <= -(-495 // STORM_MAX_ROWS) + 2
+    assert len(pinwatch.slack.calls_to("chat.postMessage")) == len(messages)
+
+    # Every event is shown exactly once, with its own Acknowledge button.
+    shown = [
+        block["accessory"]["value"]
+        for m in summaries
+        for block in m.blocks
+        if block.get("accessory", {}).get("action_id") == "pinwatch.acknowledge"
+    ]
+    assert len(shown) == 495
+    assert len(set(shown)) == 495
+    for alert_id in range(1, 501):
+        alert = await pinwatch.alert(alert_id)
+        assert alert.slack_ts is not None
+
+
+async def test_a_row_of_a_storm_is_acknowledged_on_its_own(pinwatch: Pinwatch) -> None:
+    await send_reset_requests(pinwatch, 12)
+    await wait_all_posted(pinwatch, 12)
+    [summary] = [m for m in pinwatch.slack.top_level() if m.text.startswith("[STORM]")]
+    row_ids = [
+        int(b["accessory"]["value"]) for b in summary.blocks if b.get("accessory") is not None
+    ]
+    assert len(row_ids) == 7
+
+    await pinwatch.click("acknowledge", row_ids[2], user="U0ALICE")
+
+    async def updated() -> bool:
+        return (await pinwatch.alert(row_ids[2])).acknowledged is not None
+
+    await eventually(updated)
+    await pinwatch.slack.wait_for(
+        lambda s: (
+            "Acknowledged by <@U0ALICE>"
+            in json.dumps(s.message(summary.channel, summary.ts).blocks)
+        )
+    )
+    blocks = pinwatch.slack.message(summary.channel, summary.ts).blocks
+    row = next(b for b in blocks if b.get("block_id") == f"pinwatch-{row_ids[2]}")
+    assert "accessory" not in row
+    others = [await pinwatch.alert(i) for i in row_ids if i != row_ids[2]]
+    assert all(a.acknowledged is None for a in others)
+
+
+async def test_after_the_window_single_events_are_posted_alone_again(pinwatch: Pinwatch) -> None:
+    await send_reset_requests(pinwatch, 8)
+    await wait_all_posted(pinwatch, 8)
+    pinwatch.clock.advance(61)
+    await send_reset_requests(pinwatch, 1, start=100)
+    await wait_all_posted(pinwatch, 9)
+    last = pinwatch.slack.top_level("C0PAYMENTS")[-1]
+    assert not last.text.startswith("[STORM]")
+    assert "requested by Meta user 100" in last.text
+
+
+async def test_a_storm_left_unacknowledged_pages_once_per_summary(pinwatch: Pinwatch) -> None:
+    await send_reset_requests(pinwatch, 30)
+    await wait_all_posted(pinwatch, 30)
+    summaries = [m for m in pinwatch.slack.top_level() if m.text.startswith("[STORM]")]
+    assert len(summaries) == 1
+
+    pinwatch.clock.advance(11 * 60)
+
+    async def all_paged() -> bool:
+        alerts = [await pinwatch.alert(i) for i in range(1, 31)]
+        return all(a.escalation_ts is not None for a in alerts)
+
+    await eventually(all_paged, timeout=15)
+    pages = pinwatch.slack.top_level("C0PAYLEADS")
+    assert len(pages) == 5 + len(summaries)  # one per individual alert, one for the storm
