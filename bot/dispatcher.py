@@ -79,6 +79,7 @@ class Dispatcher:
         clock: Clock,
         retry: RetryPolicy,
         poll_interval: float = 1.0,
+        pass_gap: float = 0.01,
     ) -> None:
         self._store = store
         self._slack = slack
@@ -87,6 +88,7 @@ class Dispatcher:
         self._clock = clock
         self._retry = retry
         self._poll_interval = poll_interval
+        self._pass_gap = pass_gap
         self._wakeup = asyncio.Event()
         self._busy: set[str] = set()
         self._backoff: dict[str, _Backoff] = {}
@@ -111,6 +113,8 @@ class Dispatcher:
                 except Exception:  # the outbox must keep draining whatever one pass hit
                     log.exception("dispatcher: delivery pass failed; retrying")
                 await self._sleep()
+                # In a burst every delivery wakes us: let a few come, then read the outbox once.
+                await asyncio.sleep(self._pass_gap)
         finally:
             for lane in self._lanes:
                 lane.cancel()
@@ -132,10 +136,14 @@ class Dispatcher:
         count, oldest = await self._store.count_unposted()
         self._metrics.pending.set(count)
         self._metrics.oldest_pending_age.set(self._clock() - oldest if oldest else 0)
+        unposted = await self._store.unposted()
+        unrouted = [self._route(alert) for alert in unposted if alert.channel is None]
+        if unrouted:
+            await self._store.set_routes(unrouted)
+        routed = {alert.id: alert for alert in unrouted}
         by_channel: dict[str, list[Alert]] = {}
-        for alert in await self._store.unposted():
-            if alert.channel is None:
-                alert = await self._route(alert)
+        for alert in unposted:
+            alert = routed.get(alert.id, alert)
             assert alert.channel is not None
             by_channel.setdefault(alert.channel, []).append(alert)
         for channel, alerts in by_channel.items():
@@ -205,19 +213,12 @@ class Dispatcher:
         self._lanes.add(lane)
         lane.add_done_callback(self._lanes.discard)
 
-    async def _route(self, alert: Alert) -> Alert:
+    def _route(self, alert: Alert) -> Alert:
         destination = route(alert.event, self._config.config)
         deadline = (
             alert.received_at + destination.ack_timeout
             if alert.event.event in (EventType.PIN_RESET_REQUEST, EventType.PIN_REQUEST_SUCCESS)
             else None
-        )
-        await self._store.set_route(
-            alert.id,
-            team=destination.team,
-            channel=destination.channel,
-            mentions=destination.mentions,
-            ack_deadline=deadline,
         )
         self._metrics.events.labels(alert.event.event, destination.team or "").inc()
         return replace(

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -76,7 +77,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: storms: alerts grouped into one summary message per channel.
     """
     ALTER TABLE alerts ADD COLUMN grouped INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX alerts_by_channel ON alerts (channel, id);
+    CREATE INDEX alerts_by_channel_time ON alerts (channel, received_at);
+    CREATE INDEX alerts_grouped ON alerts (channel, id) WHERE grouped = 1;
     CREATE INDEX alerts_by_message ON alerts (slack_ts) WHERE grouped = 1;
     """,
 )
@@ -149,6 +151,45 @@ def _alert_from_row(row: sqlite3.Row) -> Alert:
     )
 
 
+class _WriteTurns:
+    """One writer at a time (SQLite has one); intake waiting goes before outbox bookkeeping,
+    because Meta is waiting on the intake commit and nobody is waiting on the outbox's."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._intake: deque[asyncio.Future[None]] = deque()
+        self._other: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def turn(self, *, intake: bool) -> AsyncIterator[None]:
+        if self._busy or self._intake or self._other:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            (self._intake if intake else self._other).append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_on()  # granted as it was cancelled: hand the turn on
+                else:
+                    (self._intake if intake else self._other).remove(waiter)
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        for queue in (self._intake, self._other):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # _busy stays True: the turn goes to the waiter
+                    return
+        self._busy = False
+
+
 @dataclass(slots=True)
 class _PendingInsert:
     events: Sequence[SecurityEvent]
@@ -161,7 +202,7 @@ class Store:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
-        self._write_lock = asyncio.Lock()
+        self._turns = _WriteTurns()
         self._queued: list[_PendingInsert] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -193,13 +234,18 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock:
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.rollback()
-                raise
-            await self._db.commit()
+        async with self._turns.turn(intake=False), self._committed() as db:
+            yield db
+
+    @asynccontextmanager
+    async def _committed(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Commit what the block wrote, or roll it back; the caller holds the write turn."""
+        try:
+            yield self._db
+        except BaseException:
+            await self._db.rollback()
+            raise
+        await self._db.commit()
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -221,25 +267,26 @@ class Store:
 
     async def _flush_queued(self) -> None:
         while self._queued:
-            batch, self._queued = self._queued, []
-            try:
-                results = await self._insert_batch(batch)
-            except Exception:
-                if len(batch) == 1:
-                    log.exception("store: committing a delivery failed")
-                    self._fail(batch[0])
+            async with self._turns.turn(intake=True):
+                # Taken once the turn is ours: whatever queued while we waited joins this commit.
+                batch, self._queued = self._queued, []
+                try:
+                    results = await self._insert_batch(batch)
+                except Exception:
+                    await self._insert_one_by_one(batch)
                     continue
-                # One bad delivery must not fail the others it shares a commit with.
-                for item in batch:
-                    try:
-                        [result] = await self._insert_batch([item])
-                    except Exception:
-                        log.exception("store: committing a delivery failed")
-                        self._fail(item)
-                    else:
-                        self._succeed(item, result)
-                continue
             for item, result in zip(batch, results, strict=True):
+                self._succeed(item, result)
+
+    async def _insert_one_by_one(self, batch: list[_PendingInsert]) -> None:
+        """One bad delivery must not fail the others it shared a commit with."""
+        for item in batch:
+            try:
+                [result] = await self._insert_batch([item])
+            except Exception:
+                log.exception("store: committing a delivery failed")
+                self._fail(item)
+            else:
                 self._succeed(item, result)
 
     @staticmethod
@@ -253,9 +300,10 @@ class Store:
             item.done.set_exception(StoreError("commit failed"))
 
     async def _insert_batch(self, batch: list[_PendingInsert]) -> list[list[int | None]]:
+        keys = [[event.dedup_key for event in item.events] for item in batch]
         rows = [
             (
-                event.dedup_key,
+                key,
                 event.waba_id,
                 event.phone_number,
                 event.phone_digits,
@@ -265,10 +313,10 @@ class Store:
                 json.dumps(event.value, ensure_ascii=False, sort_keys=True),
                 item.received_at,
             )
-            for item in batch
-            for event in item.events
+            for item, item_keys in zip(batch, keys, strict=True)
+            for event, key in zip(item.events, item_keys, strict=True)
         ]
-        async with self._transaction() as db:
+        async with self._committed() as db:
             async with db.execute("SELECT coalesce(max(id), 0) FROM alerts") as cursor:
                 before = (await cursor.fetchone() or (0,))[0]
             await db.executemany(_INSERT_EVENT, rows)
@@ -277,13 +325,7 @@ class Store:
             ) as cursor:
                 new_ids: dict[str, int] = {key: alert_id async for alert_id, key in cursor}
         # A key that occurs twice in one batch is new only the first time.
-        results: list[list[int | None]] = []
-        for item in batch:
-            ids: list[int | None] = []
-            for event in item.events:
-                ids.append(new_ids.pop(event.dedup_key, None))
-            results.append(ids)
-        return results
+        return [[new_ids.pop(key, None) for key in item_keys] for item_keys in keys]
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -341,13 +383,21 @@ class Store:
     async def open_summary(self, channel: str) -> tuple[str, str, int, float] | None:
         """The newest storm summary for a routed channel: Slack channel, ts, rows, last receipt."""
         async with self._db.execute(
-            """SELECT slack_channel, slack_ts, count(*), max(received_at) FROM alerts
-               WHERE channel = ? AND grouped = 1 AND slack_ts IS NOT NULL
-               GROUP BY slack_ts ORDER BY max(id) DESC LIMIT 1""",
+            "SELECT slack_channel, slack_ts FROM alerts WHERE channel = ? AND grouped = 1"
+            " ORDER BY id DESC LIMIT 1",
             (channel,),
         ) as cursor:
+            newest = await cursor.fetchone()
+        if newest is None:
+            return None
+        async with self._db.execute(
+            "SELECT count(*), max(received_at) FROM alerts"
+            " WHERE slack_ts = ? AND slack_channel = ? AND grouped = 1",
+            (newest[1], newest[0]),
+        ) as cursor:
             row = await cursor.fetchone()
-        return (row[0], row[1], row[2], row[3]) if row else None
+        assert row is not None
+        return newest[0], newest[1], row[0], row[1]
 
     async def alerts_in_summary(self, slack_channel: str, ts: str) -> list[Alert]:
         async with self._db.execute(
@@ -390,20 +440,16 @@ class Store:
             (alert_id, action, actor.user_id, actor.name, actor.at, detail),
         )
 
-    async def set_route(
-        self,
-        alert_id: int,
-        *,
-        team: str | None,
-        channel: str,
-        mentions: Sequence[str],
-        ack_deadline: float | None,
-    ) -> None:
+    async def set_routes(self, routed: Sequence[Alert]) -> None:
+        """Keep each alert's route (team, channel, mentions, deadline): one commit for all."""
         async with self._transaction() as db:
-            await db.execute(
+            await db.executemany(
                 "UPDATE alerts SET team = ?, channel = ?, mentions = ?, ack_deadline = ?"
                 " WHERE id = ?",
-                (team, channel, json.dumps(list(mentions)), ack_deadline, alert_id),
+                [
+                    (a.team, a.channel, json.dumps(list(a.mentions)), a.ack_deadline, a.id)
+                    for a in routed
+                ],
             )
 
     async def mark_posted(

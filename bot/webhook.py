@@ -7,7 +7,7 @@ import hmac
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -85,6 +85,22 @@ class WebhookDelivery(_Tolerant):
     entry: list[Entry]
 
 
+class _ChangeOutline(BaseModel):
+    field: str
+
+
+class _EntryOutline(BaseModel):
+    changes: list[_ChangeOutline] = Field(default_factory=list)
+
+
+class _DeliveryOutline(BaseModel):
+    """Just enough to tell which fields a delivery carries: most of a busy webhook URL's traffic
+    is `messages` and `statuses`, and their values need not be built into Python objects."""
+
+    object: str
+    entry: list[_EntryOutline]
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedDelivery:
     events: list[SecurityEvent]
@@ -97,16 +113,29 @@ def _short_reason(error: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-def parse_delivery(body: bytes) -> ParsedDelivery:
-    """Every security change of every entry becomes one event; other fields are counted."""
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validated(model: type[_Model], body: bytes) -> _Model:
     try:
-        delivery = WebhookDelivery.model_validate_json(body)
+        delivery = model.model_validate_json(body)
     except ValidationError as exc:
         if any(e["type"] == "json_invalid" for e in exc.errors()):
             raise MalformedDelivery("body is not JSON") from exc
         raise MalformedDelivery(f"not a WhatsApp webhook: {_short_reason(exc)}") from exc
-    if delivery.object != WHATSAPP_OBJECT:
-        raise MalformedDelivery(f"not a WhatsApp webhook: object is {delivery.object!r}")
+    object_type = getattr(delivery, "object", None)
+    if object_type != WHATSAPP_OBJECT:
+        raise MalformedDelivery(f"not a WhatsApp webhook: object is {object_type!r}")
+    return delivery
+
+
+def parse_delivery(body: bytes) -> ParsedDelivery:
+    """Every security change of every entry becomes one event; other fields are counted."""
+    outline = _validated(_DeliveryOutline, body)
+    fields = Counter(change.field for entry in outline.entry for change in entry.changes)
+    if SECURITY_FIELD not in fields:
+        return ParsedDelivery(events=[], ignored_fields=fields)
+    delivery = _validated(WebhookDelivery, body)
     events: list[SecurityEvent] = []
     ignored: Counter[str] = Counter()
     for entry in delivery.entry:
@@ -182,8 +211,11 @@ async def handle_delivery(request: web.Request) -> web.Response:
     metrics.deliveries.labels(Delivery.ACCEPTED if new else Delivery.DUPLICATE).inc()
     if new:
         app[keys.DISPATCHER].wake()
-    for event, alert_id in zip(parsed.events, ids, strict=True):
-        log.info(
+    # DEBUG only: this is the hot path, and the dispatcher logs each alert it posts.
+    for event, alert_id in (
+        zip(parsed.events, ids, strict=True) if log.isEnabledFor(logging.DEBUG) else ()
+    ):
+        log.debug(
             "webhook: %s %.64s for %.32s (WABA %.32s)%s",
             "alert" if alert_id else "duplicate",
             event.event,
