@@ -39,6 +39,7 @@ class Tuning:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_interval: float = 1.0
     config_poll_interval: float = 1.0
+    shutdown_grace: float = 10.0  # how long a stop waits for Slack calls under way
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
 
 
@@ -95,9 +96,16 @@ def build_app(
         task = asyncio.create_task(app[keys.DISPATCHER].run(), name="dispatcher")
         yield
         await app[keys.ACTIONS].close()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        app[keys.DISPATCHER].stop()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=tuning.shutdown_grace)
+        except TimeoutError:
+            log.warning(
+                "dispatcher: jobs still under way after %.0fs; stopping them", tuning.shutdown_grace
+            )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def config_watcher(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(

@@ -93,9 +93,15 @@ class Dispatcher:
         self._busy: set[str] = set()
         self._backoff: dict[str, _Backoff] = {}
         self._lanes: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def stop(self) -> None:
+        """Start no new job; run() returns once the jobs under way are done."""
+        self._stopping = True
+        self.wake()
 
     @property
     def _pinwatch(self) -> Actor:
@@ -104,7 +110,7 @@ class Dispatcher:
     async def run(self) -> None:
         """Until cancelled: hand each channel's unposted alerts, in order, to its lane."""
         try:
-            while True:
+            while not self._stopping:
                 self._wakeup.clear()
                 try:
                     await self._escalate_overdue()
@@ -115,6 +121,9 @@ class Dispatcher:
                 await self._sleep()
                 # In a burst every delivery wakes us: let a few come, then read the outbox once.
                 await asyncio.sleep(self._pass_gap)
+            # A job cut off between Slack's answer and the store's commit would post twice after
+            # a restart: let the ones under way finish.
+            await asyncio.gather(*self._lanes, return_exceptions=True)
         finally:
             for lane in self._lanes:
                 lane.cancel()
@@ -234,6 +243,8 @@ class Dispatcher:
         posted_any = False
         try:
             for job in jobs:
+                if self._stopping:
+                    return
                 outcome = await job()
                 if isinstance(outcome, _Failed):
                     backoff = self._backoff.setdefault(key, _Backoff())

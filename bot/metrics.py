@@ -32,6 +32,8 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Bound once: labels() costs more than inc() on the webhook's hot path.
+        self.delivery = {result: self.deliveries.labels(result.value) for result in Delivery}
         self.ignored_changes = Counter(
             "pinwatch_webhook_ignored_changes",
             "Webhook changes of fields other than security, acknowledged and ignored",

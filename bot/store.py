@@ -198,10 +198,13 @@ class _PendingInsert:
 
 
 class Store:
-    """One SQLite connection; every write goes through one lock so transactions never interleave."""
+    """Two SQLite connections, each with its own thread: one writer, whose transactions take
+    turns so they never interleave, and one reader, so that the outbox's reads never queue in
+    front of a commit Meta is waiting for (WAL lets them run side by side)."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self._db = db
+        self._reader = reader
         self._turns = _WriteTurns()
         self._queued: list[_PendingInsert] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -222,14 +225,18 @@ class Store:
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
             await _migrate(db)
+            reader = await aiosqlite.connect(path)
+            reader.row_factory = sqlite3.Row
+            await reader.execute("PRAGMA busy_timeout=5000")
         except sqlite3.Error as exc:
             await db.close()
             raise StoreError(f"cannot use the store at {path}: {exc}") from exc
-        return cls(db)
+        return cls(db, reader)
 
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        await self._reader.close()
         await self._db.close()
 
     @asynccontextmanager
@@ -330,20 +337,20 @@ class Store:
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, alert_id: int) -> Alert | None:
-        async with self._db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cursor:
+        async with self._reader.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cursor:
             row = await cursor.fetchone()
         return _alert_from_row(row) if row else None
 
     async def unposted(self, *, limit: int = 500) -> list[Alert]:
         """Alerts not yet in Slack, oldest first: the outbox."""
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT * FROM alerts WHERE slack_ts IS NULL ORDER BY id LIMIT ?", (limit,)
         ) as cursor:
             return [_alert_from_row(row) async for row in cursor]
 
     async def open_request_for(self, success: Alert) -> Alert | None:
         """The latest earlier reset request for the same number that is not yet completed."""
-        async with self._db.execute(
+        async with self._reader.execute(
             """SELECT * FROM alerts
                WHERE phone_digits = ? AND event = ? AND id < ? AND verification_off_at IS NULL
                ORDER BY id DESC LIMIT 1""",
@@ -353,7 +360,7 @@ class Store:
         return _alert_from_row(row) if row else None
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
-        async with self._db.execute(
+        async with self._reader.execute(
             """SELECT * FROM alerts
                WHERE acknowledged_at IS NULL AND escalated_at IS NULL
                  AND ack_deadline IS NOT NULL AND ack_deadline <= ?
@@ -365,7 +372,7 @@ class Store:
 
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts whose page has not reached Slack yet."""
-        async with self._db.execute(
+        async with self._reader.execute(
             """SELECT * FROM alerts WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL
                ORDER BY id LIMIT ?""",
             (limit,),
@@ -374,7 +381,7 @@ class Store:
 
     async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
         """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT id, received_at FROM alerts WHERE channel = ? AND received_at >= ? ORDER BY id",
             (channel, since),
         ) as cursor:
@@ -382,7 +389,7 @@ class Store:
 
     async def open_summary(self, channel: str) -> tuple[str, str, int, float] | None:
         """The newest storm summary for a routed channel: Slack channel, ts, rows, last receipt."""
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT slack_channel, slack_ts FROM alerts WHERE channel = ? AND grouped = 1"
             " ORDER BY id DESC LIMIT 1",
             (channel,),
@@ -390,7 +397,7 @@ class Store:
             newest = await cursor.fetchone()
         if newest is None:
             return None
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT count(*), max(received_at) FROM alerts"
             " WHERE slack_ts = ? AND slack_channel = ? AND grouped = 1",
             (newest[1], newest[0]),
@@ -400,7 +407,7 @@ class Store:
         return newest[0], newest[1], row[0], row[1]
 
     async def alerts_in_summary(self, slack_channel: str, ts: str) -> list[Alert]:
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT * FROM alerts WHERE slack_ts = ? AND slack_channel = ? AND grouped = 1"
             " ORDER BY id",
             (ts, slack_channel),
@@ -408,7 +415,7 @@ class Store:
             return [_alert_from_row(row) async for row in cursor]
 
     async def audit_log(self, alert_id: int) -> list[AuditEntry]:
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT * FROM audit WHERE alert_id = ? ORDER BY id", (alert_id,)
         ) as cursor:
             return [
@@ -423,7 +430,7 @@ class Store:
 
     async def count_unposted(self) -> tuple[int, float | None]:
         """How many alerts wait for Slack, and when the oldest of them arrived."""
-        async with self._db.execute(
+        async with self._reader.execute(
             "SELECT count(*), min(received_at) FROM alerts WHERE slack_ts IS NULL"
         ) as cursor:
             row = await cursor.fetchone()

@@ -180,35 +180,35 @@ async def handle_delivery(request: web.Request) -> web.Response:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        metrics.deliveries.labels(Delivery.TOO_LARGE).inc()
+        metrics.delivery[Delivery.TOO_LARGE].inc()
         raise
     secret = app[keys.SECRETS].meta_app_secret.get_secret_value().encode()
     try:
         verify_signature(secret, body, request.headers.get(SIGNATURE_HEADER))
     except SignatureError as exc:
-        metrics.deliveries.labels(Delivery.BAD_SIGNATURE).inc()
+        metrics.delivery[Delivery.BAD_SIGNATURE].inc()
         log.warning("webhook: refused from %s: %s", request.remote, exc)
         return web.Response(status=401, text=str(exc))
     try:
         parsed = parse_delivery(body)
     except MalformedDelivery as exc:
-        metrics.deliveries.labels(Delivery.MALFORMED).inc()
+        metrics.delivery[Delivery.MALFORMED].inc()
         log.warning("webhook: malformed delivery: %s", exc)
         return web.Response(status=400, text=str(exc))
     for field, count in parsed.ignored_fields.items():
         metrics.ignored_changes.labels(field).inc(count)
     if not parsed.events:
-        metrics.deliveries.labels(Delivery.IGNORED).inc()
+        metrics.delivery[Delivery.IGNORED].inc()
         return web.Response(text="ok")
     try:
         # Committed before we answer: once Meta has its 200 it will not send this again.
         ids = await app[keys.STORE].add_events(parsed.events, received_at=app[keys.CLOCK]())
     except StoreError:
-        metrics.deliveries.labels(Delivery.STORE_UNAVAILABLE).inc()
+        metrics.delivery[Delivery.STORE_UNAVAILABLE].inc()
         # 503 makes Meta retry later rather than lose the event.
         return web.Response(status=503, text="store unavailable, retry later")
     new = [alert_id for alert_id in ids if alert_id is not None]
-    metrics.deliveries.labels(Delivery.ACCEPTED if new else Delivery.DUPLICATE).inc()
+    metrics.delivery[Delivery.ACCEPTED if new else Delivery.DUPLICATE].inc()
     if new:
         app[keys.DISPATCHER].wake()
     # DEBUG only: this is the hot path, and the dispatcher logs each alert it posts.
