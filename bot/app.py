@@ -40,6 +40,7 @@ class Tuning:
     poll_interval: float = 1.0
     config_poll_interval: float = 1.0
     shutdown_grace: float = 10.0  # how long a stop waits for Slack calls under way
+    storm_update_gap: float = 2.0
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
 
 
@@ -84,6 +85,7 @@ def build_app(
             clock=tuning.clock,
             retry=tuning.retry,
             poll_interval=tuning.poll_interval,
+            storm_update_gap=tuning.storm_update_gap,
         )
         app[keys.ACTIONS] = ActionService(
             store=app[keys.STORE],

@@ -26,7 +26,7 @@ from bot.render import (
 )
 from bot.routing import route, team_destination
 from bot.slack import Posted, SlackCallError, SlackGateway
-from bot.store import Store
+from bot.store import OutboxEntry, Store
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Dispatcher:
         retry: RetryPolicy,
         poll_interval: float = 1.0,
         pass_gap: float = 0.01,
+        storm_update_gap: float = 2.0,
     ) -> None:
         self._store = store
         self._slack = slack
@@ -89,6 +90,10 @@ class Dispatcher:
         self._retry = retry
         self._poll_interval = poll_interval
         self._pass_gap = pass_gap
+        # chat.update is rate-limited (Tier 3, ~50 a minute): a summary is rewritten at most
+        # this often; what arrives meanwhile waits in the outbox and joins the next rewrite.
+        self._storm_update_gap = storm_update_gap
+        self._storm_hold: dict[str, float] = {}
         self._wakeup = asyncio.Event()
         self._busy: set[str] = set()
         self._backoff: dict[str, _Backoff] = {}
@@ -133,9 +138,10 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         timeout = self._poll_interval
-        for backoff in self._backoff.values():
-            if backoff.until > now:
-                timeout = min(timeout, backoff.until - now)
+        waits = [b.until for b in self._backoff.values()] + list(self._storm_hold.values())
+        for until in waits:
+            if until > now:
+                timeout = min(timeout, until - now)
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -145,21 +151,16 @@ class Dispatcher:
         count, oldest = await self._store.count_unposted()
         self._metrics.pending.set(count)
         self._metrics.oldest_pending_age.set(self._clock() - oldest if oldest else 0)
-        unposted = await self._store.unposted()
-        unrouted = [self._route(alert) for alert in unposted if alert.channel is None]
-        if unrouted:
+        if unrouted := [self._route(alert) for alert in await self._store.unrouted()]:
             await self._store.set_routes(unrouted)
-        routed = {alert.id: alert for alert in unrouted}
-        by_channel: dict[str, list[Alert]] = {}
-        for alert in unposted:
-            alert = routed.get(alert.id, alert)
-            assert alert.channel is not None
-            by_channel.setdefault(alert.channel, []).append(alert)
-        for channel, alerts in by_channel.items():
+        by_channel: dict[str, list[OutboxEntry]] = {}
+        for entry in await self._store.outbox():
+            by_channel.setdefault(entry.channel, []).append(entry)
+        for channel, entries in by_channel.items():
             if self._lane_free(channel):
-                self._start_lane(channel, await self._delivery_jobs(channel, alerts))
+                self._start_lane(channel, await self._delivery_jobs(channel, entries))
 
-    async def _delivery_jobs(self, channel: str, alerts: list[Alert]) -> list[Job]:
+    async def _delivery_jobs(self, channel: str, alerts: list[OutboxEntry]) -> list[Job]:
         """One job per alert, except that an alert arriving when `threshold` others reached
         this channel within `window` joins a storm summary instead of taking a message."""
         storm = self._config.config.defaults.storm
@@ -170,11 +171,14 @@ class Dispatcher:
         times = [received for _, received in history]
         jobs: list[Job] = []
         stormed: list[int] = []
+        held = self._storm_hold.get(channel, 0.0) > asyncio.get_running_loop().time()
         for alert in alerts:
             index = position.get(alert.id, len(times))
             recent = index - bisect.bisect_left(times, alert.received_at - storm.window, 0, index)
             # A success may belong under its request's thread: never fold it into a storm.
-            if recent >= storm.threshold and alert.event.event != EventType.PIN_REQUEST_SUCCESS:
+            if recent >= storm.threshold and alert.event != EventType.PIN_REQUEST_SUCCESS:
+                if held:
+                    break  # and what follows waits too, to keep the channel's order
                 stormed.append(alert.id)
                 continue
             if stormed:
@@ -353,6 +357,7 @@ class Dispatcher:
                 "storm in %s: %d alerts not posted, will retry: %s", channel, len(alerts), exc
             )
             return _Failed(exc.retry_after)
+        self._storm_hold[channel] = asyncio.get_running_loop().time() + self._storm_update_gap
         return _Outcome.DONE
 
     async def _mark_grouped(self, alerts: list[Alert], slack_channel: str, ts: str) -> None:

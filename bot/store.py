@@ -104,6 +104,14 @@ class AuditEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    channel: str
+    received_at: float
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     """The alert after a requested change, and whether this request made the change."""
 
@@ -224,6 +232,9 @@ class Store:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
+            # The dedup index takes random keys: a bigger page cache keeps inserts off the disk
+            # as the store grows to millions of alerts.
+            await db.execute("PRAGMA cache_size=-32768")
             await _migrate(db)
             reader = await aiosqlite.connect(path)
             reader.row_factory = sqlite3.Row
@@ -341,12 +352,23 @@ class Store:
             row = await cursor.fetchone()
         return _alert_from_row(row) if row else None
 
-    async def unposted(self, *, limit: int = 500) -> list[Alert]:
-        """Alerts not yet in Slack, oldest first: the outbox."""
+    async def unrouted(self, *, limit: int = 500) -> list[Alert]:
+        """Alerts not yet in Slack and not yet routed, oldest first."""
         async with self._reader.execute(
-            "SELECT * FROM alerts WHERE slack_ts IS NULL ORDER BY id LIMIT ?", (limit,)
+            "SELECT * FROM alerts WHERE slack_ts IS NULL AND channel IS NULL ORDER BY id LIMIT ?",
+            (limit,),
         ) as cursor:
             return [_alert_from_row(row) async for row in cursor]
+
+    async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
+        """Routed alerts not yet in Slack, oldest first: just what scheduling needs, since a
+        backlog is read again on every pass (each job reads its whole alert when it runs)."""
+        async with self._reader.execute(
+            "SELECT id, channel, received_at, event FROM alerts"
+            " WHERE slack_ts IS NULL AND channel IS NOT NULL ORDER BY id LIMIT ?",
+            (limit,),
+        ) as cursor:
+            return [OutboxEntry(*row) async for row in cursor]
 
     async def open_request_for(self, success: Alert) -> Alert | None:
         """The latest earlier reset request for the same number that is not yet completed."""

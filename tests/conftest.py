@@ -273,6 +273,7 @@ def _tuning(clock: FakeClock) -> Tuning:
         retry=TEST_TUNING.retry,
         poll_interval=TEST_TUNING.poll_interval,
         config_poll_interval=0.05,
+        storm_update_gap=0.05,
     )
 
 
