@@ -112,7 +112,8 @@ class Escalation(_Strict):
 class Storm(_Strict):
     """Past `threshold` alerts for one channel within `window`, the rest share one summary."""
 
-    threshold: int = Field(default=5, ge=1, le=1000)
+    # Slack allows about one message a second per channel: 20 a minute stays well inside it.
+    threshold: int = Field(default=20, ge=1, le=1000)
     window: Duration = 60.0
 
 

@@ -115,8 +115,10 @@ class Dispatcher:
     async def run(self) -> None:
         """Until cancelled: hand each channel's unposted alerts, in order, to its lane."""
         try:
+            loop = asyncio.get_running_loop()
             while not self._stopping:
                 self._wakeup.clear()
+                started = loop.time()
                 try:
                     await self._escalate_overdue()
                     await self._start_deliveries()
@@ -124,8 +126,10 @@ class Dispatcher:
                 except Exception:  # the outbox must keep draining whatever one pass hit
                     log.exception("dispatcher: delivery pass failed; retrying")
                 await self._sleep()
-                # In a burst every delivery wakes us: let a few come, then read the outbox once.
-                await asyncio.sleep(self._pass_gap)
+                # In a burst every delivery wakes us: at most one pass per gap, so a burst is
+                # read in a few passes; a lone event after a quiet spell waits for nothing.
+                if (pause := started + self._pass_gap - loop.time()) > 0:
+                    await asyncio.sleep(pause)
             # A job cut off between Slack's answer and the store's commit would post twice after
             # a restart: let the ones under way finish.
             await asyncio.gather(*self._lanes, return_exceptions=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -147,6 +147,9 @@ class SlackGateway:
         except (aiohttp.ClientError, TimeoutError) as exc:
             outcome = "connection_error"
             raise SlackCallError(method, f"connection: {type(exc).__name__}") from exc
+        except (SlackClientError, ValueError) as exc:  # e.g. an answer that is not Slack's JSON
+            outcome = "client_error"
+            raise SlackCallError(method, f"client: {type(exc).__name__}") from exc
         finally:
             self._metrics.slack_calls.labels(method, outcome).inc()
 

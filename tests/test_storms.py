@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+from bot.config import Storm
 from bot.render import STORM_MAX_ROWS
 from tests.conftest import Pinwatch, delivery, eventually, security
+
+THRESHOLD = Storm().threshold  # the default: the config under test sets no storm options
 
 
 async def send_reset_requests(pinwatch: Pinwatch, count: int, *, start: int = 0) -> None:
@@ -36,8 +39,8 @@ async def test_a_storm_of_500_becomes_a_few_summaries(pinwatch: Pinwatch) -> Non
     messages = pinwatch.slack.top_level("C0PAYMENTS")
     individual = [m for m in messages if not m.text.startswith("[STORM]")]
     summaries = [m for m in messages if m.text.startswith("[STORM]")]
-    assert len(individual) == 5  # the default threshold: single events still go out at once
-    assert len(summaries) <= -(-495 // STORM_MAX_ROWS) + 2
+    assert len(individual) == THRESHOLD  # single events still go out at once
+    assert len(summaries) <= -(-(500 - THRESHOLD) // STORM_MAX_ROWS) + 2
     assert len(pinwatch.slack.calls_to("chat.postMessage")) == len(messages)
 
     # Every event is shown exactly once, with its own Acknowledge button.
@@ -47,16 +50,16 @@ async def test_a_storm_of_500_becomes_a_few_summaries(pinwatch: Pinwatch) -> Non
         for block in m.blocks
         if block.get("accessory", {}).get("action_id") == "pinwatch.acknowledge"
     ]
-    assert len(shown) == 495
-    assert len(set(shown)) == 495
+    assert len(shown) == 500 - THRESHOLD
+    assert len(set(shown)) == 500 - THRESHOLD
     for alert_id in range(1, 501):
         alert = await pinwatch.alert(alert_id)
         assert alert.slack_ts is not None
 
 
 async def test_a_row_of_a_storm_is_acknowledged_on_its_own(pinwatch: Pinwatch) -> None:
-    await send_reset_requests(pinwatch, 12)
-    await wait_all_posted(pinwatch, 12)
+    await send_reset_requests(pinwatch, THRESHOLD + 7)
+    await wait_all_posted(pinwatch, THRESHOLD + 7)
     [summary] = [m for m in pinwatch.slack.top_level() if m.text.startswith("[STORM]")]
     row_ids = [
         int(b["accessory"]["value"]) for b in summary.blocks if b.get("accessory") is not None
@@ -83,28 +86,28 @@ async def test_a_row_of_a_storm_is_acknowledged_on_its_own(pinwatch: Pinwatch) -
 
 
 async def test_after_the_window_single_events_are_posted_alone_again(pinwatch: Pinwatch) -> None:
-    await send_reset_requests(pinwatch, 8)
-    await wait_all_posted(pinwatch, 8)
+    await send_reset_requests(pinwatch, THRESHOLD + 3)
+    await wait_all_posted(pinwatch, THRESHOLD + 3)
     pinwatch.clock.advance(61)
     await send_reset_requests(pinwatch, 1, start=100)
-    await wait_all_posted(pinwatch, 9)
+    await wait_all_posted(pinwatch, THRESHOLD + 4)
     last = pinwatch.slack.top_level("C0PAYMENTS")[-1]
     assert not last.text.startswith("[STORM]")
     assert "requested by Meta user 100" in last.text
 
 
 async def test_a_storm_left_unacknowledged_pages_once_per_summary(pinwatch: Pinwatch) -> None:
-    await send_reset_requests(pinwatch, 30)
-    await wait_all_posted(pinwatch, 30)
+    await send_reset_requests(pinwatch, THRESHOLD + 30)
+    await wait_all_posted(pinwatch, THRESHOLD + 30)
     summaries = [m for m in pinwatch.slack.top_level() if m.text.startswith("[STORM]")]
     assert len(summaries) == 1
 
     pinwatch.clock.advance(11 * 60)
 
     async def all_paged() -> bool:
-        alerts = [await pinwatch.alert(i) for i in range(1, 31)]
+        alerts = [await pinwatch.alert(i) for i in range(1, THRESHOLD + 31)]
         return all(a.escalation_ts is not None for a in alerts)
 
     await eventually(all_paged, timeout=15)
     pages = pinwatch.slack.top_level("C0PAYLEADS")
-    assert len(pages) == 5 + len(summaries)  # one per individual alert, one for the storm
+    assert len(pages) == THRESHOLD + len(summaries)  # one per single alert, one for the storm
