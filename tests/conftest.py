@@ -60,6 +60,9 @@ routes:
     phone_numbers: ["+44 20 7946 0018"]
 """
 
+# Storm grouping has its own tests; tests that count one message per event turn it off.
+NO_STORMS = "  storm:\n    threshold: 1000\n    window: 0.001\n"
+
 SLACK_CHANNELS = {
     "wa-security": "C0WASEC",
     "security-escalations": "C0SECESC",

@@ -28,11 +28,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.config import Defaults
 from bot.webhook import SIGNATURE_HEADER, sign
 from tests.conftest import (
     META_APP_SECRET,
     META_VERIFY_TOKEN,
+    NO_STORMS,
     SLACK_BOT_TOKEN,
     SLACK_CHANNELS,
     SLACK_SIGNING_SECRET,
@@ -46,14 +46,6 @@ CONCURRENCY = 24
 _DATE = re.compile(r"<!date\^(\d+)\^")
 
 
-def no_storms() -> str:
-    """Storm grouping has its own tests: here every event must be its own message, so these
-    tests turn grouping off wherever the routing file has the option."""
-    if "storm" not in Defaults.model_fields:
-        return ""
-    return "  storm:\n    threshold: 1000\n    window: 0.001\n"
-
-
 def waba_of(team: int) -> str:
     """Team k's WABA; index TEAMS is a WABA no route claims (the default channel)."""
     return f"1022901293{team:05d}"
@@ -65,7 +57,7 @@ def config_text(store: Path) -> str:
     )
     routes = "\n".join(f'  - team: team{k}\n    waba_ids: ["{waba_of(k)}"]' for k in range(TEAMS))
     return (
-        f'defaults:\n  channel: "#wa-security"\n  ack_timeout: 1h\n{no_storms()}'
+        f'defaults:\n  channel: "#wa-security"\n  ack_timeout: 1h\n{NO_STORMS}'
         '  escalation:\n    channel: "#security-escalations"\n    mention: ["S0SECLEADS"]\n'
         f"teams:\n{teams}\nstore:\n  path: {store}\nroutes:\n{routes}\n"
     )

@@ -21,11 +21,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.app import Tuning, build_app
-from bot.config import Defaults, load_config
+from bot.config import load_config
 from bot.dispatcher import RetryPolicy
 from bot.webhook import SIGNATURE_HEADER, sign
 from tests.conftest import (
     META_APP_SECRET,
+    NO_STORMS,
     SLACK_CHANNELS,
     SLACK_USERGROUPS,
     TEST_CONFIG,
@@ -47,14 +48,6 @@ CHANNELS = {
 }
 
 
-def no_storms() -> str:
-    """Storm grouping has its own tests: here every event must be its own message, so these
-    tests turn grouping off wherever the routing file has the option."""
-    if "storm" not in Defaults.model_fields:
-        return ""
-    return "  storm:\n    threshold: 1000\n    window: 0.001\n"
-
-
 @dataclass
 class Running:
     client: TestClient[web.Request, web.Application]
@@ -65,7 +58,7 @@ class Running:
 async def running(tmp_path: Path, aiohttp_server: Any) -> AsyncIterator[Running]:
     """pinwatch with a short Slack timeout (the start_pinwatch fixture keeps the default 15 s)."""
     config_path = tmp_path / "config.yaml"
-    config = TEST_CONFIG.replace("defaults:\n", "defaults:\n" + no_storms(), 1)
+    config = TEST_CONFIG.replace("defaults:\n", "defaults:\n" + NO_STORMS, 1)
     config_path.write_text(config.format(store=tmp_path / "pinwatch.db"))
     fake, url = await start_fake_slack(
         aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
