@@ -33,6 +33,7 @@ META_VERIFY_TOKEN = "test-verify-token"
 SLACK_SIGNING_SECRET = "test-slack-signing-secret"
 SLACK_BOT_TOKEN = "xoxb-test-token"
 DATA = Path(__file__).parent / "data"
+REFERENCE_BODY = (DATA / "security_reset_request.json").read_bytes()  # Meta's own example
 
 TEST_CONFIG = """\
 defaults:
@@ -109,6 +110,16 @@ def entry(
 
 def security(event: str, phone: str = "15550783881", **extra: str) -> dict[str, Any]:
     return {"field": "security", "value": {"display_phone_number": phone, "event": event, **extra}}
+
+
+def action_ids(blocks: list[dict[str, Any]]) -> list[str]:
+    """The buttons a message shows, in order."""
+    return [
+        element["action_id"]
+        for block in blocks
+        if block["type"] == "actions"
+        for element in block["elements"]
+    ]
 
 
 def slack_signature(secret: str, timestamp: str, body: bytes) -> str:

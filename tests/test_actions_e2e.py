@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 from tests.conftest import (
-    DATA,
+    REFERENCE_BODY,
     SLACK_SIGNING_SECRET,
     Pinwatch,
     StartPinwatch,
+    action_ids,
     delivery,
     security,
     slack_signature,
 )
 from tests.fake_slack import Message
-
-REFERENCE_BODY = (DATA / "security_reset_request.json").read_bytes()
-
-
-def action_ids(blocks: list[dict[str, Any]]) -> list[str]:
-    return [
-        element["action_id"]
-        for block in blocks
-        if block["type"] == "actions"
-        for element in block["elements"]
-    ]
 
 
 def shown(message: Message) -> str:

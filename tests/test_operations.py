@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
-    DATA,
     META_APP_SECRET,
     META_VERIFY_TOKEN,
+    REFERENCE_BODY,
     SLACK_BOT_TOKEN,
     SLACK_SIGNING_SECRET,
     TEST_CONFIG,
@@ -28,8 +28,6 @@ from tests.conftest import (
     eventually,
     security,
 )
-
-REFERENCE_BODY = (DATA / "security_reset_request.json").read_bytes()
 
 
 async def config_version(pinwatch: Pinwatch) -> str:

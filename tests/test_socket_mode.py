@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.conftest import DATA, Pinwatch, StartPinwatch
-
-REFERENCE_BODY = (DATA / "security_reset_request.json").read_bytes()
+from tests.conftest import DATA, REFERENCE_BODY, Pinwatch, StartPinwatch
 
 
 def click_payload(

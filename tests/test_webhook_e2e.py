@@ -6,26 +6,16 @@ import json
 from typing import Any
 
 from tests.conftest import (
-    DATA,
     META_VERIFY_TOKEN,
+    REFERENCE_BODY,
     Pinwatch,
     StartPinwatch,
+    action_ids,
     delivery,
     entry,
     security,
 )
 from tests.fake_slack import FakeSlack
-
-REFERENCE_BODY = (DATA / "security_reset_request.json").read_bytes()
-
-
-def action_ids(blocks: list[dict[str, Any]]) -> list[str]:
-    return [
-        element["action_id"]
-        for block in blocks
-        if block["type"] == "actions"
-        for element in block["elements"]
-    ]
 
 
 def all_text(blocks: list[dict[str, Any]]) -> str:
