@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import phonenumbers
@@ -61,6 +62,7 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@lru_cache(maxsize=4096)  # pure, and each render asks for the same number three times
 def readable_phone(number: str) -> str:
     """'15550783881' → '+1 555-078-3881'; anything unparseable is shown as sent."""
     digits = re.sub(r"\D", "", number)
