@@ -215,5 +215,12 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[keys.METRICS].registry)
+    app = request.app
+    metrics = app[keys.METRICS]
+    # Read at scrape time, not on every outbox pass: counting a large backlog is not free.
+    if keys.STORE in app:
+        count, oldest = await app[keys.STORE].count_unposted()
+        metrics.pending.set(count)
+        metrics.oldest_pending_age.set(app[keys.CLOCK]() - oldest if oldest else 0)
+    body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -152,9 +152,6 @@ class Dispatcher:
                 await self._wakeup.wait()
 
     async def _start_deliveries(self) -> None:
-        count, oldest = await self._store.count_unposted()
-        self._metrics.pending.set(count)
-        self._metrics.oldest_pending_age.set(self._clock() - oldest if oldest else 0)
         if unrouted := [self._route(alert) for alert in await self._store.unrouted()]:
             await self._store.set_routes(unrouted)
         by_channel: dict[str, list[OutboxEntry]] = {}

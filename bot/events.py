@@ -30,13 +30,6 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
-class AlertState(StrEnum):
-    PENDING = "pending"  # stored, not yet in Slack
-    OPEN = "open"  # in Slack, nobody has answered
-    ACKNOWLEDGED = "acknowledged"
-    ESCALATED = "escalated"  # escalated and not yet acknowledged
-
-
 class EscalationKind(StrEnum):
     MANUAL = "manual"
     AUTOMATIC = "automatic"
@@ -81,14 +74,6 @@ class SecurityEvent:
             return None
 
 
-def severity_of(event: str) -> Severity:
-    if event == EventType.PIN_REQUEST_SUCCESS:
-        return Severity.CRITICAL
-    if event == EventType.PIN_RESET_REQUEST:
-        return Severity.HIGH
-    return Severity.INFO
-
-
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who did something: a Slack user, or pinwatch itself for automatic steps."""
@@ -129,16 +114,6 @@ class Alert:
     grouped: bool = False  # shown as one row of a storm summary message
 
     @property
-    def state(self) -> AlertState:
-        if self.slack_ts is None:
-            return AlertState.PENDING
-        if self.acknowledged is not None:
-            return AlertState.ACKNOWLEDGED
-        if self.escalated is not None:
-            return AlertState.ESCALATED
-        return AlertState.OPEN
-
-    @property
     def needs_acknowledgement(self) -> bool:
         """Reset requests, and successes with no request to hang under, wait for a human."""
         if self.event.event == EventType.PIN_RESET_REQUEST:
@@ -147,4 +122,8 @@ class Alert:
 
     @property
     def severity(self) -> Severity:
-        return severity_of(self.event.event)
+        if self.event.event == EventType.PIN_REQUEST_SUCCESS:
+            return Severity.CRITICAL
+        if self.event.event == EventType.PIN_RESET_REQUEST:
+            return Severity.HIGH
+        return Severity.INFO

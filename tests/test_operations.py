@@ -323,3 +323,12 @@ async def test_json_logs_carry_the_alert_on_every_line_about_it(tmp_path: Path) 
             "payments",
             "PIN_RESET_REQUEST",
         )
+
+
+async def test_pending_alerts_and_their_age_are_measured(pinwatch: Pinwatch) -> None:
+    pinwatch.slack.fail("chat.postMessage", times=1000, status=503)
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    await pinwatch.slack.wait_for(lambda s: any(c.failed for c in s.calls))
+    pinwatch.clock.advance(30)
+    assert await metric(pinwatch, "pinwatch_alerts_pending") == 1
+    assert await metric(pinwatch, "pinwatch_oldest_pending_alert_age_seconds") == 30
