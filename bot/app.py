@@ -42,6 +42,7 @@ class Tuning:
     shutdown_grace: float = 10.0  # how long a stop waits for Slack calls under way
     storm_update_gap: float = 2.0
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
+    store_busy_timeout: float = 5.0  # how long a write waits for a lock SQLite does not have
 
 
 def build_app(
@@ -72,7 +73,9 @@ def build_app(
             yield
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        app[keys.STORE] = await Store.open(config.config.store.path)
+        app[keys.STORE] = await Store.open(
+            config.config.store.path, busy_timeout=tuning.store_busy_timeout
+        )
         yield
         await app[keys.STORE].close()
 

@@ -10,9 +10,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import partial
+from typing import TypeVar
 
 from bot.config import LiveConfig
-from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EscalationKind, EventType
+from bot.events import (
+    PINWATCH_ACTOR_ID,
+    Actor,
+    Alert,
+    Clock,
+    EscalationKind,
+    EventType,
+    Responders,
+)
 from bot.logs import for_alert
 from bot.metrics import Metrics
 from bot.render import (
@@ -26,7 +35,7 @@ from bot.render import (
 )
 from bot.routing import route, team_destination
 from bot.slack import Posted, SlackCallError, SlackGateway
-from bot.store import OutboxEntry, Store
+from bot.store import OutboxEntry, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,7 @@ class _Failed:
 
 
 Job = Callable[[], Awaitable[_Outcome | _Failed]]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -240,6 +250,7 @@ class Dispatcher:
             team=destination.team,
             channel=destination.channel,
             mentions=destination.mentions,
+            responders=Responders(destination.responders),
             ack_deadline=deadline,
         )
 
@@ -250,7 +261,11 @@ class Dispatcher:
             for job in jobs:
                 if self._stopping:
                     return
-                outcome = await job()
+                try:
+                    outcome = await job()
+                except Exception:  # e.g. the store failing before Slack was called: retry later
+                    log.exception("dispatcher: a job for %s failed", key)
+                    outcome = _Failed()
                 if isinstance(outcome, _Failed):
                     backoff = self._backoff.setdefault(key, _Backoff())
                     backoff.failures += 1
@@ -275,7 +290,10 @@ class Dispatcher:
             return _Outcome.DONE
         try:
             if alert.event.event == EventType.PIN_REQUEST_SUCCESS:
-                request = await self._store.open_request_for(alert)
+                window = team_destination(alert.team, self._config.config).correlation_window
+                request = await self._store.open_request_for(
+                    alert, since=alert.received_at - window
+                )
                 if request is not None:
                     if request.slack_ts is None:
                         return _Outcome.WAITING
@@ -294,13 +312,16 @@ class Dispatcher:
         posted, note = await self._post_or_fall_back(
             alert.channel, lambda note: render_alert(replace(alert, delivery_note=note))
         )
-        await self._store.mark_posted(
-            alert.id,
-            slack_channel=posted.channel,
-            ts=posted.ts,
-            thread_ts=None,
-            note=note,
-            actor=self._pinwatch,
+        await self._keep(
+            "post",
+            lambda: self._store.mark_posted(
+                alert.id,
+                slack_channel=posted.channel,
+                ts=posted.ts,
+                thread_ts=None,
+                note=note,
+                actor=self._pinwatch,
+            ),
         )
         self._observe_posted(alert)
 
@@ -362,8 +383,11 @@ class Dispatcher:
         return _Outcome.DONE
 
     async def _mark_grouped(self, alerts: list[Alert], slack_channel: str, ts: str) -> None:
-        await self._store.mark_grouped(
-            [a.id for a in alerts], slack_channel=slack_channel, ts=ts, actor=self._pinwatch
+        await self._keep(
+            "storm",
+            lambda: self._store.mark_grouped(
+                [a.id for a in alerts], slack_channel=slack_channel, ts=ts, actor=self._pinwatch
+            ),
         )
         for alert in alerts:
             self._observe_posted(alert)
@@ -377,16 +401,22 @@ class Dispatcher:
             thread_ts=request.slack_ts,
             reply_broadcast=True,  # the whole channel must see that 2SV is now off
         )
-        await self._store.mark_posted(
-            success.id,
-            slack_channel=posted.channel,
-            ts=posted.ts,
-            thread_ts=request.slack_ts,
-            note=None,
-            actor=self._pinwatch,
+        await self._keep(
+            "post",
+            lambda: self._store.mark_posted(
+                success.id,
+                slack_channel=posted.channel,
+                ts=posted.ts,
+                thread_ts=request.slack_ts,
+                note=None,
+                actor=self._pinwatch,
+            ),
         )
         self._observe_posted(success)
-        transition = await self._store.mark_verification_off(request.id, self._pinwatch)
+        transition = await self._keep(
+            "verification off",
+            lambda: self._store.mark_verification_off(request.id, self._pinwatch),
+        )
         await self.refresh_message(transition.alert)
 
     async def _page(self, alert_ids: list[int]) -> _Outcome | _Failed:
@@ -405,13 +435,12 @@ class Dispatcher:
                 # The summary already paged someone: say nothing twice, record where it went.
                 assert earlier.escalation_channel is not None
                 assert earlier.escalation_ts is not None
-                for each in unpaged:
-                    await self._store.mark_paged(
-                        each.id,
-                        channel=earlier.escalation_channel,
-                        ts=earlier.escalation_ts,
-                        actor=self._pinwatch,
-                    )
+                await self._store.mark_paged(
+                    [each.id for each in unpaged],
+                    channel=earlier.escalation_channel,
+                    ts=earlier.escalation_ts,
+                    actor=self._pinwatch,
+                )
                 await self.refresh_message(alert)
                 return _Outcome.DONE
         config = self._config.config
@@ -432,10 +461,15 @@ class Dispatcher:
                     config.defaults.channel,
                 )
                 posted = await self._slack.post(config.defaults.channel, page)
-            for each in unpaged:
-                await self._store.mark_paged(
-                    each.id, channel=posted.channel, ts=posted.ts, actor=self._pinwatch
-                )
+            await self._keep(
+                "page",
+                lambda: self._store.mark_paged(
+                    [each.id for each in unpaged],
+                    channel=posted.channel,
+                    ts=posted.ts,
+                    actor=self._pinwatch,
+                ),
+            )
         except SlackCallError as exc:
             for_alert(log, alert).warning("escalation not paged, will retry: %s", exc)
             return _Failed(exc.retry_after)
@@ -447,6 +481,25 @@ class Dispatcher:
             for_alert(log, alert).warning("escalation note not posted: %s", exc)
         await self.refresh_message(alert)
         return _Outcome.DONE
+
+    async def _keep(self, what: str, write: Callable[[], Awaitable[_T]]) -> _T:
+        """Record what Slack has accepted, retrying until the store takes it: were the write
+        given up, the next pass would send the same message again."""
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except StoreError as exc:
+                failures += 1
+                delay = self._retry.delay(failures)
+                self._metrics.store_write_retries.labels(what).inc()
+                log.error(
+                    "store: could not record a %s Slack accepted, retrying in %.1fs: %s",
+                    what,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
 
     async def _permalink(self, alert: Alert) -> str | None:
         """A page without a link beats no page: a deleted alert message must not block it."""

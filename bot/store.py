@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -15,7 +16,15 @@ from typing import Any
 
 import aiosqlite
 
-from bot.events import Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.events import (
+    REDELIVERY_HORIZON,
+    Actor,
+    Alert,
+    EscalationKind,
+    EventType,
+    Responders,
+    SecurityEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +90,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_grouped ON alerts (channel, id) WHERE grouped = 1;
     CREATE INDEX alerts_by_message ON alerts (slack_ts) WHERE grouped = 1;
     """,
+    # 4: the responders an alert was routed with, so that editing the routing file never loosens
+    # who may act on it (JSON list, or JSON null for anyone; SQL NULL: routed before this); and
+    # the Slack signatures already seen, so that a replay is refused across restarts.
+    """
+    ALTER TABLE alerts ADD COLUMN responders TEXT;
+    CREATE TABLE slack_signatures (
+        digest TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX slack_signatures_by_expiry ON slack_signatures (expires_at);
+    """,
 )
 
 _INSERT_EVENT = """
@@ -125,6 +145,17 @@ def _actor(user_id: str | None, name: str | None, at: float | None) -> Actor | N
     return Actor(user_id=user_id, name=name, at=at)
 
 
+def _responders_to_column(responders: Responders | None) -> str | None:
+    return None if responders is None else json.dumps(responders.ids)
+
+
+def _responders_from_column(text: str | None) -> Responders | None:
+    if text is None:
+        return None
+    ids = json.loads(text)
+    return Responders(tuple(ids) if ids is not None else None)
+
+
 def _alert_from_row(row: sqlite3.Row) -> Alert:
     event = SecurityEvent(
         waba_id=row["waba_id"],
@@ -156,6 +187,7 @@ def _alert_from_row(row: sqlite3.Row) -> Alert:
         escalation_channel=row["escalation_channel"],
         escalation_ts=row["escalation_ts"],
         grouped=bool(row["grouped"]),
+        responders=_responders_from_column(row["responders"]),
     )
 
 
@@ -218,7 +250,7 @@ class Store:
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
+    async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> Store:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,14 +263,14 @@ class Store:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             # The dedup index takes random keys: a bigger page cache keeps inserts off the disk
             # as the store grows to millions of alerts.
             await db.execute("PRAGMA cache_size=-32768")
             await _migrate(db)
             reader = await aiosqlite.connect(path)
             reader.row_factory = sqlite3.Row
-            await reader.execute("PRAGMA busy_timeout=5000")
+            await reader.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         except sqlite3.Error as exc:
             await db.close()
             raise StoreError(f"cannot use the store at {path}: {exc}") from exc
@@ -257,13 +289,17 @@ class Store:
 
     @asynccontextmanager
     async def _committed(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Commit what the block wrote, or roll it back; the caller holds the write turn."""
+        """Commit what the block wrote, or roll it back; the caller holds the write turn.
+        A failure of SQLite itself (disk full, locked, I/O) is a StoreError to the caller."""
         try:
             yield self._db
-        except BaseException:
-            await self._db.rollback()
+            await self._db.commit()
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"store write failed: {exc}") from exc
             raise
-        await self._db.commit()
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -334,7 +370,21 @@ class Store:
             for item, item_keys in zip(batch, keys, strict=True)
             for event, key in zip(item.events, item_keys, strict=True)
         ]
+        # A change without a time of its own is a duplicate only within Meta's redelivery
+        # horizon: an older alert with its key gives the key up (renamed to stay unique).
+        expiring = [
+            (key, item.received_at - REDELIVERY_HORIZON)
+            for item, item_keys in zip(batch, keys, strict=True)
+            for event, key in zip(item.events, item_keys, strict=True)
+            if event.time is None
+        ]
         async with self._committed() as db:
+            if expiring:
+                await db.executemany(
+                    "UPDATE alerts SET dedup_key = dedup_key || ':' || id"
+                    " WHERE dedup_key = ? AND received_at < ?",
+                    expiring,
+                )
             async with db.execute("SELECT coalesce(max(id), 0) FROM alerts") as cursor:
                 before = (await cursor.fetchone() or (0,))[0]
             await db.executemany(_INSERT_EVENT, rows)
@@ -370,13 +420,23 @@ class Store:
         ) as cursor:
             return [OutboxEntry(*row) async for row in cursor]
 
-    async def open_request_for(self, success: Alert) -> Alert | None:
-        """The latest earlier reset request for the same number that is not yet completed."""
+    async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
+        """The latest earlier reset request, received since `since`, for the same number of the
+        same WABA on the same route (team and channel), that is not yet completed."""
         async with self._reader.execute(
             """SELECT * FROM alerts
                WHERE phone_digits = ? AND event = ? AND id < ? AND verification_off_at IS NULL
+                 AND waba_id = ? AND team IS ? AND channel = ? AND received_at >= ?
                ORDER BY id DESC LIMIT 1""",
-            (success.event.phone_digits, EventType.PIN_RESET_REQUEST.value, success.id),
+            (
+                success.event.phone_digits,
+                EventType.PIN_RESET_REQUEST.value,
+                success.id,
+                success.event.waba_id,
+                success.team,
+                success.channel,
+                since,
+            ),
         ) as cursor:
             row = await cursor.fetchone()
         return _alert_from_row(row) if row else None
@@ -470,16 +530,35 @@ class Store:
         )
 
     async def set_routes(self, routed: Sequence[Alert]) -> None:
-        """Keep each alert's route (team, channel, mentions, deadline): one commit for all."""
+        """Keep each alert's route (team, channel, mentions, responders, deadline): one commit
+        for all."""
         async with self._transaction() as db:
             await db.executemany(
-                "UPDATE alerts SET team = ?, channel = ?, mentions = ?, ack_deadline = ?"
-                " WHERE id = ?",
+                "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
+                " ack_deadline = ? WHERE id = ?",
                 [
-                    (a.team, a.channel, json.dumps(list(a.mentions)), a.ack_deadline, a.id)
+                    (
+                        a.team,
+                        a.channel,
+                        json.dumps(list(a.mentions)),
+                        _responders_to_column(a.responders),
+                        a.ack_deadline,
+                        a.id,
+                    )
                     for a in routed
                 ],
             )
+
+    async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
+        """Remember a Slack request signature until it expires: False if it was seen before."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM slack_signatures WHERE expires_at < ?", (now,))
+            async with db.execute(
+                "INSERT INTO slack_signatures (digest, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (digest) DO NOTHING",
+                (digest, expires_at),
+            ) as cursor:
+                return cursor.rowcount == 1
 
     async def mark_posted(
         self,
@@ -512,13 +591,17 @@ class Store:
             for alert_id in alert_ids:
                 await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts} (storm)")
 
-    async def mark_paged(self, alert_id: int, *, channel: str, ts: str, actor: Actor) -> None:
+    async def mark_paged(
+        self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
+    ) -> None:
+        """One page for these alerts (one, or a storm summary's rows): one transaction."""
         async with self._transaction() as db:
-            await db.execute(
+            await db.executemany(
                 "UPDATE alerts SET escalation_channel = ?, escalation_ts = ? WHERE id = ?",
-                (channel, ts, alert_id),
+                [(channel, ts, alert_id) for alert_id in alert_ids],
             )
-            await self._audit(db, alert_id, "paged", actor, f"{channel} {ts}")
+            for alert_id in alert_ids:
+                await self._audit(db, alert_id, "paged", actor, f"{channel} {ts}")
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
         async with self._transaction() as db:
@@ -537,7 +620,13 @@ class Store:
             (actor.at, alert_id),
         )
 
-    async def acknowledge(self, alert_id: int, actor: Actor) -> Transition:
+    async def add_audit(self, alert_id: int, action: str, actor: Actor, detail: str | None) -> None:
+        async with self._transaction() as db:
+            await self._audit(db, alert_id, action, actor, detail)
+
+    async def acknowledge(
+        self, alert_id: int, actor: Actor, *, detail: str | None = None
+    ) -> Transition:
         return await self._transition(
             alert_id,
             "acknowledged",
@@ -545,9 +634,12 @@ class Store:
             "UPDATE alerts SET acknowledged_by = ?, acknowledged_name = ?, acknowledged_at = ?"
             " WHERE id = ? AND acknowledged_at IS NULL",
             (actor.user_id, actor.name, actor.at, alert_id),
+            detail,
         )
 
-    async def escalate(self, alert_id: int, actor: Actor, kind: EscalationKind) -> Transition:
+    async def escalate(
+        self, alert_id: int, actor: Actor, kind: EscalationKind, *, detail: str | None = None
+    ) -> Transition:
         return await self._transition(
             alert_id,
             f"escalated ({kind.value})",
@@ -555,17 +647,24 @@ class Store:
             "UPDATE alerts SET escalated_by = ?, escalated_name = ?, escalated_at = ?,"
             " escalation_kind = ? WHERE id = ? AND escalated_at IS NULL",
             (actor.user_id, actor.name, actor.at, kind.value, alert_id),
+            detail,
         )
 
     async def _transition(
-        self, alert_id: int, action: str, actor: Actor, sql: str, params: tuple[Any, ...]
+        self,
+        alert_id: int,
+        action: str,
+        actor: Actor,
+        sql: str,
+        params: tuple[Any, ...],
+        detail: str | None = None,
     ) -> Transition:
         """A guarded UPDATE and its audit row in one transaction: racing clicks change it once."""
         async with self._transaction() as db:
             async with db.execute(sql, params) as cursor:
                 changed = cursor.rowcount == 1
             if changed:
-                await self._audit(db, alert_id, action, actor, None)
+                await self._audit(db, alert_id, action, actor, detail)
         alert = await self.get(alert_id)
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")

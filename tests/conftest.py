@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -259,15 +260,19 @@ async def start_pinwatch(
     started: list[TestClient[web.Request, web.Application]] = []
 
     async def start(
-        slack: tuple[FakeSlack, str] | None = None, *, app_token: str | None = None
+        slack: tuple[FakeSlack, str] | None = None,
+        *,
+        app_token: str | None = None,
+        **tuning: Any,
     ) -> Pinwatch:
+        """`tuning` overrides fields of the tests' Tuning."""
         fake, url = slack or await start_fake_slack(
             aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
         )
         app = build_app(
             settings(slack_api_url=url, app_token=app_token),
             load_config(config_path),
-            tuning=_tuning(clock),
+            tuning=dataclasses.replace(_tuning(clock), **tuning),
         )
         client = TestClient(TestServer(app))
         await client.start_server()
