@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -191,37 +192,51 @@ def _alert_from_row(row: sqlite3.Row) -> Alert:
     )
 
 
+class Writer(Enum):
+    """Who waits on a write transaction."""
+
+    INTAKE = "intake"  # Meta, for its 200
+    PEOPLE = "people"  # someone who clicked, and Slack's 3 seconds
+    OUTBOX = "outbox"  # nobody right now: the dispatcher's bookkeeping
+
+
 class _WriteTurns:
-    """One writer at a time (SQLite has one); intake waiting goes before outbox bookkeeping,
-    because Meta is waiting on the intake commit and nobody is waiting on the outbox's."""
+    """One writer at a time (SQLite has one). The turn goes round the kinds of writer that
+    wait, first come first served within each: a flood of deliveries cannot hold back a click
+    or the outbox's bookkeeping by more than one transaction of each other kind, however long
+    it lasts (intake batches all that queued meanwhile into its next commit)."""
 
     def __init__(self) -> None:
         self._busy = False
-        self._intake: deque[asyncio.Future[None]] = deque()
-        self._other: deque[asyncio.Future[None]] = deque()
+        self._waiting: dict[Writer, deque[asyncio.Future[None]]] = {w: deque() for w in Writer}
+        self._last = Writer.OUTBOX
 
     @asynccontextmanager
-    async def turn(self, *, intake: bool) -> AsyncIterator[None]:
-        if self._busy or self._intake or self._other:
+    async def turn(self, writer: Writer) -> AsyncIterator[None]:
+        if self._busy or any(self._waiting.values()):
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            (self._intake if intake else self._other).append(waiter)
+            self._waiting[writer].append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._pass_on()  # granted as it was cancelled: hand the turn on
                 else:
-                    (self._intake if intake else self._other).remove(waiter)
+                    self._waiting[writer].remove(waiter)
                 raise
         else:
             self._busy = True
+        self._last = writer
         try:
             yield
         finally:
             self._pass_on()
 
     def _pass_on(self) -> None:
-        for queue in (self._intake, self._other):
+        order = list(Writer)
+        after = order.index(self._last) + 1
+        for writer in order[after:] + order[:after]:
+            queue = self._waiting[writer]
             while queue:
                 waiter = queue.popleft()
                 if not waiter.done():
@@ -283,8 +298,10 @@ class Store:
         await self._db.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._turns.turn(intake=False), self._committed() as db:
+    async def _transaction(
+        self, writer: Writer = Writer.OUTBOX
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._turns.turn(writer), self._committed() as db:
             yield db
 
     @asynccontextmanager
@@ -321,7 +338,7 @@ class Store:
 
     async def _flush_queued(self) -> None:
         while self._queued:
-            async with self._turns.turn(intake=True):
+            async with self._turns.turn(Writer.INTAKE):
                 # Taken once the turn is ours: whatever queued while we waited joins this commit.
                 batch, self._queued = self._queued, []
                 try:
@@ -551,7 +568,7 @@ class Store:
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
         """Remember a Slack request signature until it expires: False if it was seen before."""
-        async with self._transaction() as db:
+        async with self._transaction(Writer.PEOPLE) as db:
             await db.execute("DELETE FROM slack_signatures WHERE expires_at < ?", (now,))
             async with db.execute(
                 "INSERT INTO slack_signatures (digest, expires_at) VALUES (?, ?)"
@@ -621,7 +638,7 @@ class Store:
         )
 
     async def add_audit(self, alert_id: int, action: str, actor: Actor, detail: str | None) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(Writer.PEOPLE) as db:
             await self._audit(db, alert_id, action, actor, detail)
 
     async def acknowledge(
@@ -660,7 +677,7 @@ class Store:
         detail: str | None = None,
     ) -> Transition:
         """A guarded UPDATE and its audit row in one transaction: racing clicks change it once."""
-        async with self._transaction() as db:
+        async with self._transaction(Writer.PEOPLE) as db:
             async with db.execute(sql, params) as cursor:
                 changed = cursor.rowcount == 1
             if changed:
