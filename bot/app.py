@@ -24,7 +24,7 @@ from bot.events import Clock, system_clock
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.slack import DryRunClient, SlackGateway, web_client
-from bot.store import Store
+from bot.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def build_app(
             yield
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        app[keys.STORE] = await Store.open(
+        app[keys.STORE] = await open_store(
             config.config.store.path, busy_timeout=tuning.store_busy_timeout
         )
         yield

@@ -1,4 +1,4 @@
-"""Durable state in SQLite: deduplicated events, the Slack outbox, transitions and their audit."""
+"""The SQLite backend: one file, one writer, zero set-up (the default)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,9 @@ from typing import Any
 
 import aiosqlite
 
-from bot.events import (
-    REDELIVERY_HORIZON,
-    Actor,
-    Alert,
-    EscalationKind,
-    EventType,
-    Responders,
-    SecurityEvent,
-)
+from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.store.interface import AuditEntry, OutboxEntry, StoreError, Transition
+from bot.store.rows import alert_from_row, event_value_column, responders_to_column
 
 log = logging.getLogger(__name__)
 
@@ -112,86 +106,6 @@ _INSERT_EVENT = """
 """
 
 
-class StoreError(Exception):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    alert_id: int
-    action: str
-    actor: Actor
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    id: int
-    channel: str
-    received_at: float
-    event: str
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """The alert after a requested change, and whether this request made the change."""
-
-    alert: Alert
-    changed: bool
-
-
-def _actor(user_id: str | None, name: str | None, at: float | None) -> Actor | None:
-    if user_id is None or at is None:
-        return None
-    return Actor(user_id=user_id, name=name, at=at)
-
-
-def _responders_to_column(responders: Responders | None) -> str | None:
-    return None if responders is None else json.dumps(responders.ids)
-
-
-def _responders_from_column(text: str | None) -> Responders | None:
-    if text is None:
-        return None
-    ids = json.loads(text)
-    return Responders(tuple(ids) if ids is not None else None)
-
-
-def _alert_from_row(row: sqlite3.Row) -> Alert:
-    event = SecurityEvent(
-        waba_id=row["waba_id"],
-        phone_number=row["phone_number"],
-        event=row["event"],
-        time=row["event_time"],
-        requester=row["requester"],
-        value=json.loads(row["value"]),
-    )
-    kind = row["escalation_kind"]
-    return Alert(
-        id=row["id"],
-        event=event,
-        received_at=row["received_at"],
-        team=row["team"],
-        channel=row["channel"],
-        mentions=tuple(json.loads(row["mentions"])) if row["mentions"] else (),
-        slack_channel=row["slack_channel"],
-        slack_ts=row["slack_ts"],
-        thread_ts=row["thread_ts"],
-        ack_deadline=row["ack_deadline"],
-        acknowledged=_actor(
-            row["acknowledged_by"], row["acknowledged_name"], row["acknowledged_at"]
-        ),
-        escalated=_actor(row["escalated_by"], row["escalated_name"], row["escalated_at"]),
-        escalation_kind=EscalationKind(kind) if kind else None,
-        verification_off_at=row["verification_off_at"],
-        delivery_note=row["delivery_note"],
-        escalation_channel=row["escalation_channel"],
-        escalation_ts=row["escalation_ts"],
-        grouped=bool(row["grouped"]),
-        responders=_responders_from_column(row["responders"]),
-    )
-
-
 class Writer(Enum):
     """Who waits on a write transaction."""
 
@@ -252,7 +166,7 @@ class _PendingInsert:
     done: asyncio.Future[list[int | None]]
 
 
-class Store:
+class SqliteStore:
     """Two SQLite connections, each with its own thread: one writer, whose transactions take
     turns so they never interleave, and one reader, so that the outbox's reads never queue in
     front of a commit Meta is waiting for (WAL lets them run side by side)."""
@@ -265,7 +179,7 @@ class Store:
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> Store:
+    async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> SqliteStore:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,7 +295,7 @@ class Store:
                 event.event,
                 event.time,
                 event.requester,
-                json.dumps(event.value, ensure_ascii=False, sort_keys=True),
+                event_value_column(event),
                 item.received_at,
             )
             for item, item_keys in zip(batch, keys, strict=True)
@@ -417,7 +331,7 @@ class Store:
     async def get(self, alert_id: int) -> Alert | None:
         async with self._reader.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cursor:
             row = await cursor.fetchone()
-        return _alert_from_row(row) if row else None
+        return alert_from_row(row) if row else None
 
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
         """Alerts not yet in Slack and not yet routed, oldest first."""
@@ -425,7 +339,7 @@ class Store:
             "SELECT * FROM alerts WHERE slack_ts IS NULL AND channel IS NULL ORDER BY id LIMIT ?",
             (limit,),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs, since a
@@ -456,7 +370,7 @@ class Store:
             ),
         ) as cursor:
             row = await cursor.fetchone()
-        return _alert_from_row(row) if row else None
+        return alert_from_row(row) if row else None
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
         async with self._reader.execute(
@@ -467,7 +381,7 @@ class Store:
                ORDER BY ack_deadline LIMIT ?""",
             (now, limit),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts whose page has not reached Slack yet."""
@@ -476,7 +390,7 @@ class Store:
                ORDER BY id LIMIT ?""",
             (limit,),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
         """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
@@ -511,7 +425,7 @@ class Store:
             " ORDER BY id",
             (ts, slack_channel),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def audit_log(self, alert_id: int) -> list[AuditEntry]:
         async with self._reader.execute(
@@ -558,7 +472,7 @@ class Store:
                         a.team,
                         a.channel,
                         json.dumps(list(a.mentions)),
-                        _responders_to_column(a.responders),
+                        responders_to_column(a.responders),
                         a.ack_deadline,
                         a.id,
                     )
