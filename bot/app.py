@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -73,8 +74,10 @@ def build_app(
             yield
 
     async def store(app: web.Application) -> AsyncIterator[None]:
+        target = settings.database_url or config.config.store.path
         app[keys.STORE] = await open_store(
-            config.config.store.path, busy_timeout=tuning.store_busy_timeout
+            target.get_secret_value() if isinstance(target, SecretStr) else target,
+            busy_timeout=tuning.store_busy_timeout,
         )
         yield
         await app[keys.STORE].close()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from bot.events import REDELIVERY_HORIZON
@@ -27,30 +28,52 @@ from tests.fake_slack import RecordedCall
 from tests.test_operations import metric
 
 
-class StoreLock:
-    """Another process's write lock on the SQLite file: pinwatch's writes fail with 'database is
-    locked' for as long as it is held, as they would on a full or failing disk."""
+class StoreFailure:
+    """pinwatch's writes fail while this is on, as they would on a full disk or a failing
+    server: on SQLite another process holds the write lock ('database is locked'); on
+    PostgreSQL a trigger refuses every update of an alert."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=5)
+    def __init__(self, pinwatch: Pinwatch) -> None:
+        self._pinwatch = pinwatch
+        self._sqlite: sqlite3.Connection | None = None
 
-    async def take(self, _call: RecordedCall | None = None) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+    async def start(self, _call: RecordedCall | None = None) -> None:
+        if (url := self._pinwatch.database_url) is None:
+            self._sqlite = sqlite3.connect(store_path(self._pinwatch), isolation_level=None)
+            self._sqlite.execute("BEGIN IMMEDIATE")
+            return
+        db = await asyncpg.connect(url)
+        try:
+            await db.execute(
+                """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION 'No space left on device'; END $$;
+                   CREATE TRIGGER refuse BEFORE UPDATE ON alerts
+                   FOR EACH ROW EXECUTE FUNCTION refuse();"""
+            )
+        finally:
+            await db.close()
 
-    def release(self) -> None:
-        self._db.execute("ROLLBACK")
-        self._db.close()
+    async def stop(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.execute("ROLLBACK")
+            self._sqlite.close()
+            return
+        assert self._pinwatch.database_url is not None
+        db = await asyncpg.connect(self._pinwatch.database_url)
+        try:
+            await db.execute("DROP TRIGGER refuse ON alerts; DROP FUNCTION refuse()")
+        finally:
+            await db.close()
 
 
-async def hold_lock_while_slack_answers(
-    pinwatch: Pinwatch, lock: StoreLock, *, method_calls: int
-) -> None:
-    """Take the lock the moment Slack has accepted a post, keep it over several dispatcher
-    passes and write retries, then let go."""
+async def fail_writes_while_slack_answers(pinwatch: Pinwatch, *, method_calls: int) -> None:
+    """Make the store fail the moment Slack has accepted a post, keep it failing over several
+    dispatcher passes and write retries, then let it recover."""
+    failure = StoreFailure(pinwatch)
 
     async def take_once(call: RecordedCall) -> None:
         pinwatch.slack.before_answering.clear()
-        await lock.take(call)
+        await failure.start(call)
 
     pinwatch.slack.before_answering["chat.postMessage"] = take_once
     await pinwatch.slack.wait_for_calls("chat.postMessage", method_calls)
@@ -65,7 +88,7 @@ async def hold_lock_while_slack_answers(
         )
 
     await eventually(retried_thrice)
-    lock.release()
+    await failure.stop()
 
 
 async def metrics_text(pinwatch: Pinwatch) -> str:
@@ -81,11 +104,10 @@ async def test_a_post_slack_accepted_is_not_sent_again_when_the_store_fails(
     start_pinwatch: StartPinwatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     pinwatch = await start_pinwatch(store_busy_timeout=0.05)
-    lock = StoreLock(store_path(pinwatch))
     caplog.set_level(logging.ERROR, logger="bot.dispatcher")
     status, _ = await pinwatch.post_webhook(REFERENCE_BODY)
     assert status == 200
-    await hold_lock_while_slack_answers(pinwatch, lock, method_calls=1)
+    await fail_writes_while_slack_answers(pinwatch, method_calls=1)
 
     alert = await pinwatch.wait_posted(1)
     [message] = pinwatch.slack.top_level("C0PAYMENTS")
@@ -100,9 +122,8 @@ async def test_a_page_slack_accepted_is_not_sent_again_when_the_store_fails(
     pinwatch = await start_pinwatch(store_busy_timeout=0.05)
     await pinwatch.post_webhook(REFERENCE_BODY)
     await pinwatch.wait_posted(1)
-    lock = StoreLock(store_path(pinwatch))
     assert await pinwatch.click("escalate", 1, user="U0ALICE") == 200
-    await hold_lock_while_slack_answers(pinwatch, lock, method_calls=2)
+    await fail_writes_while_slack_answers(pinwatch, method_calls=2)
 
     async def paged() -> bool:
         return (await pinwatch.alert(1)).escalation_ts is not None

@@ -13,11 +13,10 @@ import copy
 import io
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -97,14 +96,20 @@ async def in_thread(test: Callable[[Driver], None]) -> None:
     await asyncio.to_thread(test, Driver(asyncio.get_running_loop()))
 
 
-def stored_keys(path: Path) -> set[str]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return {key for (key,) in conn.execute("SELECT dedup_key FROM alerts")}
+StoredKeys = Callable[[], set[str]]
 
 
 @pytest.fixture
-def store_path(pinwatch: Pinwatch) -> Path:
-    return Path(pinwatch.app[keys.CONFIG].config.store.path)
+def stored_keys(pinwatch: Pinwatch) -> StoredKeys:
+    """The dedup keys in the store, read from outside the app, in a thread and loop of their
+    own: the checks call it from hypothesis' thread and from the test's loop alike."""
+
+    def read() -> set[str]:
+        with ThreadPoolExecutor(1) as outside:
+            rows = outside.submit(asyncio.run, pinwatch.query("SELECT dedup_key FROM alerts"))
+            return {key for (key,) in rows.result()}
+
+    return read
 
 
 async def post_raw(
@@ -132,13 +137,13 @@ async def still_answers(pinwatch: Pinwatch) -> None:
     assert await post_signed(pinwatch, ok) == 200
 
 
-def check_webhook_answer(status: int, body: bytes, store: Path) -> None:
+def check_webhook_answer(status: int, body: bytes, stored_keys: StoredKeys) -> None:
     """Never a 5xx; a 200 means every security change in the body is in the store."""
     assert status < 500, f"{status} for {body[:300]!r}"
     assert status in (200, 400, 413), status
     if status == 200:
         events = parse_delivery(body).events
-        missing = {e.dedup_key for e in events} - stored_keys(store)
+        missing = {e.dedup_key for e in events} - stored_keys()
         assert not missing, f"answered 200 but {len(missing)} events are not stored"
 
 
@@ -151,7 +156,7 @@ def no_logged_crashes(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_signed_arbitrary_bytes_never_give_a_5xx(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_keys: StoredKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     tally = Tally("webhook-bytes")
 
@@ -164,7 +169,7 @@ async def test_signed_arbitrary_bytes_never_give_a_5xx(
     def check(driver: Driver, body: bytes) -> None:
         status = driver.run(post_signed(pinwatch, body))
         tally.add(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_keys)
 
     await in_thread(lambda driver: check(driver))
     tally.report()
@@ -224,7 +229,7 @@ def mutated_reference(draw: st.DrawFn) -> bytes:
 
 
 async def test_signed_mutations_of_a_real_delivery_never_give_a_5xx(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_keys: StoredKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     tally = Tally("webhook-mutations")
 
@@ -233,7 +238,7 @@ async def test_signed_mutations_of_a_real_delivery_never_give_a_5xx(
     def check(driver: Driver, body: bytes) -> None:
         status = driver.run(post_signed(pinwatch, body))
         tally.add(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_keys)
 
     await in_thread(lambda driver: check(driver))
     tally.report()
@@ -273,7 +278,7 @@ def wrong_types(draw: st.DrawFn) -> bytes:
 
 
 async def test_signed_wrong_types_in_every_field_never_give_a_5xx(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_keys: StoredKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     tally = Tally("webhook-wrong-types")
 
@@ -282,7 +287,7 @@ async def test_signed_wrong_types_in_every_field_never_give_a_5xx(
     def check(driver: Driver, body: bytes) -> None:
         status = driver.run(post_signed(pinwatch, body))
         tally.add(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_keys)
 
     await in_thread(lambda driver: check(driver))
     tally.report()
@@ -297,7 +302,7 @@ async def test_signed_wrong_types_in_every_field_never_give_a_5xx(
 
 
 async def test_deep_nesting_and_huge_strings(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_keys: StoredKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
     levels = 100_000
     deep_object = b'{"a":' * levels + b"1" + b"}" * levels
@@ -332,7 +337,7 @@ async def test_deep_nesting_and_huge_strings(
         assert len(body) < 3 * 1024 * 1024
         status = await post_signed(pinwatch, body)
         statuses.append(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_keys)
         assert status == 200
     print(f"\nRELIABILITY hostile-deep-and-huge: {json.dumps({'statuses': statuses})}")
     await still_answers(pinwatch)
@@ -343,7 +348,7 @@ async def test_deep_nesting_and_huge_strings(
 
 
 async def test_a_number_too_big_for_the_store_is_a_4xx_and_spoils_no_other_delivery(
-    pinwatch: Pinwatch, store_path: Path
+    pinwatch: Pinwatch, stored_keys: StoredKeys
 ) -> None:
     """SQLite integers stop at 2**63 - 1; JSON numbers do not. Deliveries share one commit."""
     too_big = [
@@ -359,7 +364,7 @@ async def test_a_number_too_big_for_the_store_is_a_4xx_and_spoils_no_other_deliv
     print(f"\nRELIABILITY hostile-big-numbers: {json.dumps({'statuses': statuses})}")
     assert [s for b, s in zip(bodies, statuses, strict=True) if b in good] == [200] * len(good)
     for body, status in zip(bodies, statuses, strict=True):
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_keys)
 
 
 # --- POST /slack/actions ------------------------------------------------------------------------
@@ -484,22 +489,18 @@ async def test_every_bad_webhook_signature_is_401_and_changes_nothing(
         "truncated": (body, {SIGNATURE_HEADER: good[:-1]}),
         "non-ascii": (body, {SIGNATURE_HEADER: "sha256=" + "\u00e9" * 64}),
     }
-    before = snapshot_of(pinwatch)
+    before = await snapshot_of(pinwatch)
     for name, (sent, headers) in cases.items():
         status, _ = await post_raw(pinwatch, sent, {"Content-Type": "application/json", **headers})
         assert status == 401, name
-    assert snapshot_of(pinwatch) == before
+    assert await snapshot_of(pinwatch) == before
     assert pinwatch.slack.calls_to("chat.postMessage") == []
 
 
-def snapshot_of(pinwatch: Pinwatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+async def snapshot_of(pinwatch: Pinwatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Every row of the store, read from outside the app."""
-    path = Path(pinwatch.app[keys.CONFIG].config.store.path)
-    if not path.exists():
-        return [], []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        alerts = conn.execute("SELECT * FROM alerts ORDER BY id").fetchall()
-        audit = conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
+    alerts = await pinwatch.query("SELECT * FROM alerts ORDER BY id")
+    audit = await pinwatch.query("SELECT * FROM audit ORDER BY id")
     return alerts, audit
 
 
@@ -538,13 +539,13 @@ async def test_every_bad_slack_signature_is_401_and_changes_nothing(pinwatch: Pi
             headers("1e9", slack_signature(SLACK_SIGNING_SECRET, "1e9", body)),
         ),
     }
-    before = snapshot_of(pinwatch)
+    before = await snapshot_of(pinwatch)
     for name, (sent, sent_headers) in cases.items():
         async with pinwatch.client.post(
             "/slack/actions", data=io.BytesIO(sent), headers=sent_headers
         ) as r:
             assert r.status == 401, name
-    assert snapshot_of(pinwatch) == before
+    assert await snapshot_of(pinwatch) == before
     assert pinwatch.slack.ephemerals == []
 
     # The valid request is applied once; the same request again is a replay.
@@ -555,11 +556,11 @@ async def test_every_bad_slack_signature_is_401_and_changes_nothing(pinwatch: Pi
         return (await pinwatch.alert(1)).acknowledged is not None
 
     await eventually(acknowledged)
-    applied = snapshot_of(pinwatch)
+    applied = await snapshot_of(pinwatch)
     async with pinwatch.client.post("/slack/actions", data=body, headers=headers(now, good)) as r:
         assert r.status == 401
     await pinwatch.app[keys.ACTIONS].close()
-    assert snapshot_of(pinwatch) == applied
+    assert await snapshot_of(pinwatch) == applied
     assert pinwatch.slack.ephemerals == []  # not even an "already acknowledged" answer
 
 

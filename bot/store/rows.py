@@ -32,6 +32,10 @@ def _responders_from_column(text: str | None) -> Responders | None:
     return Responders(tuple(ids) if ids is not None else None)
 
 
+def mentions_to_column(mentions: tuple[str, ...]) -> str:
+    return json.dumps(list(mentions))
+
+
 def event_value_column(event: SecurityEvent) -> str:
     return json.dumps(event.value, ensure_ascii=False, sort_keys=True)
 

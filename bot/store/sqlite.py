@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 from collections import deque
@@ -19,7 +18,12 @@ import aiosqlite
 
 from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
 from bot.store.interface import AuditEntry, OutboxEntry, StoreError, Transition
-from bot.store.rows import alert_from_row, event_value_column, responders_to_column
+from bot.store.rows import (
+    alert_from_row,
+    event_value_column,
+    mentions_to_column,
+    responders_to_column,
+)
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +475,7 @@ class SqliteStore:
                     (
                         a.team,
                         a.channel,
-                        json.dumps(list(a.mentions)),
+                        mentions_to_column(a.mentions),
                         responders_to_column(a.responders),
                         a.ack_deadline,
                         a.id,
