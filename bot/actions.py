@@ -30,7 +30,7 @@ from bot.metrics import Metrics
 from bot.render import ACKNOWLEDGE_ACTION, ESCALATE_ACTION, actor_text, slack_date
 from bot.routing import team_destination
 from bot.slack import SlackCallError, SlackGateway
-from bot.store import Store
+from bot.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +303,15 @@ class ActionService:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def close(self) -> None:
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def close(self, *, grace: float) -> None:
+        """Let the clicks under way finish, for `grace` seconds at most: a click still waiting
+        for its post to be recorded can be made again after the restart."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _apply_logged(self, click: Click) -> None:
         try:
@@ -453,6 +460,10 @@ async def handle_actions(request: web.Request) -> web.Response:
     except RequestRefused as exc:
         log.warning("slack actions: refused from %s: %s", request.remote, exc)
         return web.Response(status=401, text=str(exc))
+    except StoreError as exc:
+        # Slack shows the clicker an error and the click can be made again: nothing is lost.
+        log.error("slack actions: store unavailable, answered 503: %s", exc)
+        return web.Response(status=503, text="store unavailable, try again")
     try:
         clicks = parse_interaction(body)
     except MalformedInteraction as exc:

@@ -103,7 +103,7 @@ def build_app(
         )
         task = asyncio.create_task(app[keys.DISPATCHER].run(), name="dispatcher")
         yield
-        await app[keys.ACTIONS].close()
+        await app[keys.ACTIONS].close(grace=tuning.shutdown_grace)
         app[keys.DISPATCHER].stop()
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=tuning.shutdown_grace)

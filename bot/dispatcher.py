@@ -73,6 +73,11 @@ class _Backoff:
     until: float = 0.0
 
 
+def _happened(alert: Alert) -> float:
+    """When Meta says the event happened; a redelivery days later still happened then."""
+    return float(alert.event.time) if alert.event.time is not None else alert.received_at
+
+
 def _regardless(message: Message) -> Callable[[str | None], Message]:
     """A storm summary says nothing of a fallback; its rows keep their own notes."""
     return lambda _note: message
@@ -291,9 +296,7 @@ class Dispatcher:
         try:
             if alert.event.event == EventType.PIN_REQUEST_SUCCESS:
                 window = team_destination(alert.team, self._config.config).correlation_window
-                request = await self._store.open_request_for(
-                    alert, since=alert.received_at - window
-                )
+                request = await self._store.open_request_for(alert, since=_happened(alert) - window)
                 if request is not None:
                     if request.slack_ts is None:
                         return _Outcome.WAITING
@@ -303,8 +306,10 @@ class Dispatcher:
             return _Outcome.DONE
         except SlackCallError as exc:
             self._metrics.delivery_retries.inc()
-            await self._store.mark_attempt_failed(alert.id, exc.error)
             for_alert(log, alert).warning("not posted, will retry: %s", exc)
+            # Bookkeeping only: a store failure here must not lose Slack's Retry-After.
+            with contextlib.suppress(StoreError):
+                await self._store.mark_attempt_failed(alert.id, exc.error)
             return _Failed(exc.retry_after)
 
     async def _post_top_level(self, alert: Alert) -> None:
@@ -489,7 +494,7 @@ class Dispatcher:
         while True:
             try:
                 return await write()
-            except StoreError as exc:
+            except Exception as exc:  # whatever it is, sending again would be worse
                 failures += 1
                 delay = self._retry.delay(failures)
                 self._metrics.store_write_retries.labels(what).inc()

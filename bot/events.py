@@ -45,11 +45,14 @@ def phone_digits(number: str) -> str:
 
 
 def _canonical(value: Any) -> Any:
-    """The same change however Meta typed its scalars: 15550783881 and "15550783881" agree."""
+    """The same change however Meta typed its scalars: 15550783881, 15550783881.0 and
+    "15550783881" agree."""
     if isinstance(value, dict):
         return {str(key): _canonical(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_canonical(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # JSON has one number type: 1.0 is 1
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return value

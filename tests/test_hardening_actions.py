@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
+import time
+
+import pytest
 
 from tests.conftest import (
     REFERENCE_BODY,
@@ -15,7 +19,9 @@ from tests.conftest import (
     eventually,
 )
 from tests.fake_slack import RecordedCall
+from tests.store_failure import StoreFailure, store_path
 from tests.test_operations import config_version, wait_for_version_change
+from tests.test_storms import THRESHOLD, send_reset_requests, wait_all_posted
 
 
 async def posted_reset_request(pinwatch: Pinwatch) -> None:
@@ -169,3 +175,100 @@ async def test_removing_a_responder_applies_to_open_alerts(pinwatch: Pinwatch) -
     assert ack.detail == (
         "responders as routed: S0PAYSEC, U0ALICE; team payments in the routing file now: S0PAYSEC"
     )
+
+
+async def test_a_store_failure_during_the_replay_check_is_a_503_not_a_500(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    pinwatch = await start_pinwatch(store_busy_timeout=0.05)
+    await posted_reset_request(pinwatch)
+    failure = StoreFailure(pinwatch)
+    await failure.start()
+    try:
+        status = await pinwatch.click("acknowledge", 1, user="U0ALICE")
+    finally:
+        await failure.stop()
+    # As POST /webhook answers on a store failure: unavailable, try again; never a crash.
+    assert status == 503
+    assert (await pinwatch.alert(1)).acknowledged is None
+
+
+async def test_a_stop_is_not_held_up_by_a_click_waiting_for_its_post(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    pinwatch = await start_pinwatch(shutdown_grace=0.5)
+    pinwatch.slack.fail("chat.postMessage", times=1000, error="internal_error")
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    await pinwatch.slack.wait_for_calls("chat.postMessage", ok_only=False)
+    somewhere = dataclasses.replace(
+        await pinwatch.alert(1), slack_channel="C0PAYMENTS", slack_ts="1700000000.000100"
+    )
+    body = block_actions_body("pinwatch.acknowledge", 1, user="U0ALICE", name="a", alert=somewhere)
+    assert await pinwatch.click("acknowledge", 1, body=body) == 200
+
+    started = time.monotonic()
+    await pinwatch.stop()
+    # shutdown_grace bounds the stop (the click waits up to a minute for the post otherwise).
+    assert time.monotonic() - started < 3.0
+
+
+async def test_a_click_on_an_alert_posted_to_the_fallback_channel_counts(
+    pinwatch: Pinwatch,
+) -> None:
+    pinwatch.slack.missing_channels.add("C0PAYMENTS")
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    alert = await pinwatch.wait_posted(1)
+    assert alert.slack_channel == "C0WASEC"  # Slack refused C0PAYMENTS: posted in the defaults
+    assert await pinwatch.click("acknowledge", 1, user="U0ALICE") == 200
+
+    async def acknowledged() -> bool:
+        return (await pinwatch.alert(1)).acknowledged is not None
+
+    await eventually(acknowledged)
+
+
+async def test_the_storm_escalate_button_escalates_from_the_summary(pinwatch: Pinwatch) -> None:
+    await send_reset_requests(pinwatch, THRESHOLD + 3)
+    await wait_all_posted(pinwatch, THRESHOLD + 3)
+    [summary] = [m for m in pinwatch.slack.top_level() if m.text.startswith("[STORM]")]
+    [target] = [
+        int(e["value"])
+        for b in summary.blocks
+        if b.get("block_id") == "pinwatch-storm"
+        for e in b["elements"]
+    ]
+    assert (await pinwatch.alert(target)).slack_ts == summary.ts
+    assert await pinwatch.click("escalate", target, user="U0ALICE") == 200
+
+    async def paged() -> bool:
+        return (await pinwatch.alert(target)).escalation_ts is not None
+
+    await eventually(paged)
+    assert len(pinwatch.slack.top_level("C0PAYLEADS")) == 1
+
+
+# Migrations are per backend: this one is SQLite's schema 3 → 4.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_an_alert_of_a_schema_3_store_whose_team_is_gone_fails_closed(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    first = await start_pinwatch()
+    await posted_reset_request(first)
+    await first.stop()
+    # Back to schema 3, as a store written by the previous pinwatch: migration 4 runs again.
+    db = sqlite3.connect(store_path(first), isolation_level=None)
+    db.executescript(
+        "ALTER TABLE alerts DROP COLUMN responders; DROP TABLE slack_signatures;"
+        " PRAGMA user_version = 3;"
+    )
+    db.close()
+    first.config_path.write_text(payments_config(first, name="renamed", responders=""))
+
+    second = await start_pinwatch((first.slack, first.slack_url))
+    assert (await second.alert(1)).responders is None
+    assert await second.click("acknowledge", 1, user="U0ALICE") == 200
+    await second.slack.wait_for_calls("chat.postEphemeral")
+    assert (await second.alert(1)).acknowledged is None
+    [refusal] = [e for e in await second.store.audit_log(1) if e.action.startswith("refused")]
+    assert refusal.detail == "team payments is no longer defined"
+    assert "no longer in the routing file" in ephemeral_texts(second, "U0ALICE")[0]

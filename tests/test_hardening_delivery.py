@@ -7,12 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from bot.events import REDELIVERY_HORIZON
@@ -25,45 +23,8 @@ from tests.conftest import (
     security,
 )
 from tests.fake_slack import RecordedCall
+from tests.store_failure import StoreFailure
 from tests.test_operations import metric
-
-
-class StoreFailure:
-    """pinwatch's writes fail while this is on, as they would on a full disk or a failing
-    server: on SQLite another process holds the write lock ('database is locked'); on
-    PostgreSQL a trigger refuses every update of an alert."""
-
-    def __init__(self, pinwatch: Pinwatch) -> None:
-        self._pinwatch = pinwatch
-        self._sqlite: sqlite3.Connection | None = None
-
-    async def start(self, _call: RecordedCall | None = None) -> None:
-        if (url := self._pinwatch.database_url) is None:
-            self._sqlite = sqlite3.connect(store_path(self._pinwatch), isolation_level=None)
-            self._sqlite.execute("BEGIN IMMEDIATE")
-            return
-        db = await asyncpg.connect(url)
-        try:
-            await db.execute(
-                """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
-                   $$ BEGIN RAISE EXCEPTION 'No space left on device'; END $$;
-                   CREATE TRIGGER refuse BEFORE UPDATE ON alerts
-                   FOR EACH ROW EXECUTE FUNCTION refuse();"""
-            )
-        finally:
-            await db.close()
-
-    async def stop(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.execute("ROLLBACK")
-            self._sqlite.close()
-            return
-        assert self._pinwatch.database_url is not None
-        db = await asyncpg.connect(self._pinwatch.database_url)
-        try:
-            await db.execute("DROP TRIGGER refuse ON alerts; DROP FUNCTION refuse()")
-        finally:
-            await db.close()
 
 
 async def fail_writes_while_slack_answers(pinwatch: Pinwatch, *, method_calls: int) -> None:
@@ -94,10 +55,6 @@ async def fail_writes_while_slack_answers(pinwatch: Pinwatch, *, method_calls: i
 async def metrics_text(pinwatch: Pinwatch) -> str:
     async with pinwatch.client.get("/metrics") as response:
         return await response.text()
-
-
-def store_path(pinwatch: Pinwatch) -> Path:
-    return pinwatch.config_path.parent / "pinwatch.db"
 
 
 async def test_a_post_slack_accepted_is_not_sent_again_when_the_store_fails(
@@ -288,3 +245,47 @@ async def test_a_change_without_time_is_deduplicated_within_metas_redelivery_hor
     await pinwatch.post_webhook(timeless("PIN_CHANGED"))
     assert await metric(pinwatch, "pinwatch_webhook_deliveries_total", 'result="duplicate"') == 2
     assert await pinwatch.store.get(3) is None
+
+
+async def test_a_success_delivered_late_threads_under_the_request_it_completes(
+    pinwatch: Pinwatch,
+) -> None:
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    request = await pinwatch.wait_posted(1)
+    assert request.event.time is not None
+    # pinwatch was down for a day; Meta redelivers a success that happened an hour after the
+    # request (Meta retries for 7 days): the window is measured in Meta's event time.
+    pinwatch.clock.advance(25 * 3600)
+    late = delivery(security("PIN_REQUEST_SUCCESS"), time=request.event.time + 3600)
+    assert (await pinwatch.post_webhook(late))[0] == 200
+    success = await pinwatch.wait_posted(2)
+    assert success.thread_ts == request.slack_ts
+
+
+def with_value(body: dict[str, Any], **extra: Any) -> bytes:
+    body["entry"][0]["changes"][0]["value"].update(extra)
+    return json.dumps(body).encode()
+
+
+async def test_a_number_sent_as_1_or_as_1_0_is_the_same_change(pinwatch: Pinwatch) -> None:
+    # JSON has one number type: 1 and 1.0 are the same value (RFC 8259 section 6).
+    await pinwatch.post_webhook(with_value(delivery(security("PIN_CHANGED")), attempt=1))
+    await pinwatch.wait_posted(1)
+    status, _ = await pinwatch.post_webhook(
+        with_value(delivery(security("PIN_CHANGED")), attempt=1.0)
+    )
+    assert status == 200
+    assert await metric(pinwatch, "pinwatch_webhook_deliveries_total", 'result="duplicate"') == 1
+    assert await pinwatch.store.get(2) is None
+
+
+async def test_a_batch_holding_the_same_timeless_change_twice_alerts_once(
+    pinwatch: Pinwatch,
+) -> None:
+    change = security("PIN_CHANGED", phone="442079460018")
+    body: dict[str, Any] = delivery(change, change)
+    del body["entry"][0]["time"]
+    status, _ = await pinwatch.post_webhook(body)
+    assert status == 200
+    await pinwatch.wait_posted(1)
+    assert await pinwatch.store.get(2) is None

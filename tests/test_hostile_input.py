@@ -464,7 +464,7 @@ async def test_signed_arbitrary_form_bodies_never_give_a_5xx(
     async with pinwatch.client.get("/healthz") as r:
         assert r.status == 200
     await asyncio.sleep(0)
-    await pinwatch.app[keys.ACTIONS].close()
+    await pinwatch.app[keys.ACTIONS].close(grace=10)
     no_logged_crashes(caplog)
 
 
@@ -559,7 +559,7 @@ async def test_every_bad_slack_signature_is_401_and_changes_nothing(pinwatch: Pi
     applied = await snapshot_of(pinwatch)
     async with pinwatch.client.post("/slack/actions", data=body, headers=headers(now, good)) as r:
         assert r.status == 401
-    await pinwatch.app[keys.ACTIONS].close()
+    await pinwatch.app[keys.ACTIONS].close(grace=10)
     assert await snapshot_of(pinwatch) == applied
     assert pinwatch.slack.ephemerals == []  # not even an "already acknowledged" answer
 

@@ -61,8 +61,8 @@ class Store(Protocol):
         ...
 
     async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
-        """The latest earlier uncompleted reset request, received since `since`, for the same
-        number of the same WABA on the same route (team and channel)."""
+        """The latest earlier uncompleted reset request that happened since `since` (Meta's
+        event time, else receipt), for the same number of the same WABA on the same route."""
         ...
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]: ...

@@ -238,7 +238,7 @@ class PostgresStore:
             """SELECT * FROM alerts
                WHERE phone_digits = $1 AND event = $2 AND id < $3 AND verification_off_at IS NULL
                  AND waba_id = $4 AND team IS NOT DISTINCT FROM $5 AND channel = $6
-                 AND received_at >= $7
+                 AND coalesce(event_time, received_at) >= $7
                ORDER BY id DESC LIMIT 1""",
             success.event.phone_digits,
             EventType.PIN_RESET_REQUEST.value,

@@ -216,23 +216,21 @@ class SqliteStore:
         await self._db.close()
 
     @asynccontextmanager
-    async def _transaction(
-        self, writer: Writer = Writer.OUTBOX
-    ) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(self, writer: Writer) -> AsyncIterator[aiosqlite.Connection]:
         async with self._turns.turn(writer), self._committed() as db:
             yield db
 
     @asynccontextmanager
     async def _committed(self) -> AsyncIterator[aiosqlite.Connection]:
         """Commit what the block wrote, or roll it back; the caller holds the write turn.
-        A failure of SQLite itself (disk full, locked, I/O) is a StoreError to the caller."""
+        SQLite failing (disk full, locked, I/O) is a StoreError to the caller."""
         try:
             yield self._db
             await self._db.commit()
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 await self._db.rollback()
-            if isinstance(exc, sqlite3.Error):
+            if isinstance(exc, sqlite3.OperationalError):  # locked, full, I/O, read-only
                 raise StoreError(f"store write failed: {exc}") from exc
             raise
 
@@ -261,6 +259,13 @@ class SqliteStore:
                 batch, self._queued = self._queued, []
                 try:
                     results = await self._insert_batch(batch)
+                except StoreError:
+                    # The store itself is failing: each delivery alone would wait and fail the
+                    # same way. Meta gets its 503 now and retries.
+                    log.exception("store: committing %d deliveries failed", len(batch))
+                    for item in batch:
+                        self._fail(item)
+                    continue
                 except Exception:
                     await self._insert_one_by_one(batch)
                     continue
@@ -361,7 +366,8 @@ class SqliteStore:
         async with self._reader.execute(
             """SELECT * FROM alerts
                WHERE phone_digits = ? AND event = ? AND id < ? AND verification_off_at IS NULL
-                 AND waba_id = ? AND team IS ? AND channel = ? AND received_at >= ?
+                 AND waba_id = ? AND team IS ? AND channel = ?
+                 AND coalesce(event_time, received_at) >= ?
                ORDER BY id DESC LIMIT 1""",
             (
                 success.event.phone_digits,
@@ -467,7 +473,7 @@ class SqliteStore:
     async def set_routes(self, routed: Sequence[Alert]) -> None:
         """Keep each alert's route (team, channel, mentions, responders, deadline): one commit
         for all."""
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
                 " ack_deadline = ? WHERE id = ?",
@@ -505,7 +511,7 @@ class SqliteStore:
         note: str | None,
         actor: Actor,
     ) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.execute(
                 "UPDATE alerts SET slack_channel = ?, slack_ts = ?, thread_ts = ?,"
                 " delivery_note = ?, last_error = NULL WHERE id = ?",
@@ -517,7 +523,7 @@ class SqliteStore:
         self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
     ) -> None:
         """Alerts shown as rows of a storm summary: posted, all in one transaction."""
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET slack_channel = ?, slack_ts = ?, grouped = 1, last_error = NULL"
                 " WHERE id = ?",
@@ -530,7 +536,7 @@ class SqliteStore:
         self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
     ) -> None:
         """One page for these alerts (one, or a storm summary's rows): one transaction."""
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET escalation_channel = ?, escalation_ts = ? WHERE id = ?",
                 [(channel, ts, alert_id) for alert_id in alert_ids],
@@ -539,7 +545,7 @@ class SqliteStore:
                 await self._audit(db, alert_id, "paged", actor, f"{channel} {ts}")
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.execute(
                 "UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
                 (error, alert_id),
