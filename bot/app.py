@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -42,6 +43,62 @@ class Tuning:
     shutdown_grace: float = 10.0  # how long a stop waits for Slack calls under way
     storm_update_gap: float = 2.0
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
+    socket_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(first=1.0, limit=60.0))
+
+
+class SocketModeLink:
+    """Slack's WebSocket for button clicks: the first connection is retried with backoff here;
+    once connected, slack_sdk's own monitor reconnects (asking for a new URL each time)."""
+
+    ATTEMPT_TIMEOUT = 30.0
+
+    def __init__(self, client: SocketModeClient, *, retry: RetryPolicy) -> None:
+        self._client = client
+        self._retry = retry
+
+    async def is_connected(self) -> bool:
+        connected: bool = await self._client.is_connected()
+        return connected
+
+    async def connect(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._connect_once()
+            # Any error: whatever Slack, or a proxy in front of it, answers, this loop goes on.
+            except Exception as exc:
+                failures += 1
+                delay = max(self._retry.delay(failures), _retry_after(exc))
+                log.warning(
+                    "socket mode: cannot connect (%s: %s); clicks wait, webhooks are accepted; "
+                    "next try in %.0fs",
+                    type(exc).__name__,
+                    str(exc).partition("\n")[0][:200],
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                log.info("socket mode: connected; button clicks arrive over the socket")
+                return
+
+    async def _connect_once(self) -> None:
+        # Not slack_sdk's issue_new_wss_url(): it fails with an AttributeError on an error
+        # answer that is not JSON, and sleeps through a rate limit where we cannot see it.
+        opened = await self._client.web_client.apps_connections_open(
+            app_token=self._client.app_token
+        )
+        self._client.wss_uri = opened["url"]
+        # connect() would retry a refused WebSocket every 5 s with the same URL, forever.
+        async with asyncio.timeout(self.ATTEMPT_TIMEOUT):
+            await self._client.connect()  # type: ignore[no-untyped-call]
+
+
+def _retry_after(exc: Exception) -> float:
+    """Slack rate-limits apps.connections.open (Tier 1): a 429 says how long to wait."""
+    if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
+        with contextlib.suppress(ValueError):
+            return float(exc.response.headers.get("Retry-After", 0))
+    return 0.0
 
 
 def build_app(
@@ -128,9 +185,14 @@ def build_app(
             web_client=AsyncWebClient(base_url=settings.slack_api_url),
         )
         client.socket_mode_request_listeners.append(socket_mode_listener(app[keys.ACTIONS]))
-        await client.connect()  # type: ignore[no-untyped-call]
-        log.info("socket mode: connected; button clicks arrive over the socket")
+        link = app[keys.SOCKET_MODE] = SocketModeLink(client, retry=tuning.socket_retry)
+        # In the background: webhooks are accepted whatever Slack's state, and a stop is not
+        # held up by a connection attempt.
+        task = asyncio.create_task(link.connect(), name="socket mode")
         yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await client.close()  # type: ignore[no-untyped-call]
 
     app.cleanup_ctx.extend([slack_client, store, dispatcher, config_watcher, socket_mode])
@@ -198,6 +260,14 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def socket_mode_state(app: web.Application) -> str:
+    """ "off" (clicks arrive by HTTP), "connecting" or "connected"."""
+    link = app.get(keys.SOCKET_MODE)
+    if link is None:
+        return "off"
+    return "connected" if await link.is_connected() else "connecting"
+
+
 async def handle_ready(request: web.Request) -> web.Response:
     app = request.app
     live = app[keys.CONFIG]
@@ -210,6 +280,10 @@ async def handle_ready(request: web.Request) -> web.Response:
             "loaded_at": live.loaded_at,
         },
         "dry_run": app[keys.SECRETS].dry_run,
+        # Reported, but not a reason for 503: a load balancer would then stop sending Meta's
+        # webhooks here, and during a Slack outage every replica would refuse them alike.
+        # Clicks wait for the socket; events are still stored and posted when Slack is back.
+        "socket_mode": await socket_mode_state(app),
     }
     return web.json_response(body, status=200 if ready else 503)
 

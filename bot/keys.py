@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # the adapters import this module: name their types without importing them
     from bot.actions import ActionService, SlackRequestVerifier
+    from bot.app import SocketModeLink
     from bot.config import LiveConfig
     from bot.dispatcher import Dispatcher
     from bot.events import Clock
@@ -25,3 +26,4 @@ SLACK: web.AppKey[SlackGateway] = web.AppKey("slack")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 SLACK_VERIFIER: web.AppKey[SlackRequestVerifier] = web.AppKey("slack_verifier")
 ACTIONS: web.AppKey[ActionService] = web.AppKey("actions")
+SOCKET_MODE: web.AppKey[SocketModeLink] = web.AppKey("socket_mode")
