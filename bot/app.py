@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
@@ -30,6 +31,10 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 
 SLACK_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
+# Every route but POST /webhook (which takes Meta's 3 MB batches) serves Slack. A block_actions
+# payload carries the message clicked: a full storm summary (45 rows, the most pinwatch posts)
+# comes back as 28 KB, 250 KB with every row at Slack's 3,000 characters of markup.
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +48,34 @@ class Tuning:
     shutdown_grace: float = 10.0  # how long a stop waits for Slack calls under way
     storm_update_gap: float = 2.0
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
+    # Meta's datacentres send 3 MB in well under a second; a slower body is holding memory.
+    body_timeout: float = 10.0
     socket_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(first=1.0, limit=60.0))
+
+
+def body_deadline(seconds: float) -> Middleware:
+    """A request body must arrive within `seconds` of its headers, or reading it fails (408):
+    without this, a client that stalls mid-body holds what it sent for as long as it likes."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.body_exists:
+            return await handler(request)
+        timer = asyncio.get_running_loop().call_later(seconds, _expire_body, request, seconds)
+        try:
+            return await handler(request)
+        finally:
+            timer.cancel()
+
+    return deadline
+
+
+def _expire_body(request: web.Request, seconds: float) -> None:
+    if not request.content.is_eof():
+        # Raised by whichever read is waiting, or the next one: the handler needs no timer.
+        request.content.set_exception(
+            web.HTTPRequestTimeout(text=f"request body not received within {seconds:g}s")
+        )
 
 
 class SocketModeLink:
@@ -105,7 +137,13 @@ def build_app(
     settings: Settings, config: LoadedConfig, *, tuning: Tuning | None = None
 ) -> web.Application:
     tuning = tuning or Tuning()
-    app = web.Application(client_max_size=webhook.MAX_BODY_BYTES)
+    app = web.Application(
+        client_max_size=MAX_REQUEST_BYTES,
+        middlewares=[body_deadline(tuning.body_timeout)],
+        # A body the handler left unread (a refusal before reading it) ends the connection at
+        # once: aiohttp would otherwise linger up to 10 s reading it, for whoever sent it.
+        handler_args={"lingering_time": 0},
+    )
     app[keys.SECRETS] = settings
     app[keys.CLOCK] = tuning.clock
     app[keys.CONFIG] = LiveConfig(config, loaded_at=tuning.clock())

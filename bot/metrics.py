@@ -19,6 +19,7 @@ class Delivery(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"
+    TIMED_OUT = "timed_out"  # the body did not arrive within the deadline
     STORE_UNAVAILABLE = "store_unavailable"
 
 
