@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from bot.actions import ActionService, SlackRequestVerifier, socket_mode_listene
 from bot.config import LiveConfig, LoadedConfig, ReloadResult
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Clock, system_clock
-from bot.metrics import Metrics
+from bot.metrics import Backlog, Metrics
 from bot.settings import Settings
 from bot.slack import DryRunClient, SlackGateway, web_client
 from bot.store import Store
@@ -50,6 +51,7 @@ class Tuning:
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
     # Meta's datacentres send 3 MB in well under a second; a slower body is holding memory.
     body_timeout: float = 10.0
+    backlog_refresh: float = 5.0  # how old the pending-alert gauges may be in a scrape
     socket_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(first=1.0, limit=60.0))
 
 
@@ -148,6 +150,9 @@ def build_app(
     app[keys.CLOCK] = tuning.clock
     app[keys.CONFIG] = LiveConfig(config, loaded_at=tuning.clock())
     app[keys.METRICS] = Metrics()
+    app[keys.BACKLOG] = Backlog(
+        lambda: app[keys.STORE].count_unposted(), clock=tuning.clock, max_age=tuning.backlog_refresh
+    )
     app[keys.SLACK_VERIFIER] = SlackRequestVerifier(
         settings.slack_signing_secret.get_secret_value(), clock=tuning.clock
     )
@@ -326,13 +331,30 @@ async def handle_ready(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
+def _bearer_matches(header: str | None, token: str) -> bool:
+    scheme, _, given = (header or "").partition(" ")
+    # Compared whole and in constant time: how much of a guess matched must not show.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "replace"), token.encode()
+    )
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
     app = request.app
+    token = app[keys.SECRETS].metrics_token
+    if token is not None and not _bearer_matches(
+        request.headers.get("Authorization"), token.get_secret_value()
+    ):
+        return web.Response(
+            status=401,
+            text="GET /metrics needs Authorization: Bearer <METRICS_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="pinwatch metrics"'},
+        )
     metrics = app[keys.METRICS]
-    # Read at scrape time, not on every outbox pass: counting a large backlog is not free.
     if keys.STORE in app:
-        count, oldest = await app[keys.STORE].count_unposted()
+        count, oldest = await app[keys.BACKLOG].read()
         metrics.pending.set(count)
         metrics.oldest_pending_age.set(app[keys.CLOCK]() - oldest if oldest else 0)
+    metrics.socket_mode_connected.set(await socket_mode_state(app) == "connected")
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

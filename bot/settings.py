@@ -22,11 +22,14 @@ class Settings(BaseModel):
     slack_bot_token: SecretStr | None = None  # None: dry-run, Slack calls are printed
     slack_app_token: SecretStr | None = None  # set: clicks arrive over Socket Mode
     slack_api_url: str = SLACK_API_URL
+    metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a Bearer token
 
-    @field_validator("meta_app_secret", "meta_verify_token", "slack_signing_secret")
+    @field_validator(
+        "meta_app_secret", "meta_verify_token", "slack_signing_secret", "metrics_token"
+    )
     @classmethod
-    def _not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty")
         return value
 
@@ -58,6 +61,7 @@ class Settings(BaseModel):
             self.slack_signing_secret,
             self.slack_bot_token,
             self.slack_app_token,
+            self.metrics_token,
         ]
         return [s.get_secret_value() for s in secrets if s is not None]
 
@@ -75,6 +79,7 @@ class Settings(BaseModel):
             "slack_bot_token": "SLACK_BOT_TOKEN",
             "slack_app_token": "SLACK_APP_TOKEN",
             "slack_api_url": "SLACK_API_URL",
+            "metrics_token": "METRICS_TOKEN",
         }
         values = {field: environ[var] for field, var in names.items() if environ.get(var)}
         try:

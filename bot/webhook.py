@@ -231,8 +231,7 @@ async def handle_delivery(request: web.Request) -> web.Response:
         metrics.delivery[Delivery.MALFORMED].inc()
         log.warning("webhook: malformed delivery: %s", exc)
         return web.Response(status=400, text=str(exc))
-    for field, count in parsed.ignored_fields.items():
-        metrics.ignored_changes.labels(field).inc(count)
+    metrics.count_ignored(parsed.ignored_fields)
     if not parsed.events:
         metrics.delivery[Delivery.IGNORED].inc()
         return web.Response(text="ok")

@@ -21,6 +21,7 @@ from tests.fake_slack import start_fake_slack
 from tests.serve import free_port, start_serve
 
 APP_TOKEN = "xapp-test-token"
+GAUGE = "pinwatch_socket_mode_connected"
 
 
 async def readiness(session: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, Any]]:
@@ -82,7 +83,13 @@ async def test_socket_mode_connects_once_slack_answers(
             assert response.status == 200
             return str((await response.json())["socket_mode"])
 
+    async def gauge() -> str:
+        async with pinwatch.client.get("/metrics") as response:
+            text = await response.text()
+        return next(line for line in text.splitlines() if line.startswith(GAUGE))
+
     assert await socket_mode() == "connecting"
+    assert await gauge() == f"{GAUGE} 0.0"
     await fake.wait_for(lambda s: s.socket is not None, timeout=10)
     assert len(fake.calls_to("apps.connections.open")) == 2
 
@@ -90,6 +97,7 @@ async def test_socket_mode_connects_once_slack_answers(
         return await socket_mode() == "connected"
 
     await eventually(connected)
+    assert await gauge() == f"{GAUGE} 1.0"
 
 
 async def test_readiness_says_socket_mode_is_off_without_an_app_token(
