@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
+from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -22,7 +25,7 @@ from bot.actions import ActionService, SlackRequestVerifier, socket_mode_listene
 from bot.config import LiveConfig, LoadedConfig, ReloadResult
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Clock, system_clock
-from bot.metrics import Metrics
+from bot.metrics import Backlog, Metrics
 from bot.settings import Settings
 from bot.slack import DryRunClient, SlackGateway, web_client
 from bot.store import open_store
@@ -30,6 +33,10 @@ from bot.store import open_store
 log = logging.getLogger(__name__)
 
 SLACK_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
+# Every route but POST /webhook (which takes Meta's 3 MB batches) serves Slack. A block_actions
+# payload carries the message clicked: a full storm summary (45 rows, the most pinwatch posts)
+# comes back as 28 KB, 250 KB with every row at Slack's 3,000 characters of markup.
+MAX_REQUEST_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +51,110 @@ class Tuning:
     storm_update_gap: float = 2.0
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
     store_busy_timeout: float = 5.0  # how long a write waits for a lock SQLite does not have
+    # Meta's datacentres send 3 MB in well under a second; a slower body is holding memory.
+    body_timeout: float = 10.0
+    backlog_refresh: float = 5.0  # how old the pending-alert gauges may be in a scrape
+    socket_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(first=1.0, limit=60.0))
+
+
+def body_deadline(seconds: float) -> Middleware:
+    """A request body must arrive within `seconds` of its headers, or reading it fails (408):
+    without this, a client that stalls mid-body holds what it sent for as long as it likes."""
+
+    @web.middleware
+    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.body_exists:
+            return await handler(request)
+        timer = asyncio.get_running_loop().call_later(seconds, _expire_body, request, seconds)
+        try:
+            return await handler(request)
+        finally:
+            timer.cancel()
+
+    return deadline
+
+
+def _expire_body(request: web.Request, seconds: float) -> None:
+    if not request.content.is_eof():
+        # Raised by whichever read is waiting, or the next one: the handler needs no timer.
+        request.content.set_exception(
+            web.HTTPRequestTimeout(text=f"request body not received within {seconds:g}s")
+        )
+
+
+class SocketModeLink:
+    """Slack's WebSocket for button clicks: the first connection is retried with backoff here;
+    once connected, slack_sdk's own monitor reconnects (asking for a new URL each time)."""
+
+    ATTEMPT_TIMEOUT = 30.0
+
+    def __init__(self, client: SocketModeClient, *, retry: RetryPolicy) -> None:
+        self._client = client
+        self._retry = retry
+
+    async def is_connected(self) -> bool:
+        connected: bool = await self._client.is_connected()
+        return connected
+
+    async def connect(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._connect_once()
+            # Any error: whatever Slack, or a proxy in front of it, answers, this loop goes on.
+            except Exception as exc:
+                failures += 1
+                delay = max(self._retry.delay(failures), _retry_after(exc))
+                log.warning(
+                    "socket mode: cannot connect (%s: %s); clicks wait, webhooks are accepted; "
+                    "next try in %.0fs",
+                    type(exc).__name__,
+                    str(exc).partition("\n")[0][:200],
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                log.info("socket mode: connected; button clicks arrive over the socket")
+                return
+
+    async def _connect_once(self) -> None:
+        # Not slack_sdk's issue_new_wss_url(): it fails with an AttributeError on an error
+        # answer that is not JSON, and sleeps through a rate limit where we cannot see it.
+        opened = await self._client.web_client.apps_connections_open(
+            app_token=self._client.app_token
+        )
+        self._client.wss_uri = opened["url"]
+        # connect() would retry a refused WebSocket every 5 s with the same URL, forever.
+        async with asyncio.timeout(self.ATTEMPT_TIMEOUT):
+            await self._client.connect()  # type: ignore[no-untyped-call]
+
+
+def _retry_after(exc: Exception) -> float:
+    """Slack rate-limits apps.connections.open (Tier 1): a 429 says how long to wait."""
+    if isinstance(exc, SlackApiError) and exc.response.status_code == 429:
+        with contextlib.suppress(ValueError):
+            return float(exc.response.headers.get("Retry-After", 0))
+    return 0.0
 
 
 def build_app(
     settings: Settings, config: LoadedConfig, *, tuning: Tuning | None = None
 ) -> web.Application:
     tuning = tuning or Tuning()
-    app = web.Application(client_max_size=webhook.MAX_BODY_BYTES)
+    app = web.Application(
+        client_max_size=MAX_REQUEST_BYTES,
+        middlewares=[body_deadline(tuning.body_timeout)],
+        # A body the handler left unread (a refusal before reading it) ends the connection at
+        # once: aiohttp would otherwise linger up to 10 s reading it, for whoever sent it.
+        handler_args={"lingering_time": 0},
+    )
     app[keys.SECRETS] = settings
     app[keys.CLOCK] = tuning.clock
     app[keys.CONFIG] = LiveConfig(config, loaded_at=tuning.clock())
     app[keys.METRICS] = Metrics()
+    app[keys.BACKLOG] = Backlog(
+        lambda: app[keys.STORE].count_unposted(), clock=tuning.clock, max_age=tuning.backlog_refresh
+    )
     app[keys.SLACK_VERIFIER] = SlackRequestVerifier(
         settings.slack_signing_secret.get_secret_value(), clock=tuning.clock
     )
@@ -134,9 +234,14 @@ def build_app(
             web_client=AsyncWebClient(base_url=settings.slack_api_url),
         )
         client.socket_mode_request_listeners.append(socket_mode_listener(app[keys.ACTIONS]))
-        await client.connect()  # type: ignore[no-untyped-call]
-        log.info("socket mode: connected; button clicks arrive over the socket")
+        link = app[keys.SOCKET_MODE] = SocketModeLink(client, retry=tuning.socket_retry)
+        # In the background: webhooks are accepted whatever Slack's state, and a stop is not
+        # held up by a connection attempt.
+        task = asyncio.create_task(link.connect(), name="socket mode")
         yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await client.close()  # type: ignore[no-untyped-call]
 
     app.cleanup_ctx.extend([slack_client, store, dispatcher, config_watcher, socket_mode])
@@ -204,6 +309,14 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def socket_mode_state(app: web.Application) -> str:
+    """ "off" (clicks arrive by HTTP), "connecting" or "connected"."""
+    link = app.get(keys.SOCKET_MODE)
+    if link is None:
+        return "off"
+    return "connected" if await link.is_connected() else "connecting"
+
+
 async def handle_ready(request: web.Request) -> web.Response:
     app = request.app
     live = app[keys.CONFIG]
@@ -216,17 +329,38 @@ async def handle_ready(request: web.Request) -> web.Response:
             "loaded_at": live.loaded_at,
         },
         "dry_run": app[keys.SECRETS].dry_run,
+        # Reported, but not a reason for 503: a load balancer would then stop sending Meta's
+        # webhooks here, and during a Slack outage every replica would refuse them alike.
+        # Clicks wait for the socket; events are still stored and posted when Slack is back.
+        "socket_mode": await socket_mode_state(app),
     }
     return web.json_response(body, status=200 if ready else 503)
 
 
+def _bearer_matches(header: str | None, token: str) -> bool:
+    scheme, _, given = (header or "").partition(" ")
+    # Compared whole and in constant time: how much of a guess matched must not show.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "replace"), token.encode()
+    )
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
     app = request.app
+    token = app[keys.SECRETS].metrics_token
+    if token is not None and not _bearer_matches(
+        request.headers.get("Authorization"), token.get_secret_value()
+    ):
+        return web.Response(
+            status=401,
+            text="GET /metrics needs Authorization: Bearer <METRICS_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="pinwatch metrics"'},
+        )
     metrics = app[keys.METRICS]
-    # Read at scrape time, not on every outbox pass: counting a large backlog is not free.
     if keys.STORE in app:
-        count, oldest = await app[keys.STORE].count_unposted()
+        count, oldest = await app[keys.BACKLOG].read()
         metrics.pending.set(count)
         metrics.oldest_pending_age.set(app[keys.CLOCK]() - oldest if oldest else 0)
+    metrics.socket_mode_connected.set(await socket_mode_state(app) == "connected")
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

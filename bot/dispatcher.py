@@ -254,7 +254,7 @@ class Dispatcher:
             if alert.event.event in (EventType.PIN_RESET_REQUEST, EventType.PIN_REQUEST_SUCCESS)
             else None
         )
-        self._metrics.events.labels(alert.event.event, destination.team or "").inc()
+        self._metrics.count_event(alert.event.event, destination.team or "")
         return replace(
             alert,
             team=destination.team,

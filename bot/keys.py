@@ -8,10 +8,11 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # the adapters import this module: name their types without importing them
     from bot.actions import ActionService, SlackRequestVerifier
+    from bot.app import SocketModeLink
     from bot.config import LiveConfig
     from bot.dispatcher import Dispatcher
     from bot.events import Clock
-    from bot.metrics import Metrics
+    from bot.metrics import Backlog, Metrics
     from bot.settings import Settings
     from bot.slack import SlackGateway
     from bot.store import Store
@@ -20,8 +21,10 @@ SECRETS: web.AppKey[Settings] = web.AppKey("secrets")
 CONFIG: web.AppKey[LiveConfig] = web.AppKey("config")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+BACKLOG: web.AppKey[Backlog] = web.AppKey("backlog")
 STORE: web.AppKey[Store] = web.AppKey("store")
 SLACK: web.AppKey[SlackGateway] = web.AppKey("slack")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 SLACK_VERIFIER: web.AppKey[SlackRequestVerifier] = web.AppKey("slack_verifier")
 ACTIONS: web.AppKey[ActionService] = web.AppKey("actions")
+SOCKET_MODE: web.AppKey[SocketModeLink] = web.AppKey("socket_mode")

@@ -2,12 +2,61 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bot.events import Clock, EventType
+
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _ACK_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 86400)
+
+
+# Label values that come from outside (a signed delivery may name any field, Meta any event)
+# become series of their own only when pinwatch knows them; the rest are counted as "other", so
+# that no sender can add series at will. Names pinwatch learns are added here, and only here.
+OTHER = "other"
+WEBHOOK_FIELDS = frozenset(  # Meta's WhatsApp Business Account webhook fields
+    {
+        "account_alerts",
+        "account_review_update",
+        "account_settings_update",
+        "account_update",
+        "automatic_events",
+        "business_capability_update",
+        "business_status_update",
+        "calls",
+        "flows",
+        "group_lifecycle_update",
+        "group_participants_update",
+        "group_settings_update",
+        "group_status_update",
+        "history",
+        "message_echoes",
+        "message_template_components_update",
+        "message_template_quality_update",
+        "message_template_status_update",
+        "messages",
+        "partner_solutions",
+        "payment_configuration_update",
+        "phone_number_name_update",
+        "phone_number_quality_update",
+        "security",
+        "smb_app_state_sync",
+        "smb_message_echoes",
+        "template_category_update",
+        "tracking_events",
+        "user_preferences",
+    }
+)
+EVENT_NAMES = frozenset(EventType)
+
+
+def known(value: str, names: frozenset[str]) -> str:
+    return value if value in names else OTHER
 
 
 class Delivery(StrEnum):
@@ -19,6 +68,7 @@ class Delivery(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"
+    TIMED_OUT = "timed_out"  # the body did not arrive within the deadline
     STORE_UNAVAILABLE = "store_unavailable"
 
 
@@ -89,3 +139,57 @@ class Metrics:
         self.config_reloads = Counter(
             "pinwatch_config_reloads", "Routing file reloads by result", ["result"], registry=r
         )
+        self.socket_mode_connected = Gauge(
+            "pinwatch_socket_mode_connected",
+            "1 while Slack's Socket Mode connection is up (0 too when clicks arrive by HTTP)",
+            registry=r,
+        )
+
+    def count_event(self, event: str, team: str) -> None:
+        self.events.labels(known(event, EVENT_NAMES), team).inc()
+
+    def count_ignored(self, fields: Mapping[str, int]) -> None:
+        by_label: Tally[str] = Tally()
+        for name, count in fields.items():
+            by_label[known(name, WEBHOOK_FIELDS)] += count
+        for label, count in by_label.items():
+            self.ignored_changes.labels(label).inc(count)
+
+
+Count = tuple[int, float | None]  # alerts waiting for Slack, and when the oldest arrived
+
+
+class Backlog:
+    """The outbox's size for /metrics, counted at most once per `max_age` seconds: a count scans
+    every pending alert on the store's one reader connection, where the webhook's and the
+    dispatcher's reads wait behind it. Scrapes that come while a count runs share it."""
+
+    def __init__(
+        self, count: Callable[[], Awaitable[Count]], *, clock: Clock, max_age: float
+    ) -> None:
+        self._count = count
+        self._clock = clock
+        self._max_age = max_age
+        self._last: Count | None = None
+        self._counted_at = 0.0
+        self._running: asyncio.Task[Count] | None = None
+
+    async def read(self) -> Count:
+        now = self._clock()
+        # A clock that went back counts as stale rather than fresh for ever.
+        if self._last is not None and 0 <= now - self._counted_at < self._max_age:
+            return self._last
+        if self._running is None:
+            self._running = asyncio.create_task(self._recount(now), name="backlog count")
+            # A failed count whose scrapers all went away must not warn "never retrieved".
+            self._running.add_done_callback(lambda t: t.cancelled() or t.exception())
+        # Shielded: one scraper hanging up must not cancel the count the others wait for.
+        return await asyncio.shield(self._running)
+
+    async def _recount(self, now: float) -> Count:
+        try:
+            self._last = await self._count()
+            self._counted_at = now
+            return self._last
+        finally:
+            self._running = None

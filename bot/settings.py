@@ -24,11 +24,14 @@ class Settings(BaseModel):
     slack_app_token: SecretStr | None = None  # set: clicks arrive over Socket Mode
     slack_api_url: str = SLACK_API_URL
     database_url: SecretStr | None = None  # set: the store is PostgreSQL, store.path is unused
+    metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a Bearer token
 
-    @field_validator("meta_app_secret", "meta_verify_token", "slack_signing_secret")
+    @field_validator(
+        "meta_app_secret", "meta_verify_token", "slack_signing_secret", "metrics_token"
+    )
     @classmethod
-    def _not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty")
         return value
 
@@ -69,6 +72,7 @@ class Settings(BaseModel):
             self.slack_signing_secret,
             self.slack_bot_token,
             self.slack_app_token,
+            self.metrics_token,
         ]
         values = [s.get_secret_value() for s in secrets if s is not None]
         if self.database_url is not None:
@@ -90,6 +94,7 @@ class Settings(BaseModel):
             "slack_app_token": "SLACK_APP_TOKEN",
             "slack_api_url": "SLACK_API_URL",
             "database_url": "DATABASE_URL",
+            "metrics_token": "METRICS_TOKEN",
         }
         values = {field: environ[var] for field, var in names.items() if environ.get(var)}
         try:

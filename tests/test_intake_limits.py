@@ -1,0 +1,183 @@
+"""What a request may cost before it is trusted: an unsigned delivery is refused before its body
+is read, a body must arrive within a deadline, and the size limits are per route. Measured on a
+real `pinwatch serve`: its memory from /proc, its connections from the client's side."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.app import MAX_REQUEST_BYTES, Tuning
+from bot.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER
+from tests.conftest import REFERENCE_BODY, Pinwatch
+from tests.serve import Serve, start_serve
+
+UPLOADS = 20
+BODY_TIMEOUT = Tuning().body_timeout
+LOOKS_SIGNED = {SIGNATURE_HEADER: "sha256=" + "ab" * 32}
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
+    server = start_serve(tmp_path)
+    try:
+        await server.wait_listening()
+        yield server
+    finally:
+        server.kill()
+
+
+@dataclass
+class Upload:
+    """A POST written by hand, so that it can stop halfway as no HTTP library would."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    started: float
+
+    @classmethod
+    async def start(
+        cls,
+        port: int,
+        headers: dict[str, str],
+        *,
+        sent: bytes,
+        declared: int = 3 * MiB,
+        path: str = "/webhook",
+    ) -> Upload:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        lines = [
+            f"POST {path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Content-Type: application/json",
+            f"Content-Length: {declared}",
+            *(f"{name}: {value}" for name, value in headers.items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        started = time.monotonic()
+        writer.write(sent)
+        with contextlib.suppress(ConnectionError):  # the server may hang up mid-way: it should
+            await writer.drain()
+        return cls(reader, writer, started)
+
+    async def trickle(self) -> None:
+        """A slow loris: one byte every half second, until the server hangs up."""
+        with contextlib.suppress(ConnectionError):
+            while not self.writer.is_closing():
+                self.writer.write(b" ")
+                await self.writer.drain()
+                await asyncio.sleep(0.5)
+
+    async def outcome(self, timeout: float) -> tuple[int | None, float | None]:
+        """The status the server answered (None: none) and when it closed (None: still open)."""
+        answer = b""
+        try:
+            async with asyncio.timeout(timeout):
+                while chunk := await self.reader.read(65536):
+                    answer += chunk
+            closed: float | None = time.monotonic() - self.started
+        except TimeoutError:
+            closed = None
+        except ConnectionError:
+            closed = time.monotonic() - self.started
+        finally:
+            self.writer.close()
+        status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else None
+        return status, closed
+
+
+async def stall(
+    serve: Serve, headers: dict[str, str], *, sent: bytes, slow: bool, wait: float
+) -> tuple[list[int | None], list[float | None], int, int]:
+    """UPLOADS uploads at once that stop sending: statuses, close times, RSS before and during."""
+    rss_before = serve.rss_kib()
+    uploads = await asyncio.gather(
+        *(Upload.start(serve.port, headers, sent=sent) for _ in range(UPLOADS))
+    )
+    trickles = [asyncio.create_task(u.trickle()) for u in uploads] if slow else []
+    outcomes_soon = asyncio.gather(*(u.outcome(wait) for u in uploads))
+    await asyncio.sleep(0.5)  # let the server take in what it was sent
+    rss_during = serve.rss_kib()
+    outcomes = await outcomes_soon
+    for task in trickles:
+        task.cancel()
+    statuses = [status for status, _ in outcomes]
+    closed = [seconds for _, seconds in outcomes]
+    return statuses, closed, rss_before, rss_during
+
+
+def report(name: str, closed: list[float | None], rss_before: int, rss_during: int) -> None:
+    done = [c for c in closed if c is not None]
+    print(
+        f"\n{name}: {len(done)}/{len(closed)} closed, the last after "
+        f"{max(done) if done else float('nan'):.2f}s; VmRSS {rss_before / 1024:.1f} MiB before, "
+        f"{rss_during / 1024:.1f} MiB with them open"
+    )
+
+
+@pytest.mark.parametrize("sent", [16, 2 * MiB], ids=["a few bytes", "2 MiB"])
+async def test_unsigned_uploads_are_refused_before_their_body_and_closed(
+    serve: Serve, sent: int
+) -> None:
+    statuses, closed, rss_before, rss_during = await stall(
+        serve, {}, sent=b"{" * sent, slow=False, wait=5
+    )
+    report(f"{UPLOADS} unsigned uploads, {sent} bytes sent", closed, rss_before, rss_during)
+    assert all(seconds is not None and seconds < 2 for seconds in closed), closed
+    if sent < 65536:
+        assert statuses == [401] * UPLOADS
+    else:  # a client still writing when the server hangs up sees a reset rather than the 401
+        assert set(statuses) <= {401, None}
+    assert rss_during - rss_before < 8 * 1024, (rss_before, rss_during)
+
+
+@pytest.mark.parametrize("sent", [16, 2 * MiB], ids=["a few bytes", "2 MiB"])
+async def test_slow_signed_looking_uploads_are_cut_off_at_the_deadline(
+    serve: Serve, sent: int
+) -> None:
+    statuses, closed, rss_before, rss_during = await stall(
+        serve, LOOKS_SIGNED, sent=b"{" * sent, slow=True, wait=BODY_TIMEOUT + 5
+    )
+    report(
+        f"{UPLOADS} slow signed-looking uploads, {sent} bytes sent", closed, rss_before, rss_during
+    )
+    print(f"VmRSS {serve.rss_kib() / 1024:.1f} MiB once they are closed")
+    assert all(c is not None and BODY_TIMEOUT - 1 < c < BODY_TIMEOUT + 2 for c in closed), closed
+    assert statuses == [408] * UPLOADS
+    if sent < 65536:
+        assert serve.rss_kib() - rss_before < 8 * 1024
+    metric = f'pinwatch_webhook_deliveries_total{{result="timed_out"}} {UPLOADS:.1f}'
+    assert metric in await metrics_of(serve)
+
+
+async def test_a_declared_length_over_the_limit_is_413_before_reading(serve: Serve) -> None:
+    upload = await Upload.start(serve.port, LOOKS_SIGNED, sent=b"{", declared=MAX_BODY_BYTES + 1)
+    status, closed = await upload.outcome(timeout=5)
+    assert status == 413
+    assert closed is not None
+    assert closed < 2
+
+
+async def test_slack_routes_keep_a_smaller_limit(pinwatch: Pinwatch) -> None:
+    big = io.BytesIO(b"payload=" + b"x" * MAX_REQUEST_BYTES)
+    async with pinwatch.client.post("/slack/actions", data=big) as response:
+        assert response.status == 413
+    # ... while the webhook still takes a batch of Meta's size (tests/test_webhook_e2e.py).
+    status, _ = await pinwatch.post_webhook(REFERENCE_BODY + b" " * (2 * MiB))
+    assert status == 200
+
+
+async def metrics_of(serve: Serve) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", serve.port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    text = (await reader.read()).decode()
+    writer.close()
+    return text
