@@ -6,7 +6,10 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import os
 import re
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -41,6 +44,8 @@ from bot.store import OutboxEntry, Store, StoreError
 log = logging.getLogger(__name__)
 
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+# A replica that dies holds its channels' lanes this long at most; a live one renews every third.
+LEASE_TTL = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,7 @@ class Dispatcher:
         poll_interval: float = 1.0,
         pass_gap: float = 0.01,
         storm_update_gap: float = 2.0,
+        lease_ttl: float = LEASE_TTL,
     ) -> None:
         self._store = store
         self._slack = slack
@@ -117,6 +123,9 @@ class Dispatcher:
         self._backoff: dict[str, _Backoff] = {}
         self._lanes: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._lease_ttl = lease_ttl
+        # Names this process in the leases it holds: unique even for two replicas on one host.
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._channel_ids: dict[str, str] = {}  # #name → ID, as Slack's answers showed
         self._warned_history_scope = False
 
@@ -265,11 +274,22 @@ class Dispatcher:
         )
 
     async def _run_lane(self, key: str, jobs: list[Job]) -> None:
-        """Runs jobs in order; the first failure stops the lane so that order is kept on retry."""
+        """Runs jobs in order; the first failure stops the lane so that order is kept on retry.
+        A lane runs while this replica holds its lease: one replica posts a channel at a time."""
         posted_any = False
+        held = asyncio.Event()
+        try:
+            if not await self._store.acquire_lease(key, holder=self.replica, ttl=self._lease_ttl):
+                return  # another replica is posting this channel
+        except StoreError as exc:
+            log.warning("dispatcher: no lease for %s: %s", key, exc)
+            self._busy.discard(key)
+            return
+        held.set()
+        heartbeat = asyncio.create_task(self._renew(key, held), name=f"lease {key}")
         try:
             for job in jobs:
-                if self._stopping:
+                if self._stopping or not held.is_set():
                     return
                 try:
                     outcome = await job()
@@ -288,9 +308,29 @@ class Dispatcher:
                 posted_any = True
                 self._backoff.pop(key, None)
         finally:
+            heartbeat.cancel()
+            with contextlib.suppress(StoreError, asyncio.CancelledError):
+                await self._store.release_lease(key, holder=self.replica)
             self._busy.discard(key)
             if posted_any:
                 self.wake()  # what this lane posted may unblock another, or more may have come
+
+    async def _renew(self, key: str, held: asyncio.Event) -> None:
+        """Renew a lane's lease while it runs; a lease lost (renewals failed for longer than
+        its time) stops the lane after its current job, since another replica may have it."""
+        while True:
+            await asyncio.sleep(self._lease_ttl / 3)
+            try:
+                renewed = await self._store.acquire_lease(
+                    key, holder=self.replica, ttl=self._lease_ttl
+                )
+            except StoreError as exc:
+                log.warning("dispatcher: lease for %s not renewed: %s", key, exc)
+                continue
+            if not renewed:
+                log.error("dispatcher: lease for %s lost to another replica; stopping it", key)
+                held.clear()
+                return
 
     async def _deliver(self, alert_id: int) -> _Outcome | _Failed:
         # Read again inside the lane: the pass that queued this job may have read the outbox

@@ -147,6 +147,14 @@ class Store(Protocol):
 
     async def remember_channel_id(self, name: str, channel_id: str) -> None: ...
 
+    async def acquire_lease(self, name: str, *, holder: str, ttl: float) -> bool:
+        """Hold `name` (a channel's lane) for `ttl` seconds from now, or renew it for this
+        holder: False while another holder's lease runs. A replica that dies stops renewing,
+        so its leases pass to another within `ttl`."""
+        ...
+
+    async def release_lease(self, name: str, *, holder: str) -> None: ...
+
     async def end_send(self, key: str) -> None:
         """Slack said no: nothing was posted, nothing to look for next time."""
         ...

@@ -95,6 +95,11 @@ MIGRATIONS: tuple[str, ...] = (
         name TEXT PRIMARY KEY,
         id TEXT NOT NULL
     );
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
     """,
 )
 
@@ -479,6 +484,26 @@ class PostgresStore:
                 name,
                 channel_id,
             )
+
+    # Lease times are the database's own clock: replicas' clocks need not agree.
+    async def acquire_lease(self, name: str, *, holder: str, ttl: float) -> bool:
+        async with self._transaction() as db:
+            status = await db.execute(
+                """INSERT INTO leases (name, holder, expires_at)
+                   VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))
+                   ON CONFLICT (name) DO UPDATE
+                   SET holder = excluded.holder, expires_at = excluded.expires_at
+                   WHERE leases.holder = excluded.holder
+                      OR leases.expires_at < clock_timestamp()""",
+                name,
+                holder,
+                ttl,
+            )
+        return _changed(status) == 1
+
+    async def release_lease(self, name: str, *, holder: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", name, holder)
 
     async def end_send(self, key: str) -> None:
         async with self._transaction() as db:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -193,6 +194,7 @@ class SqliteStore:
         self._reader = reader
         self._turns = _WriteTurns()
         self._queued: list[_PendingInsert] = []
+        self._leases: dict[str, tuple[str, float]] = {}  # name → holder, monotonic expiry
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -604,6 +606,19 @@ class SqliteStore:
                 " ON CONFLICT (name) DO UPDATE SET id = excluded.id",
                 (name, channel_id),
             )
+
+    # A SQLite store belongs to one process, so its lanes' leases are that process's own.
+    async def acquire_lease(self, name: str, *, holder: str, ttl: float) -> bool:
+        now = time.monotonic()
+        current = self._leases.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self._leases[name] = (holder, now + ttl)
+        return True
+
+    async def release_lease(self, name: str, *, holder: str) -> None:
+        if (current := self._leases.get(name)) is not None and current[0] == holder:
+            del self._leases[name]
 
     async def end_send(self, key: str) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
