@@ -227,7 +227,9 @@ class FakeSlack:
         response, error = await self._answer(method, params, token)
         transport = request.transport
         hung_up = transport is None or transport.is_closing()
-        answered = dataclasses.replace(pending, status=response.status, error=error, hung_up=hung_up)
+        answered = dataclasses.replace(
+            pending, status=response.status, error=error, hung_up=hung_up
+        )
         await self._record(answered, pending)
         return response
 
