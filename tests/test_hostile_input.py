@@ -241,9 +241,10 @@ def grow(entries: list[Any], *, copy_change: bool) -> None:
         entries.append(copy.deepcopy(first))
         added = entries[-1].get("changes") if isinstance(entries[-1], dict) else None
         copies = added if isinstance(added, list) else []
+    mark = len(json.dumps(entries))  # grows with every copy, so no two copies share it
     for change in copies:
         if isinstance(change, dict) and isinstance(change.get("value"), dict):
-            change["value"]["batch_copy"] = sum(len(json.dumps(e)) for e in entries)
+            change["value"]["batch_copy"] = mark
 
 
 @st.composite
