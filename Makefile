@@ -10,7 +10,7 @@ DEV_META_APP_SECRET := dev-meta-app-secret
 DEV_META_VERIFY_TOKEN := dev-verify-token
 DEV_SLACK_SIGNING_SECRET := dev-slack-signing-secret
 
-.PHONY: run test lint typecheck pytest test-reliability bench clean
+.PHONY: run test lint typecheck pytest test-reliability bench clean postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,11 +41,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) postgres
 	$(BIN)/pytest -q -m "not slow"
 
-test-reliability: $(STAMP)
+test-reliability: $(STAMP) postgres
 	$(BIN)/pytest -q -m slow
+
+# The tests start a throwaway PostgreSQL from the server binaries (tests/postgres.py): install
+# Debian's where they are missing, unless PINWATCH_TEST_DATABASE_URL names a running server.
+postgres:
+	@if [ -z "$${PINWATCH_TEST_DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    && ! command -v initdb >/dev/null; then \
+	  echo "installing PostgreSQL's server binaries for the tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
 
 # Load runs on this machine only (loopback); never part of `make test`.
 bench: $(STAMP)

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -24,7 +25,7 @@ from bot.events import Clock, system_clock
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.slack import DryRunClient, SlackGateway, web_client
-from bot.store import Store
+from bot.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Tuning:
     shutdown_grace: float = 10.0  # how long a stop waits for Slack calls under way
     storm_update_gap: float = 2.0
     slack_timeout: aiohttp.ClientTimeout = SLACK_TIMEOUT
+    store_busy_timeout: float = 5.0  # how long a write waits for a lock SQLite does not have
 
 
 def build_app(
@@ -72,7 +74,11 @@ def build_app(
             yield
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        app[keys.STORE] = await Store.open(config.config.store.path)
+        target = settings.database_url or config.config.store.path
+        app[keys.STORE] = await open_store(
+            target.get_secret_value() if isinstance(target, SecretStr) else target,
+            busy_timeout=tuning.store_busy_timeout,
+        )
         yield
         await app[keys.STORE].close()
 
@@ -97,7 +103,7 @@ def build_app(
         )
         task = asyncio.create_task(app[keys.DISPATCHER].run(), name="dispatcher")
         yield
-        await app[keys.ACTIONS].close()
+        await app[keys.ACTIONS].close(grace=tuning.shutdown_grace)
         app[keys.DISPATCHER].stop()
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=tuning.shutdown_grace)

@@ -121,6 +121,9 @@ class Defaults(_Strict):
     channel: Channel
     mention: list[Mention] = Field(default_factory=list)
     ack_timeout: Duration = 15 * 60.0
+    # How recent a reset request must be for a success on the same WABA and route to thread under
+    # it; an older request is another story, so the success stands on its own.
+    correlation_window: Duration = 24 * 3600.0
     escalation: Escalation
     storm: Storm = Field(default_factory=Storm)
 
@@ -130,6 +133,7 @@ class Team(_Strict):
     mention: list[Mention] | None = None
     responders: list[Responder] | None = None
     ack_timeout: Duration | None = None
+    correlation_window: Duration | None = None
     escalation: Escalation | None = None
 
 

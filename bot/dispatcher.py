@@ -10,9 +10,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import partial
+from typing import TypeVar
 
 from bot.config import LiveConfig
-from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EscalationKind, EventType
+from bot.events import (
+    PINWATCH_ACTOR_ID,
+    Actor,
+    Alert,
+    Clock,
+    EscalationKind,
+    EventType,
+    Responders,
+)
 from bot.logs import for_alert
 from bot.metrics import Metrics
 from bot.render import (
@@ -26,7 +35,7 @@ from bot.render import (
 )
 from bot.routing import route, team_destination
 from bot.slack import Posted, SlackCallError, SlackGateway
-from bot.store import OutboxEntry, Store
+from bot.store import OutboxEntry, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +64,18 @@ class _Failed:
 
 
 Job = Callable[[], Awaitable[_Outcome | _Failed]]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
 class _Backoff:
     failures: int = 0
     until: float = 0.0
+
+
+def _happened(alert: Alert) -> float:
+    """When Meta says the event happened; a redelivery days later still happened then."""
+    return float(alert.event.time) if alert.event.time is not None else alert.received_at
 
 
 def _regardless(message: Message) -> Callable[[str | None], Message]:
@@ -240,6 +255,7 @@ class Dispatcher:
             team=destination.team,
             channel=destination.channel,
             mentions=destination.mentions,
+            responders=Responders(destination.responders),
             ack_deadline=deadline,
         )
 
@@ -250,7 +266,11 @@ class Dispatcher:
             for job in jobs:
                 if self._stopping:
                     return
-                outcome = await job()
+                try:
+                    outcome = await job()
+                except Exception:  # e.g. the store failing before Slack was called: retry later
+                    log.exception("dispatcher: a job for %s failed", key)
+                    outcome = _Failed()
                 if isinstance(outcome, _Failed):
                     backoff = self._backoff.setdefault(key, _Backoff())
                     backoff.failures += 1
@@ -275,7 +295,8 @@ class Dispatcher:
             return _Outcome.DONE
         try:
             if alert.event.event == EventType.PIN_REQUEST_SUCCESS:
-                request = await self._store.open_request_for(alert)
+                window = team_destination(alert.team, self._config.config).correlation_window
+                request = await self._store.open_request_for(alert, since=_happened(alert) - window)
                 if request is not None:
                     if request.slack_ts is None:
                         return _Outcome.WAITING
@@ -285,8 +306,10 @@ class Dispatcher:
             return _Outcome.DONE
         except SlackCallError as exc:
             self._metrics.delivery_retries.inc()
-            await self._store.mark_attempt_failed(alert.id, exc.error)
             for_alert(log, alert).warning("not posted, will retry: %s", exc)
+            # Bookkeeping only: a store failure here must not lose Slack's Retry-After.
+            with contextlib.suppress(StoreError):
+                await self._store.mark_attempt_failed(alert.id, exc.error)
             return _Failed(exc.retry_after)
 
     async def _post_top_level(self, alert: Alert) -> None:
@@ -294,13 +317,16 @@ class Dispatcher:
         posted, note = await self._post_or_fall_back(
             alert.channel, lambda note: render_alert(replace(alert, delivery_note=note))
         )
-        await self._store.mark_posted(
-            alert.id,
-            slack_channel=posted.channel,
-            ts=posted.ts,
-            thread_ts=None,
-            note=note,
-            actor=self._pinwatch,
+        await self._keep(
+            "post",
+            lambda: self._store.mark_posted(
+                alert.id,
+                slack_channel=posted.channel,
+                ts=posted.ts,
+                thread_ts=None,
+                note=note,
+                actor=self._pinwatch,
+            ),
         )
         self._observe_posted(alert)
 
@@ -362,8 +388,11 @@ class Dispatcher:
         return _Outcome.DONE
 
     async def _mark_grouped(self, alerts: list[Alert], slack_channel: str, ts: str) -> None:
-        await self._store.mark_grouped(
-            [a.id for a in alerts], slack_channel=slack_channel, ts=ts, actor=self._pinwatch
+        await self._keep(
+            "storm",
+            lambda: self._store.mark_grouped(
+                [a.id for a in alerts], slack_channel=slack_channel, ts=ts, actor=self._pinwatch
+            ),
         )
         for alert in alerts:
             self._observe_posted(alert)
@@ -377,16 +406,22 @@ class Dispatcher:
             thread_ts=request.slack_ts,
             reply_broadcast=True,  # the whole channel must see that 2SV is now off
         )
-        await self._store.mark_posted(
-            success.id,
-            slack_channel=posted.channel,
-            ts=posted.ts,
-            thread_ts=request.slack_ts,
-            note=None,
-            actor=self._pinwatch,
+        await self._keep(
+            "post",
+            lambda: self._store.mark_posted(
+                success.id,
+                slack_channel=posted.channel,
+                ts=posted.ts,
+                thread_ts=request.slack_ts,
+                note=None,
+                actor=self._pinwatch,
+            ),
         )
         self._observe_posted(success)
-        transition = await self._store.mark_verification_off(request.id, self._pinwatch)
+        transition = await self._keep(
+            "verification off",
+            lambda: self._store.mark_verification_off(request.id, self._pinwatch),
+        )
         await self.refresh_message(transition.alert)
 
     async def _page(self, alert_ids: list[int]) -> _Outcome | _Failed:
@@ -405,13 +440,12 @@ class Dispatcher:
                 # The summary already paged someone: say nothing twice, record where it went.
                 assert earlier.escalation_channel is not None
                 assert earlier.escalation_ts is not None
-                for each in unpaged:
-                    await self._store.mark_paged(
-                        each.id,
-                        channel=earlier.escalation_channel,
-                        ts=earlier.escalation_ts,
-                        actor=self._pinwatch,
-                    )
+                await self._store.mark_paged(
+                    [each.id for each in unpaged],
+                    channel=earlier.escalation_channel,
+                    ts=earlier.escalation_ts,
+                    actor=self._pinwatch,
+                )
                 await self.refresh_message(alert)
                 return _Outcome.DONE
         config = self._config.config
@@ -432,10 +466,15 @@ class Dispatcher:
                     config.defaults.channel,
                 )
                 posted = await self._slack.post(config.defaults.channel, page)
-            for each in unpaged:
-                await self._store.mark_paged(
-                    each.id, channel=posted.channel, ts=posted.ts, actor=self._pinwatch
-                )
+            await self._keep(
+                "page",
+                lambda: self._store.mark_paged(
+                    [each.id for each in unpaged],
+                    channel=posted.channel,
+                    ts=posted.ts,
+                    actor=self._pinwatch,
+                ),
+            )
         except SlackCallError as exc:
             for_alert(log, alert).warning("escalation not paged, will retry: %s", exc)
             return _Failed(exc.retry_after)
@@ -447,6 +486,25 @@ class Dispatcher:
             for_alert(log, alert).warning("escalation note not posted: %s", exc)
         await self.refresh_message(alert)
         return _Outcome.DONE
+
+    async def _keep(self, what: str, write: Callable[[], Awaitable[_T]]) -> _T:
+        """Record what Slack has accepted, retrying until the store takes it: were the write
+        given up, the next pass would send the same message again."""
+        failures = 0
+        while True:
+            try:
+                return await write()
+            except Exception as exc:  # whatever it is, sending again would be worse
+                failures += 1
+                delay = self._retry.delay(failures)
+                self._metrics.store_write_retries.labels(what).inc()
+                log.error(
+                    "store: could not record a %s Slack accepted, retrying in %.1fs: %s",
+                    what,
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
 
     async def _permalink(self, alert: Alert) -> str | None:
         """A page without a link beats no page: a deleted alert message must not block it."""

@@ -17,6 +17,10 @@ SECURITY_FIELD = "security"
 Clock = Callable[[], float]
 system_clock: Clock = time.time
 
+# Meta retries a delivery for up to 7 days: a change that carries no time of its own is a
+# redelivery only within that horizon; after it, an identical change is a new event.
+REDELIVERY_HORIZON = 7 * 24 * 3600.0
+
 
 class EventType(StrEnum):
     PIN_CHANGED = "PIN_CHANGED"
@@ -40,6 +44,20 @@ def phone_digits(number: str) -> str:
     return re.sub(r"\D", "", number)
 
 
+def _canonical(value: Any) -> Any:
+    """The same change however Meta typed its scalars: 15550783881, 15550783881.0 and
+    "15550783881" agree."""
+    if isinstance(value, dict):
+        return {str(key): _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # JSON has one number type: 1.0 is 1
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class SecurityEvent:
     """One `security` change from one webhook entry."""
@@ -59,7 +77,7 @@ class SecurityEvent:
     def dedup_key(self) -> str:
         """Stable across Meta's redeliveries: the same change always hashes the same."""
         canonical = json.dumps(
-            [self.waba_id, self.time, SECURITY_FIELD, self.value],
+            [self.waba_id, self.time, SECURITY_FIELD, _canonical(self.value)],
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -91,6 +109,16 @@ PINWATCH_ACTOR_ID = "pinwatch"
 
 
 @dataclass(frozen=True, slots=True)
+class Responders:
+    """Who may act on a team's alerts: user and user-group IDs, or None for anyone."""
+
+    ids: tuple[str, ...] | None
+
+    def describe(self) -> str:
+        return ", ".join(self.ids) if self.ids is not None else "anyone"
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     """A stored event and everything that happened to it since."""
 
@@ -112,6 +140,9 @@ class Alert:
     escalation_channel: str | None = None  # where the escalation page went, once sent
     escalation_ts: str | None = None
     grouped: bool = False  # shown as one row of a storm summary message
+    # Who may act on it, as its route said when it was routed; None: routed before pinwatch
+    # kept this (see actions.Authority).
+    responders: Responders | None = None
 
     @property
     def needs_acknowledgement(self) -> bool:

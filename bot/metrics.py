@@ -80,6 +80,12 @@ class Metrics:
         self.escalations = Counter(
             "pinwatch_escalations", "Escalations by kind (manual, automatic)", ["kind"], registry=r
         )
+        self.store_write_retries = Counter(
+            "pinwatch_store_write_retries",
+            "Store writes retried after Slack had accepted a call (its answer is kept meanwhile)",
+            ["what"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "pinwatch_config_reloads", "Routing file reloads by result", ["result"], registry=r
         )

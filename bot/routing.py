@@ -15,6 +15,7 @@ class Destination:
     mentions: tuple[str, ...]
     responders: tuple[str, ...] | None  # None: anyone in the channel may act
     ack_timeout: float
+    correlation_window: float
     escalation: Escalation
 
 
@@ -37,6 +38,7 @@ def team_destination(team: str | None, config: Config) -> Destination:
             mentions=tuple(defaults.mention),
             responders=None,
             ack_timeout=defaults.ack_timeout,
+            correlation_window=defaults.correlation_window,
             escalation=defaults.escalation,
         )
     return Destination(
@@ -45,6 +47,7 @@ def team_destination(team: str | None, config: Config) -> Destination:
         mentions=tuple(settings.mention if settings.mention is not None else defaults.mention),
         responders=tuple(settings.responders) if settings.responders is not None else None,
         ack_timeout=settings.ack_timeout or defaults.ack_timeout,
+        correlation_window=settings.correlation_window or defaults.correlation_window,
         escalation=settings.escalation or defaults.escalation,
     )
 

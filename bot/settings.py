@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from yarl import URL
 
 from bot.slack import SLACK_API_URL
 
@@ -22,6 +23,7 @@ class Settings(BaseModel):
     slack_bot_token: SecretStr | None = None  # None: dry-run, Slack calls are printed
     slack_app_token: SecretStr | None = None  # set: clicks arrive over Socket Mode
     slack_api_url: str = SLACK_API_URL
+    database_url: SecretStr | None = None  # set: the store is PostgreSQL, store.path is unused
 
     @field_validator("meta_app_secret", "meta_verify_token", "slack_signing_secret")
     @classmethod
@@ -44,6 +46,15 @@ class Settings(BaseModel):
             raise ValueError("must be an app-level token starting with xapp-")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
     @field_validator("slack_api_url")
     @classmethod
     def _url(cls, value: str) -> str:
@@ -59,7 +70,10 @@ class Settings(BaseModel):
             self.slack_bot_token,
             self.slack_app_token,
         ]
-        return [s.get_secret_value() for s in secrets if s is not None]
+        values = [s.get_secret_value() for s in secrets if s is not None]
+        if self.database_url is not None:
+            values.extend(filter(None, [URL(self.database_url.get_secret_value()).password]))
+        return values
 
     @property
     def dry_run(self) -> bool:
@@ -75,6 +89,7 @@ class Settings(BaseModel):
             "slack_bot_token": "SLACK_BOT_TOKEN",
             "slack_app_token": "SLACK_APP_TOKEN",
             "slack_api_url": "SLACK_API_URL",
+            "database_url": "DATABASE_URL",
         }
         values = {field: environ[var] for field, var in names.items() if environ.get(var)}
         try:

@@ -25,6 +25,11 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 MAX_BODY_BYTES = 3 * 1024 * 1024
 
 
+# The fields pinwatch indexes, routes by and shows are cut to this: no ID, number or event name
+# Meta sends comes near it, and an index cannot take a 30 kB key. The raw value stays whole.
+MAX_FIELD_CHARS = 256
+
+
 class SignatureError(Exception):
     pass
 
@@ -151,11 +156,11 @@ def parse_delivery(body: bytes) -> ParsedDelivery:
                 raise MalformedDelivery(f"security value: {_short_reason(exc)}") from exc
             events.append(
                 SecurityEvent(
-                    waba_id=entry.id,
-                    phone_number=value.display_phone_number,
-                    event=value.event,
+                    waba_id=entry.id[:MAX_FIELD_CHARS],
+                    phone_number=value.display_phone_number[:MAX_FIELD_CHARS],
+                    event=value.event[:MAX_FIELD_CHARS],
                     time=entry.time,
-                    requester=value.requester,
+                    requester=value.requester[:MAX_FIELD_CHARS] if value.requester else None,
                     value=change.value,
                 )
             )
@@ -203,8 +208,9 @@ async def handle_delivery(request: web.Request) -> web.Response:
     try:
         # Committed before we answer: once Meta has its 200 it will not send this again.
         ids = await app[keys.STORE].add_events(parsed.events, received_at=app[keys.CLOCK]())
-    except StoreError:
+    except StoreError as exc:
         metrics.delivery[Delivery.STORE_UNAVAILABLE].inc()
+        log.error("webhook: store unavailable, answered 503 for Meta to retry: %s", exc)
         # 503 makes Meta retry later rather than lose the event.
         return web.Response(status=503, text="store unavailable, retry later")
     new = [alert_id for alert_id in ids if alert_id is not None]

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
+from yarl import URL
 
 from bot import keys
 from bot.app import Tuning, build_app
@@ -27,6 +32,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.webhook import SIGNATURE_HEADER, sign
 from tests.fake_slack import FakeSlack, start_fake_slack
+from tests.postgres import throwaway_cluster
 
 META_APP_SECRET = "test-meta-app-secret"
 META_VERIFY_TOKEN = "test-verify-token"
@@ -154,10 +160,26 @@ class Pinwatch:
     slack_url: str
     clock: FakeClock
     config_path: Path
+    database_url: str | None  # None: SQLite
 
     @property
     def store(self) -> Store:
         return self.app[keys.STORE]
+
+    async def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of the store read from outside the app, as an operator would, on either
+        backend (portable SQL, no parameters)."""
+        if self.database_url is not None:
+            db = await asyncpg.connect(self.database_url)
+            try:
+                return [tuple(row) for row in await db.fetch(sql)]
+            finally:
+                await db.close()
+        path = Path(self.app[keys.CONFIG].config.store.path)
+        if not path.exists():
+            return []
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            return conn.execute(sql).fetchall()
 
     async def alert(self, alert_id: int) -> Alert:
         alert = await self.store.get(alert_id)
@@ -214,9 +236,14 @@ class Pinwatch:
 
 
 def settings(
-    *, slack_api_url: str, bot_token: str | None = SLACK_BOT_TOKEN, app_token: str | None = None
+    *,
+    slack_api_url: str,
+    bot_token: str | None = SLACK_BOT_TOKEN,
+    app_token: str | None = None,
+    database_url: str | None = None,
 ) -> Settings:
     return Settings(
+        database_url=SecretStr(database_url) if database_url else None,
         meta_app_secret=SecretStr(META_APP_SECRET),
         meta_verify_token=SecretStr(META_VERIFY_TOKEN),
         slack_signing_secret=SecretStr(SLACK_SIGNING_SECRET),
@@ -251,29 +278,68 @@ async def fake_slack(aiohttp_server: Any) -> FakeSlack:
     return fake
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[URL]:
+    """One throwaway cluster for the whole run; each test gets a database of its own."""
+    with throwaway_cluster() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """Every test that runs pinwatch runs it on both store backends, so that neither rots.
+    None: SQLite, at the routing file's store.path."""
+    if request.param == "sqlite":
+        yield None
+        return
+    server: URL = request.getfixturevalue("postgres_server")
+    name = f"pinwatch_test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(str(server))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield str(server.with_path(f"/{name}"))
+    admin = await asyncpg.connect(str(server))
+    try:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def start_pinwatch(
-    aiohttp_server: Any, clock: FakeClock, config_path: Path
+    aiohttp_server: Any, clock: FakeClock, config_path: Path, database_url: str | None
 ) -> AsyncIterator[StartPinwatch]:
     """Starts pinwatch (again, after a stop, on the same store) against a fake Slack."""
     started: list[TestClient[web.Request, web.Application]] = []
 
     async def start(
-        slack: tuple[FakeSlack, str] | None = None, *, app_token: str | None = None
+        slack: tuple[FakeSlack, str] | None = None,
+        *,
+        app_token: str | None = None,
+        **tuning: Any,
     ) -> Pinwatch:
+        """`tuning` overrides fields of the tests' Tuning."""
         fake, url = slack or await start_fake_slack(
             aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
         )
         app = build_app(
-            settings(slack_api_url=url, app_token=app_token),
+            settings(slack_api_url=url, app_token=app_token, database_url=database_url),
             load_config(config_path),
-            tuning=_tuning(clock),
+            tuning=dataclasses.replace(_tuning(clock), **tuning),
         )
         client = TestClient(TestServer(app))
         await client.start_server()
         started.append(client)
         return Pinwatch(
-            client=client, app=app, slack=fake, slack_url=url, clock=clock, config_path=config_path
+            client=client,
+            app=app,
+            slack=fake,
+            slack_url=url,
+            clock=clock,
+            config_path=config_path,
+            database_url=database_url,
         )
 
     yield start

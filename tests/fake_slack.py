@@ -15,7 +15,7 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,9 @@ class FakeSlack:
         self.ephemerals: list[dict[str, Any]] = []
         self._messages: list[Message] = []
         self._failures: dict[str, deque[_Failure]] = {}
+        # Awaited after a method has done its work and before Slack's answer is sent: a test can
+        # act in the window where Slack has a message and the bot does not know it yet.
+        self.before_answering: dict[str, Callable[[RecordedCall], Awaitable[None]]] = {}
         self._seq = 0
         self._changed = asyncio.Condition()
         # Set on app shutdown so a scripted delay does not hold up the test server's close.
@@ -225,6 +228,8 @@ class FakeSlack:
         pending = RecordedCall(method, params, time.monotonic())
         await self._record(pending)
         response, error = await self._answer(method, params, token)
+        if (hook := self.before_answering.get(method)) is not None and error is None:
+            await hook(pending)
         transport = request.transport
         hung_up = transport is None or transport.is_closing()
         answered = dataclasses.replace(

@@ -13,11 +13,10 @@ import copy
 import io
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -26,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import keys
-from bot.webhook import SIGNATURE_HEADER, sign
+from bot.webhook import MAX_FIELD_CHARS, SIGNATURE_HEADER, sign
 from tests.conftest import (
     DATA,
     META_APP_SECRET,
@@ -97,17 +96,27 @@ async def in_thread(test: Callable[[Driver], None]) -> None:
     await asyncio.to_thread(test, Driver(asyncio.get_running_loop()))
 
 
+def _as_text(value: Any) -> Any:
+    """A change is the same however Meta typed its scalars (1, 1.0 and "1" agree)."""
+    if isinstance(value, dict):
+        return {str(key): _as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_text(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return json.dumps(_as_text(value), sort_keys=True, ensure_ascii=False)
 
 
 def _waba(entry_id: Any) -> Any:
-    # Meta sends the WABA ID as a string; a number is kept as its text rather than refused.
-    return (
-        str(entry_id)
-        if isinstance(entry_id, int | float) and not isinstance(entry_id, bool)
-        else entry_id
-    )
+    # Meta sends the WABA ID as a string; a number is kept as its text rather than refused,
+    # and the stored ID is cut to MAX_FIELD_CHARS (the raw value stays whole).
+    return str(_as_text(entry_id))[:MAX_FIELD_CHARS]
 
 
 def security_changes(body: bytes) -> set[tuple[Any, str]]:
@@ -122,15 +131,24 @@ def security_changes(body: bytes) -> set[tuple[Any, str]]:
     }
 
 
-def stored_changes(path: Path) -> set[tuple[Any, str]]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT waba_id, value FROM alerts").fetchall()
-    return {(waba, _canonical(json.loads(value))) for waba, value in rows}
+StoredChanges = Callable[[], set[tuple[Any, str]]]
 
 
 @pytest.fixture
-def store_path(pinwatch: Pinwatch) -> Path:
-    return Path(pinwatch.app[keys.CONFIG].config.store.path)
+def stored_changes(pinwatch: Pinwatch) -> StoredChanges:
+    """(WABA ID, value) of every alert in the store, read from outside the app, in a thread and
+    loop of their own: the checks call it from hypothesis' thread and from the test's loop."""
+
+    def read() -> set[tuple[Any, str]]:
+        query = pinwatch.query("SELECT waba_id, value FROM alerts")
+        with ThreadPoolExecutor(1) as outside:
+            rows = outside.submit(asyncio.run, query).result()
+        return {
+            (waba, _canonical(json.loads(value) if isinstance(value, str) else value))
+            for waba, value in rows
+        }
+
+    return read
 
 
 async def post_raw(
@@ -158,12 +176,12 @@ async def still_answers(pinwatch: Pinwatch) -> None:
     assert await post_signed(pinwatch, ok) == 200
 
 
-def check_webhook_answer(status: int, body: bytes, store: Path) -> None:
+def check_webhook_answer(status: int, body: bytes, stored_changes: StoredChanges) -> None:
     """Never a 5xx; a 200 means every security change in the body is in the store."""
     assert status < 500, f"{status} for {body[:300]!r}"
     assert status in (200, 400, 413), status
     if status == 200:
-        missing = security_changes(body) - stored_changes(store)
+        missing = security_changes(body) - stored_changes()
         assert not missing, f"answered 200 but {len(missing)} security changes are not stored"
 
 
@@ -176,7 +194,7 @@ def no_logged_crashes(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_signed_arbitrary_bytes_never_give_a_5xx(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_changes: StoredChanges, caplog: pytest.LogCaptureFixture
 ) -> None:
     tally = Tally("webhook-bytes")
 
@@ -189,7 +207,7 @@ async def test_signed_arbitrary_bytes_never_give_a_5xx(
     def check(driver: Driver, body: bytes) -> None:
         status = driver.run(post_signed(pinwatch, body))
         tally.add(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_changes)
 
     await in_thread(lambda driver: check(driver))
     tally.report()
@@ -267,7 +285,7 @@ def mutated_reference(draw: st.DrawFn) -> bytes:
 
 
 async def test_signed_mutations_of_a_real_delivery_never_give_a_5xx(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_changes: StoredChanges, caplog: pytest.LogCaptureFixture
 ) -> None:
     tally = Tally("webhook-mutations")
 
@@ -276,7 +294,7 @@ async def test_signed_mutations_of_a_real_delivery_never_give_a_5xx(
     def check(driver: Driver, body: bytes) -> None:
         status = driver.run(post_signed(pinwatch, body))
         tally.add(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_changes)
 
     await in_thread(lambda driver: check(driver))
     tally.report()
@@ -316,7 +334,7 @@ def wrong_types(draw: st.DrawFn) -> bytes:
 
 
 async def test_signed_wrong_types_in_every_field_never_give_a_5xx(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_changes: StoredChanges, caplog: pytest.LogCaptureFixture
 ) -> None:
     tally = Tally("webhook-wrong-types")
 
@@ -325,7 +343,7 @@ async def test_signed_wrong_types_in_every_field_never_give_a_5xx(
     def check(driver: Driver, body: bytes) -> None:
         status = driver.run(post_signed(pinwatch, body))
         tally.add(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_changes)
 
     await in_thread(lambda driver: check(driver))
     tally.report()
@@ -340,7 +358,7 @@ async def test_signed_wrong_types_in_every_field_never_give_a_5xx(
 
 
 async def test_deep_nesting_and_huge_strings(
-    pinwatch: Pinwatch, store_path: Path, caplog: pytest.LogCaptureFixture
+    pinwatch: Pinwatch, stored_changes: StoredChanges, caplog: pytest.LogCaptureFixture
 ) -> None:
     levels = 100_000
     deep_object = b'{"a":' * levels + b"1" + b"}" * levels
@@ -375,7 +393,7 @@ async def test_deep_nesting_and_huge_strings(
         assert len(body) < 3 * 1024 * 1024
         status = await post_signed(pinwatch, body)
         statuses.append(status)
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_changes)
         assert status == 200
     print(f"\nRELIABILITY hostile-deep-and-huge: {json.dumps({'statuses': statuses})}")
     await still_answers(pinwatch)
@@ -386,7 +404,7 @@ async def test_deep_nesting_and_huge_strings(
 
 
 async def test_a_number_too_big_for_the_store_is_a_4xx_and_spoils_no_other_delivery(
-    pinwatch: Pinwatch, store_path: Path
+    pinwatch: Pinwatch, stored_changes: StoredChanges
 ) -> None:
     """SQLite integers stop at 2**63 - 1; JSON numbers do not. Deliveries share one commit."""
     too_big = [
@@ -402,7 +420,7 @@ async def test_a_number_too_big_for_the_store_is_a_4xx_and_spoils_no_other_deliv
     print(f"\nRELIABILITY hostile-big-numbers: {json.dumps({'statuses': statuses})}")
     assert [s for b, s in zip(bodies, statuses, strict=True) if b in good] == [200] * len(good)
     for body, status in zip(bodies, statuses, strict=True):
-        check_webhook_answer(status, body, store_path)
+        check_webhook_answer(status, body, stored_changes)
 
 
 # --- POST /slack/actions ------------------------------------------------------------------------
@@ -502,7 +520,7 @@ async def test_signed_arbitrary_form_bodies_never_give_a_5xx(
     async with pinwatch.client.get("/healthz") as r:
         assert r.status == 200
     await asyncio.sleep(0)
-    await pinwatch.app[keys.ACTIONS].close()
+    await pinwatch.app[keys.ACTIONS].close(grace=10)
     no_logged_crashes(caplog)
 
 
@@ -527,22 +545,18 @@ async def test_every_bad_webhook_signature_is_401_and_changes_nothing(
         "truncated": (body, {SIGNATURE_HEADER: good[:-1]}),
         "non-ascii": (body, {SIGNATURE_HEADER: "sha256=" + "\u00e9" * 64}),
     }
-    before = snapshot_of(pinwatch)
+    before = await snapshot_of(pinwatch)
     for name, (sent, headers) in cases.items():
         status, _ = await post_raw(pinwatch, sent, {"Content-Type": "application/json", **headers})
         assert status == 401, name
-    assert snapshot_of(pinwatch) == before
+    assert await snapshot_of(pinwatch) == before
     assert pinwatch.slack.calls_to("chat.postMessage") == []
 
 
-def snapshot_of(pinwatch: Pinwatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+async def snapshot_of(pinwatch: Pinwatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Every row of the store, read from outside the app."""
-    path = Path(pinwatch.app[keys.CONFIG].config.store.path)
-    if not path.exists():
-        return [], []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        alerts = conn.execute("SELECT * FROM alerts ORDER BY id").fetchall()
-        audit = conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
+    alerts = await pinwatch.query("SELECT * FROM alerts ORDER BY id")
+    audit = await pinwatch.query("SELECT * FROM audit ORDER BY id")
     return alerts, audit
 
 
@@ -581,13 +595,13 @@ async def test_every_bad_slack_signature_is_401_and_changes_nothing(pinwatch: Pi
             headers("1e9", slack_signature(SLACK_SIGNING_SECRET, "1e9", body)),
         ),
     }
-    before = snapshot_of(pinwatch)
+    before = await snapshot_of(pinwatch)
     for name, (sent, sent_headers) in cases.items():
         async with pinwatch.client.post(
             "/slack/actions", data=io.BytesIO(sent), headers=sent_headers
         ) as r:
             assert r.status == 401, name
-    assert snapshot_of(pinwatch) == before
+    assert await snapshot_of(pinwatch) == before
     assert pinwatch.slack.ephemerals == []
 
     # The valid request is applied once; the same request again is a replay.
@@ -598,11 +612,11 @@ async def test_every_bad_slack_signature_is_401_and_changes_nothing(pinwatch: Pi
         return (await pinwatch.alert(1)).acknowledged is not None
 
     await eventually(acknowledged)
-    applied = snapshot_of(pinwatch)
+    applied = await snapshot_of(pinwatch)
     async with pinwatch.client.post("/slack/actions", data=body, headers=headers(now, good)) as r:
         assert r.status == 401
-    await pinwatch.app[keys.ACTIONS].close()
-    assert snapshot_of(pinwatch) == applied
+    await pinwatch.app[keys.ACTIONS].close(grace=10)
+    assert await snapshot_of(pinwatch) == applied
     assert pinwatch.slack.ephemerals == []  # not even an "already acknowledged" answer
 
 

@@ -101,6 +101,7 @@ def test_unmatched_event_gets_the_defaults(config: Config) -> None:
         mentions=("S0DEFAULT",),
         responders=None,
         ack_timeout=900,
+        correlation_window=24 * 3600,
         escalation=config.defaults.escalation,
     )
 

@@ -1,21 +1,29 @@
-"""Durable state in SQLite: deduplicated events, the Slack outbox, transitions and their audit."""
+"""The SQLite backend: one file, one writer, zero set-up (the default)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from bot.events import Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.store.interface import AuditEntry, OutboxEntry, StoreError, Transition
+from bot.store.rows import (
+    alert_from_row,
+    event_value_column,
+    mentions_to_column,
+    responders_to_column,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_grouped ON alerts (channel, id) WHERE grouped = 1;
     CREATE INDEX alerts_by_message ON alerts (slack_ts) WHERE grouped = 1;
     """,
+    # 4: the responders an alert was routed with, so that editing the routing file never loosens
+    # who may act on it (JSON list, or JSON null for anyone; SQL NULL: routed before this); and
+    # the Slack signatures already seen, so that a replay is refused across restarts.
+    """
+    ALTER TABLE alerts ADD COLUMN responders TEXT;
+    CREATE TABLE slack_signatures (
+        digest TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX slack_signatures_by_expiry ON slack_signatures (expires_at);
+    """,
 )
 
 _INSERT_EVENT = """
@@ -91,105 +110,51 @@ _INSERT_EVENT = """
 """
 
 
-class StoreError(Exception):
-    pass
+class Writer(Enum):
+    """Who waits on a write transaction."""
 
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    alert_id: int
-    action: str
-    actor: Actor
-    detail: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    id: int
-    channel: str
-    received_at: float
-    event: str
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """The alert after a requested change, and whether this request made the change."""
-
-    alert: Alert
-    changed: bool
-
-
-def _actor(user_id: str | None, name: str | None, at: float | None) -> Actor | None:
-    if user_id is None or at is None:
-        return None
-    return Actor(user_id=user_id, name=name, at=at)
-
-
-def _alert_from_row(row: sqlite3.Row) -> Alert:
-    event = SecurityEvent(
-        waba_id=row["waba_id"],
-        phone_number=row["phone_number"],
-        event=row["event"],
-        time=row["event_time"],
-        requester=row["requester"],
-        value=json.loads(row["value"]),
-    )
-    kind = row["escalation_kind"]
-    return Alert(
-        id=row["id"],
-        event=event,
-        received_at=row["received_at"],
-        team=row["team"],
-        channel=row["channel"],
-        mentions=tuple(json.loads(row["mentions"])) if row["mentions"] else (),
-        slack_channel=row["slack_channel"],
-        slack_ts=row["slack_ts"],
-        thread_ts=row["thread_ts"],
-        ack_deadline=row["ack_deadline"],
-        acknowledged=_actor(
-            row["acknowledged_by"], row["acknowledged_name"], row["acknowledged_at"]
-        ),
-        escalated=_actor(row["escalated_by"], row["escalated_name"], row["escalated_at"]),
-        escalation_kind=EscalationKind(kind) if kind else None,
-        verification_off_at=row["verification_off_at"],
-        delivery_note=row["delivery_note"],
-        escalation_channel=row["escalation_channel"],
-        escalation_ts=row["escalation_ts"],
-        grouped=bool(row["grouped"]),
-    )
+    INTAKE = "intake"  # Meta, for its 200
+    PEOPLE = "people"  # someone who clicked, and Slack's 3 seconds
+    OUTBOX = "outbox"  # nobody right now: the dispatcher's bookkeeping
 
 
 class _WriteTurns:
-    """One writer at a time (SQLite has one); intake waiting goes before outbox bookkeeping,
-    because Meta is waiting on the intake commit and nobody is waiting on the outbox's."""
+    """One writer at a time (SQLite has one). The turn goes round the kinds of writer that
+    wait, first come first served within each: a flood of deliveries cannot hold back a click
+    or the outbox's bookkeeping by more than one transaction of each other kind, however long
+    it lasts (intake batches all that queued meanwhile into its next commit)."""
 
     def __init__(self) -> None:
         self._busy = False
-        self._intake: deque[asyncio.Future[None]] = deque()
-        self._other: deque[asyncio.Future[None]] = deque()
+        self._waiting: dict[Writer, deque[asyncio.Future[None]]] = {w: deque() for w in Writer}
+        self._last = Writer.OUTBOX
 
     @asynccontextmanager
-    async def turn(self, *, intake: bool) -> AsyncIterator[None]:
-        if self._busy or self._intake or self._other:
+    async def turn(self, writer: Writer) -> AsyncIterator[None]:
+        if self._busy or any(self._waiting.values()):
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            (self._intake if intake else self._other).append(waiter)
+            self._waiting[writer].append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._pass_on()  # granted as it was cancelled: hand the turn on
                 else:
-                    (self._intake if intake else self._other).remove(waiter)
+                    self._waiting[writer].remove(waiter)
                 raise
         else:
             self._busy = True
+        self._last = writer
         try:
             yield
         finally:
             self._pass_on()
 
     def _pass_on(self) -> None:
-        for queue in (self._intake, self._other):
+        order = list(Writer)
+        after = order.index(self._last) + 1
+        for writer in order[after:] + order[:after]:
+            queue = self._waiting[writer]
             while queue:
                 waiter = queue.popleft()
                 if not waiter.done():
@@ -205,7 +170,7 @@ class _PendingInsert:
     done: asyncio.Future[list[int | None]]
 
 
-class Store:
+class SqliteStore:
     """Two SQLite connections, each with its own thread: one writer, whose transactions take
     turns so they never interleave, and one reader, so that the outbox's reads never queue in
     front of a commit Meta is waiting for (WAL lets them run side by side)."""
@@ -218,7 +183,7 @@ class Store:
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: str | Path) -> Store:
+    async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> SqliteStore:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,14 +196,14 @@ class Store:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
-            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             # The dedup index takes random keys: a bigger page cache keeps inserts off the disk
             # as the store grows to millions of alerts.
             await db.execute("PRAGMA cache_size=-32768")
             await _migrate(db)
             reader = await aiosqlite.connect(path)
             reader.row_factory = sqlite3.Row
-            await reader.execute("PRAGMA busy_timeout=5000")
+            await reader.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         except sqlite3.Error as exc:
             await db.close()
             raise StoreError(f"cannot use the store at {path}: {exc}") from exc
@@ -251,19 +216,23 @@ class Store:
         await self._db.close()
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._turns.turn(intake=False), self._committed() as db:
+    async def _transaction(self, writer: Writer) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._turns.turn(writer), self._committed() as db:
             yield db
 
     @asynccontextmanager
     async def _committed(self) -> AsyncIterator[aiosqlite.Connection]:
-        """Commit what the block wrote, or roll it back; the caller holds the write turn."""
+        """Commit what the block wrote, or roll it back; the caller holds the write turn.
+        SQLite failing (disk full, locked, I/O) is a StoreError to the caller."""
         try:
             yield self._db
-        except BaseException:
-            await self._db.rollback()
+            await self._db.commit()
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.rollback()
+            if isinstance(exc, sqlite3.OperationalError):  # locked, full, I/O, read-only
+                raise StoreError(f"store write failed: {exc}") from exc
             raise
-        await self._db.commit()
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -285,11 +254,18 @@ class Store:
 
     async def _flush_queued(self) -> None:
         while self._queued:
-            async with self._turns.turn(intake=True):
+            async with self._turns.turn(Writer.INTAKE):
                 # Taken once the turn is ours: whatever queued while we waited joins this commit.
                 batch, self._queued = self._queued, []
                 try:
                     results = await self._insert_batch(batch)
+                except StoreError:
+                    # The store itself is failing: each delivery alone would wait and fail the
+                    # same way. Meta gets its 503 now and retries.
+                    log.exception("store: committing %d deliveries failed", len(batch))
+                    for item in batch:
+                        self._fail(item)
+                    continue
                 except Exception:
                     await self._insert_one_by_one(batch)
                     continue
@@ -328,13 +304,27 @@ class Store:
                 event.event,
                 event.time,
                 event.requester,
-                json.dumps(event.value, ensure_ascii=False, sort_keys=True),
+                event_value_column(event),
                 item.received_at,
             )
             for item, item_keys in zip(batch, keys, strict=True)
             for event, key in zip(item.events, item_keys, strict=True)
         ]
+        # A change without a time of its own is a duplicate only within Meta's redelivery
+        # horizon: an older alert with its key gives the key up (renamed to stay unique).
+        expiring = [
+            (key, item.received_at - REDELIVERY_HORIZON)
+            for item, item_keys in zip(batch, keys, strict=True)
+            for event, key in zip(item.events, item_keys, strict=True)
+            if event.time is None
+        ]
         async with self._committed() as db:
+            if expiring:
+                await db.executemany(
+                    "UPDATE alerts SET dedup_key = dedup_key || ':' || id"
+                    " WHERE dedup_key = ? AND received_at < ?",
+                    expiring,
+                )
             async with db.execute("SELECT coalesce(max(id), 0) FROM alerts") as cursor:
                 before = (await cursor.fetchone() or (0,))[0]
             await db.executemany(_INSERT_EVENT, rows)
@@ -350,7 +340,7 @@ class Store:
     async def get(self, alert_id: int) -> Alert | None:
         async with self._reader.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cursor:
             row = await cursor.fetchone()
-        return _alert_from_row(row) if row else None
+        return alert_from_row(row) if row else None
 
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
         """Alerts not yet in Slack and not yet routed, oldest first."""
@@ -358,7 +348,7 @@ class Store:
             "SELECT * FROM alerts WHERE slack_ts IS NULL AND channel IS NULL ORDER BY id LIMIT ?",
             (limit,),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs, since a
@@ -370,16 +360,27 @@ class Store:
         ) as cursor:
             return [OutboxEntry(*row) async for row in cursor]
 
-    async def open_request_for(self, success: Alert) -> Alert | None:
-        """The latest earlier reset request for the same number that is not yet completed."""
+    async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
+        """The latest earlier reset request, received since `since`, for the same number of the
+        same WABA on the same route (team and channel), that is not yet completed."""
         async with self._reader.execute(
             """SELECT * FROM alerts
                WHERE phone_digits = ? AND event = ? AND id < ? AND verification_off_at IS NULL
+                 AND waba_id = ? AND team IS ? AND channel = ?
+                 AND coalesce(event_time, received_at) >= ?
                ORDER BY id DESC LIMIT 1""",
-            (success.event.phone_digits, EventType.PIN_RESET_REQUEST.value, success.id),
+            (
+                success.event.phone_digits,
+                EventType.PIN_RESET_REQUEST.value,
+                success.id,
+                success.event.waba_id,
+                success.team,
+                success.channel,
+                since,
+            ),
         ) as cursor:
             row = await cursor.fetchone()
-        return _alert_from_row(row) if row else None
+        return alert_from_row(row) if row else None
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
         async with self._reader.execute(
@@ -390,7 +391,7 @@ class Store:
                ORDER BY ack_deadline LIMIT ?""",
             (now, limit),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts whose page has not reached Slack yet."""
@@ -399,7 +400,7 @@ class Store:
                ORDER BY id LIMIT ?""",
             (limit,),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
         """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
@@ -434,7 +435,7 @@ class Store:
             " ORDER BY id",
             (ts, slack_channel),
         ) as cursor:
-            return [_alert_from_row(row) async for row in cursor]
+            return [alert_from_row(row) async for row in cursor]
 
     async def audit_log(self, alert_id: int) -> list[AuditEntry]:
         async with self._reader.execute(
@@ -470,16 +471,35 @@ class Store:
         )
 
     async def set_routes(self, routed: Sequence[Alert]) -> None:
-        """Keep each alert's route (team, channel, mentions, deadline): one commit for all."""
-        async with self._transaction() as db:
+        """Keep each alert's route (team, channel, mentions, responders, deadline): one commit
+        for all."""
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
-                "UPDATE alerts SET team = ?, channel = ?, mentions = ?, ack_deadline = ?"
-                " WHERE id = ?",
+                "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
+                " ack_deadline = ? WHERE id = ?",
                 [
-                    (a.team, a.channel, json.dumps(list(a.mentions)), a.ack_deadline, a.id)
+                    (
+                        a.team,
+                        a.channel,
+                        mentions_to_column(a.mentions),
+                        responders_to_column(a.responders),
+                        a.ack_deadline,
+                        a.id,
+                    )
                     for a in routed
                 ],
             )
+
+    async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
+        """Remember a Slack request signature until it expires: False if it was seen before."""
+        async with self._transaction(Writer.PEOPLE) as db:
+            await db.execute("DELETE FROM slack_signatures WHERE expires_at < ?", (now,))
+            async with db.execute(
+                "INSERT INTO slack_signatures (digest, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (digest) DO NOTHING",
+                (digest, expires_at),
+            ) as cursor:
+                return cursor.rowcount == 1
 
     async def mark_posted(
         self,
@@ -491,7 +511,7 @@ class Store:
         note: str | None,
         actor: Actor,
     ) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.execute(
                 "UPDATE alerts SET slack_channel = ?, slack_ts = ?, thread_ts = ?,"
                 " delivery_note = ?, last_error = NULL WHERE id = ?",
@@ -503,7 +523,7 @@ class Store:
         self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
     ) -> None:
         """Alerts shown as rows of a storm summary: posted, all in one transaction."""
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET slack_channel = ?, slack_ts = ?, grouped = 1, last_error = NULL"
                 " WHERE id = ?",
@@ -512,16 +532,20 @@ class Store:
             for alert_id in alert_ids:
                 await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts} (storm)")
 
-    async def mark_paged(self, alert_id: int, *, channel: str, ts: str, actor: Actor) -> None:
-        async with self._transaction() as db:
-            await db.execute(
+    async def mark_paged(
+        self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
+    ) -> None:
+        """One page for these alerts (one, or a storm summary's rows): one transaction."""
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.executemany(
                 "UPDATE alerts SET escalation_channel = ?, escalation_ts = ? WHERE id = ?",
-                (channel, ts, alert_id),
+                [(channel, ts, alert_id) for alert_id in alert_ids],
             )
-            await self._audit(db, alert_id, "paged", actor, f"{channel} {ts}")
+            for alert_id in alert_ids:
+                await self._audit(db, alert_id, "paged", actor, f"{channel} {ts}")
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
-        async with self._transaction() as db:
+        async with self._transaction(Writer.OUTBOX) as db:
             await db.execute(
                 "UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
                 (error, alert_id),
@@ -537,7 +561,13 @@ class Store:
             (actor.at, alert_id),
         )
 
-    async def acknowledge(self, alert_id: int, actor: Actor) -> Transition:
+    async def add_audit(self, alert_id: int, action: str, actor: Actor, detail: str | None) -> None:
+        async with self._transaction(Writer.PEOPLE) as db:
+            await self._audit(db, alert_id, action, actor, detail)
+
+    async def acknowledge(
+        self, alert_id: int, actor: Actor, *, detail: str | None = None
+    ) -> Transition:
         return await self._transition(
             alert_id,
             "acknowledged",
@@ -545,9 +575,12 @@ class Store:
             "UPDATE alerts SET acknowledged_by = ?, acknowledged_name = ?, acknowledged_at = ?"
             " WHERE id = ? AND acknowledged_at IS NULL",
             (actor.user_id, actor.name, actor.at, alert_id),
+            detail,
         )
 
-    async def escalate(self, alert_id: int, actor: Actor, kind: EscalationKind) -> Transition:
+    async def escalate(
+        self, alert_id: int, actor: Actor, kind: EscalationKind, *, detail: str | None = None
+    ) -> Transition:
         return await self._transition(
             alert_id,
             f"escalated ({kind.value})",
@@ -555,17 +588,24 @@ class Store:
             "UPDATE alerts SET escalated_by = ?, escalated_name = ?, escalated_at = ?,"
             " escalation_kind = ? WHERE id = ? AND escalated_at IS NULL",
             (actor.user_id, actor.name, actor.at, kind.value, alert_id),
+            detail,
         )
 
     async def _transition(
-        self, alert_id: int, action: str, actor: Actor, sql: str, params: tuple[Any, ...]
+        self,
+        alert_id: int,
+        action: str,
+        actor: Actor,
+        sql: str,
+        params: tuple[Any, ...],
+        detail: str | None = None,
     ) -> Transition:
         """A guarded UPDATE and its audit row in one transaction: racing clicks change it once."""
-        async with self._transaction() as db:
+        async with self._transaction(Writer.PEOPLE) as db:
             async with db.execute(sql, params) as cursor:
                 changed = cursor.rowcount == 1
             if changed:
-                await self._audit(db, alert_id, action, actor, None)
+                await self._audit(db, alert_id, action, actor, detail)
         alert = await self.get(alert_id)
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")

@@ -1,0 +1,139 @@
+"""What the rest of pinwatch may ask of durable state, whichever backend keeps it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.events import Actor, Alert, EscalationKind, SecurityEvent
+
+
+class StoreError(Exception):
+    """The backend failed (disk full, locked, connection lost): the caller may retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    alert_id: int
+    action: str
+    actor: Actor
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    id: int
+    channel: str
+    received_at: float
+    event: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The alert after a requested change, and whether this request made the change."""
+
+    alert: Alert
+    changed: bool
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    # --- intake -------------------------------------------------------------------------------
+
+    async def add_events(
+        self, events: Sequence[SecurityEvent], *, received_at: float
+    ) -> list[int | None]:
+        """Commit the events, then return each one's new alert id, or None for a duplicate."""
+        ...
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def get(self, alert_id: int) -> Alert | None: ...
+
+    async def unrouted(self, *, limit: int = 500) -> list[Alert]:
+        """Alerts not yet in Slack and not yet routed, oldest first."""
+        ...
+
+    async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
+        """Routed alerts not yet in Slack, oldest first: just what scheduling needs."""
+        ...
+
+    async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
+        """The latest earlier uncompleted reset request that happened since `since` (Meta's
+        event time, else receipt), for the same number of the same WABA on the same route."""
+        ...
+
+    async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]: ...
+
+    async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
+        """Escalated alerts whose page has not reached Slack yet."""
+        ...
+
+    async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
+        """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
+        ...
+
+    async def open_summary(self, channel: str) -> tuple[str, str, int, float] | None:
+        """The newest storm summary for a routed channel: Slack channel, ts, rows, last receipt."""
+        ...
+
+    async def alerts_in_summary(self, slack_channel: str, ts: str) -> list[Alert]: ...
+
+    async def audit_log(self, alert_id: int) -> list[AuditEntry]: ...
+
+    async def count_unposted(self) -> tuple[int, float | None]:
+        """How many alerts wait for Slack, and when the oldest of them arrived."""
+        ...
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def set_routes(self, routed: Sequence[Alert]) -> None:
+        """Keep each alert's route (team, channel, mentions, responders, deadline)."""
+        ...
+
+    async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
+        """Remember a Slack request signature until it expires: False if it was seen before."""
+        ...
+
+    async def mark_posted(
+        self,
+        alert_id: int,
+        *,
+        slack_channel: str,
+        ts: str,
+        thread_ts: str | None,
+        note: str | None,
+        actor: Actor,
+    ) -> None: ...
+
+    async def mark_grouped(
+        self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
+    ) -> None:
+        """Alerts shown as rows of a storm summary: posted, all in one transaction."""
+        ...
+
+    async def mark_paged(
+        self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
+    ) -> None:
+        """One page for these alerts (one, or a storm summary's rows): one transaction."""
+        ...
+
+    async def mark_attempt_failed(self, alert_id: int, error: str) -> None: ...
+
+    async def add_audit(
+        self, alert_id: int, action: str, actor: Actor, detail: str | None
+    ) -> None: ...
+
+    # --- transitions: a guarded update and its audit row; racing requests change it once ------
+
+    async def mark_verification_off(self, alert_id: int, actor: Actor) -> Transition: ...
+
+    async def acknowledge(
+        self, alert_id: int, actor: Actor, *, detail: str | None = None
+    ) -> Transition: ...
+
+    async def escalate(
+        self, alert_id: int, actor: Actor, kind: EscalationKind, *, detail: str | None = None
+    ) -> Transition: ...

@@ -1,0 +1,514 @@
+"""The PostgreSQL backend (asyncpg): one database shared by every replica of pinwatch."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeAlias
+
+import asyncpg
+from yarl import URL
+
+from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.store.interface import AuditEntry, OutboxEntry, StoreError, Transition
+from bot.store.rows import (
+    alert_from_row,
+    event_value_column,
+    mentions_to_column,
+    responders_to_column,
+)
+
+log = logging.getLogger(__name__)
+
+# Each entry migrates the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE alerts (
+        id BIGSERIAL PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        waba_id TEXT NOT NULL,
+        phone_number TEXT NOT NULL,
+        phone_digits TEXT NOT NULL,
+        event TEXT NOT NULL,
+        event_time BIGINT,
+        requester TEXT,
+        value TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        team TEXT,
+        channel TEXT,
+        mentions TEXT,
+        responders TEXT,
+        ack_deadline DOUBLE PRECISION,
+        slack_channel TEXT,
+        slack_ts TEXT,
+        thread_ts TEXT,
+        delivery_note TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        acknowledged_by TEXT,
+        acknowledged_name TEXT,
+        acknowledged_at DOUBLE PRECISION,
+        escalated_by TEXT,
+        escalated_name TEXT,
+        escalated_at DOUBLE PRECISION,
+        escalation_kind TEXT,
+        verification_off_at DOUBLE PRECISION,
+        escalation_channel TEXT,
+        escalation_ts TEXT,
+        grouped BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;
+    CREATE INDEX alerts_awaiting_ack ON alerts (ack_deadline)
+        WHERE acknowledged_at IS NULL AND escalated_at IS NULL AND ack_deadline IS NOT NULL;
+    CREATE INDEX alerts_by_phone ON alerts (phone_digits, event, id);
+    CREATE INDEX alerts_unpaged ON alerts (id)
+        WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL;
+    CREATE INDEX alerts_by_channel_time ON alerts (channel, received_at);
+    CREATE INDEX alerts_grouped ON alerts (channel, id) WHERE grouped;
+    CREATE INDEX alerts_by_message ON alerts (slack_ts) WHERE grouped;
+    CREATE TABLE audit (
+        id BIGSERIAL PRIMARY KEY,
+        alert_id BIGINT NOT NULL REFERENCES alerts (id),
+        action TEXT NOT NULL,
+        actor_id TEXT NOT NULL,
+        actor_name TEXT,
+        at DOUBLE PRECISION NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_alert ON audit (alert_id, id);
+    CREATE TABLE slack_signatures (
+        digest TEXT PRIMARY KEY,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX slack_signatures_by_expiry ON slack_signatures (expires_at);
+    """,
+)
+
+# Replicas starting at once on an empty database take turns on this lock: one migrates.
+_MIGRATION_LOCK = 0x70696E7761746368  # "pinwatch"
+
+# What the pool lends: a proxy with the connection's methods (generic in the stubs only).
+_Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+
+# asyncpg raises these for a server that refuses, fails or is gone.
+_BACKEND_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def redacted(url: str) -> str:
+    """The URL as it may appear in a message: never with its password."""
+    parsed = URL(url)
+    return str(parsed.with_password("***")) if parsed.password else url
+
+
+def _text(value: str | None) -> str | None:
+    """PostgreSQL's text cannot hold NUL, which JSON strings from outside may: shown as U+FFFD
+    (the raw value column keeps it, escaped as JSON)."""
+    return value.replace("\x00", "\ufffd") if value else value
+
+
+def _changed(status: str) -> int:
+    """asyncpg answers 'UPDATE 1' or 'INSERT 0 1': the count is the last word."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresStore:
+        try:
+            pool = await asyncpg.create_pool(dsn=url, min_size=1, max_size=10)
+        except (*_BACKEND_ERRORS, ValueError) as exc:
+            raise StoreError(
+                f"cannot open the store at {redacted(url)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            async with pool.acquire() as db:
+                await _migrate(db)
+        except _BACKEND_ERRORS as exc:
+            await pool.close()
+            raise StoreError(f"cannot use the store at {redacted(url)}: {exc}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        try:
+            async with self._pool.acquire() as db:
+                yield db
+        except _BACKEND_ERRORS as exc:
+            raise StoreError(f"store: {type(exc).__name__}: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Connection]:
+        async with self._connection() as db, db.transaction():
+            yield db
+
+    async def _alerts(self, sql: str, *args: Any) -> list[Alert]:
+        async with self._connection() as db:
+            return [alert_from_row(row) for row in await db.fetch(sql, *args)]
+
+    # --- intake ---------------------------------------------------------------------------
+
+    async def add_events(
+        self, events: Sequence[SecurityEvent], *, received_at: float
+    ) -> list[int | None]:
+        if not events:
+            return []
+        keys = [event.dedup_key for event in events]
+        # A change without a time of its own is a duplicate only within Meta's redelivery
+        # horizon: an older alert with its key gives the key up (renamed to stay unique).
+        expiring = [key for event, key in zip(events, keys, strict=True) if event.time is None]
+        columns = list(
+            zip(
+                *(
+                    (
+                        key,
+                        _text(event.waba_id),
+                        _text(event.phone_number),
+                        event.phone_digits,
+                        _text(event.event),
+                        event.time,
+                        _text(event.requester),
+                        event_value_column(event),
+                    )
+                    for event, key in zip(events, keys, strict=True)
+                ),
+                strict=True,
+            )
+        )
+        async with self._transaction() as db:
+            if expiring:
+                await db.execute(
+                    "UPDATE alerts SET dedup_key = dedup_key || ':' || id"
+                    " WHERE dedup_key = ANY($1::text[]) AND received_at < $2",
+                    expiring,
+                    received_at - REDELIVERY_HORIZON,
+                )
+            rows = await db.fetch(
+                """INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event,
+                                       event_time, requester, value, received_at)
+                   SELECT k, w, p, d, e, t, r, v, $9 FROM (
+                       SELECT DISTINCT ON (k) *
+                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                   $6::bigint[], $7::text[], $8::text[])
+                            WITH ORDINALITY AS x (k, w, p, d, e, t, r, v, n)
+                       ORDER BY k, n
+                   ) AS fresh
+                   -- Known keys are left out before they reach the sequence: a redelivery
+                   -- takes no id, so ids stay dense but for races between replicas.
+                   WHERE NOT EXISTS (SELECT FROM alerts WHERE dedup_key = k)
+                   ORDER BY n
+                   ON CONFLICT (dedup_key) DO NOTHING
+                   RETURNING id, dedup_key""",
+                *columns,
+                received_at,
+            )
+        new_ids = {row["dedup_key"]: row["id"] for row in rows}
+        # A key that occurs twice in one delivery is new only the first time.
+        return [new_ids.pop(key, None) for key in keys]
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def get(self, alert_id: int) -> Alert | None:
+        found = await self._alerts("SELECT * FROM alerts WHERE id = $1", alert_id)
+        return found[0] if found else None
+
+    async def unrouted(self, *, limit: int = 500) -> list[Alert]:
+        return await self._alerts(
+            "SELECT * FROM alerts WHERE slack_ts IS NULL AND channel IS NULL ORDER BY id LIMIT $1",
+            limit,
+        )
+
+    async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
+        async with self._connection() as db:
+            rows = await db.fetch(
+                "SELECT id, channel, received_at, event FROM alerts"
+                " WHERE slack_ts IS NULL AND channel IS NOT NULL ORDER BY id LIMIT $1",
+                limit,
+            )
+        return [OutboxEntry(*row) for row in rows]
+
+    async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
+        found = await self._alerts(
+            """SELECT * FROM alerts
+               WHERE phone_digits = $1 AND event = $2 AND id < $3 AND verification_off_at IS NULL
+                 AND waba_id = $4 AND team IS NOT DISTINCT FROM $5 AND channel = $6
+                 AND coalesce(event_time, received_at) >= $7
+               ORDER BY id DESC LIMIT 1""",
+            success.event.phone_digits,
+            EventType.PIN_RESET_REQUEST.value,
+            success.id,
+            _text(success.event.waba_id),
+            success.team,
+            success.channel,
+            since,
+        )
+        return found[0] if found else None
+
+    async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
+        return await self._alerts(
+            """SELECT * FROM alerts
+               WHERE acknowledged_at IS NULL AND escalated_at IS NULL
+                 AND ack_deadline IS NOT NULL AND ack_deadline <= $1
+                 AND slack_ts IS NOT NULL AND thread_ts IS NULL
+               ORDER BY ack_deadline LIMIT $2""",
+            now,
+            limit,
+        )
+
+    async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
+        return await self._alerts(
+            "SELECT * FROM alerts WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL"
+            " ORDER BY id LIMIT $1",
+            limit,
+        )
+
+    async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
+        async with self._connection() as db:
+            rows = await db.fetch(
+                "SELECT id, received_at FROM alerts WHERE channel = $1 AND received_at >= $2"
+                " ORDER BY id",
+                channel,
+                since,
+            )
+        return [(row[0], row[1]) for row in rows]
+
+    async def open_summary(self, channel: str) -> tuple[str, str, int, float] | None:
+        async with self._connection() as db:
+            newest = await db.fetchrow(
+                "SELECT slack_channel, slack_ts FROM alerts WHERE channel = $1 AND grouped"
+                " ORDER BY id DESC LIMIT 1",
+                channel,
+            )
+            if newest is None:
+                return None
+            row = await db.fetchrow(
+                "SELECT count(*), max(received_at) FROM alerts"
+                " WHERE slack_ts = $1 AND slack_channel = $2 AND grouped",
+                newest[1],
+                newest[0],
+            )
+        assert row is not None
+        return newest[0], newest[1], row[0], row[1]
+
+    async def alerts_in_summary(self, slack_channel: str, ts: str) -> list[Alert]:
+        return await self._alerts(
+            "SELECT * FROM alerts WHERE slack_ts = $1 AND slack_channel = $2 AND grouped"
+            " ORDER BY id",
+            ts,
+            slack_channel,
+        )
+
+    async def audit_log(self, alert_id: int) -> list[AuditEntry]:
+        async with self._connection() as db:
+            rows = await db.fetch("SELECT * FROM audit WHERE alert_id = $1 ORDER BY id", alert_id)
+        return [
+            AuditEntry(
+                alert_id=row["alert_id"],
+                action=row["action"],
+                actor=Actor(user_id=row["actor_id"], name=row["actor_name"], at=row["at"]),
+                detail=row["detail"],
+            )
+            for row in rows
+        ]
+
+    async def count_unposted(self) -> tuple[int, float | None]:
+        async with self._connection() as db:
+            row = await db.fetchrow(
+                "SELECT count(*), min(received_at) FROM alerts WHERE slack_ts IS NULL"
+            )
+        return (row[0], row[1]) if row else (0, None)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    @staticmethod
+    async def _audit(
+        db: _Connection,
+        alert_ids: Sequence[int],
+        action: str,
+        actor: Actor,
+        detail: str | None,
+    ) -> None:
+        await db.executemany(
+            "INSERT INTO audit (alert_id, action, actor_id, actor_name, at, detail)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            [
+                (alert_id, action, actor.user_id, actor.name, actor.at, detail)
+                for alert_id in alert_ids
+            ],
+        )
+
+    async def set_routes(self, routed: Sequence[Alert]) -> None:
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE alerts SET team = $1, channel = $2, mentions = $3, responders = $4,"
+                " ack_deadline = $5 WHERE id = $6",
+                [
+                    (
+                        a.team,
+                        a.channel,
+                        mentions_to_column(a.mentions),
+                        responders_to_column(a.responders),
+                        a.ack_deadline,
+                        a.id,
+                    )
+                    for a in routed
+                ],
+            )
+
+    async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM slack_signatures WHERE expires_at < $1", now)
+            status = await db.execute(
+                "INSERT INTO slack_signatures (digest, expires_at) VALUES ($1, $2)"
+                " ON CONFLICT (digest) DO NOTHING",
+                digest,
+                expires_at,
+            )
+        return _changed(status) == 1
+
+    async def mark_posted(
+        self,
+        alert_id: int,
+        *,
+        slack_channel: str,
+        ts: str,
+        thread_ts: str | None,
+        note: str | None,
+        actor: Actor,
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET slack_channel = $1, slack_ts = $2, thread_ts = $3,"
+                " delivery_note = $4, last_error = NULL WHERE id = $5",
+                slack_channel,
+                ts,
+                thread_ts,
+                note,
+                alert_id,
+            )
+            await self._audit(db, [alert_id], "posted", actor, f"{slack_channel} {ts}")
+
+    async def mark_grouped(
+        self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET slack_channel = $1, slack_ts = $2, grouped = TRUE,"
+                " last_error = NULL WHERE id = ANY($3::bigint[])",
+                slack_channel,
+                ts,
+                list(alert_ids),
+            )
+            await self._audit(db, alert_ids, "posted", actor, f"{slack_channel} {ts} (storm)")
+
+    async def mark_paged(
+        self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
+    ) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET escalation_channel = $1, escalation_ts = $2"
+                " WHERE id = ANY($3::bigint[])",
+                channel,
+                ts,
+                list(alert_ids),
+            )
+            await self._audit(db, alert_ids, "paged", actor, f"{channel} {ts}")
+
+    async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE alerts SET attempts = attempts + 1, last_error = $1 WHERE id = $2",
+                _text(error),
+                alert_id,
+            )
+
+    async def add_audit(self, alert_id: int, action: str, actor: Actor, detail: str | None) -> None:
+        async with self._transaction() as db:
+            await self._audit(db, [alert_id], action, actor, detail)
+
+    async def mark_verification_off(self, alert_id: int, actor: Actor) -> Transition:
+        return await self._transition(
+            alert_id,
+            "verification_off",
+            actor,
+            None,
+            "UPDATE alerts SET verification_off_at = $1"
+            " WHERE id = $2 AND verification_off_at IS NULL",
+            actor.at,
+            alert_id,
+        )
+
+    async def acknowledge(
+        self, alert_id: int, actor: Actor, *, detail: str | None = None
+    ) -> Transition:
+        return await self._transition(
+            alert_id,
+            "acknowledged",
+            actor,
+            detail,
+            "UPDATE alerts SET acknowledged_by = $1, acknowledged_name = $2, acknowledged_at = $3"
+            " WHERE id = $4 AND acknowledged_at IS NULL",
+            actor.user_id,
+            _text(actor.name),
+            actor.at,
+            alert_id,
+        )
+
+    async def escalate(
+        self, alert_id: int, actor: Actor, kind: EscalationKind, *, detail: str | None = None
+    ) -> Transition:
+        return await self._transition(
+            alert_id,
+            f"escalated ({kind.value})",
+            actor,
+            detail,
+            "UPDATE alerts SET escalated_by = $1, escalated_name = $2, escalated_at = $3,"
+            " escalation_kind = $4 WHERE id = $5 AND escalated_at IS NULL",
+            actor.user_id,
+            _text(actor.name),
+            actor.at,
+            kind.value,
+            alert_id,
+        )
+
+    async def _transition(
+        self, alert_id: int, action: str, actor: Actor, detail: str | None, sql: str, *args: Any
+    ) -> Transition:
+        """A guarded UPDATE and its audit row in one transaction: racing clicks (on any
+        replica) change it once."""
+        async with self._transaction() as db:
+            changed = _changed(await db.execute(sql, *args)) == 1
+            if changed:
+                await self._audit(db, [alert_id], action, actor, detail)
+        alert = await self.get(alert_id)
+        if alert is None:
+            raise StoreError(f"alert {alert_id} does not exist")
+        return Transition(alert=alert, changed=changed)
+
+
+async def _migrate(db: _Connection) -> None:
+    await db.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS pinwatch_schema (version INTEGER NOT NULL);"
+            " INSERT INTO pinwatch_schema SELECT 0 WHERE NOT EXISTS (SELECT FROM pinwatch_schema)"
+        )
+        version = await db.fetchval("SELECT version FROM pinwatch_schema")
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the store has schema version {version}, newer than this pinwatch knows"
+                f" ({len(MIGRATIONS)}): upgrade pinwatch"
+            )
+        for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            async with db.transaction():
+                await db.execute(script)
+                await db.execute("UPDATE pinwatch_schema SET version = $1", target)
+            log.info("store: schema migrated to version %d", target)
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

@@ -1,0 +1,75 @@
+"""Stored rows ↔ domain types, the same for every backend (both return rows by column name)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from bot.events import Actor, Alert, EscalationKind, Responders, SecurityEvent
+
+
+class Row(Protocol):
+    """sqlite3.Row and asyncpg.Record alike: columns by name."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+def _actor(user_id: str | None, name: str | None, at: float | None) -> Actor | None:
+    if user_id is None or at is None:
+        return None
+    return Actor(user_id=user_id, name=name, at=at)
+
+
+def responders_to_column(responders: Responders | None) -> str | None:
+    """JSON list, or JSON null for anyone; SQL NULL: routed before responders were kept."""
+    return None if responders is None else json.dumps(responders.ids)
+
+
+def _responders_from_column(text: str | None) -> Responders | None:
+    if text is None:
+        return None
+    ids = json.loads(text)
+    return Responders(tuple(ids) if ids is not None else None)
+
+
+def mentions_to_column(mentions: tuple[str, ...]) -> str:
+    return json.dumps(list(mentions))
+
+
+def event_value_column(event: SecurityEvent) -> str:
+    return json.dumps(event.value, ensure_ascii=False, sort_keys=True)
+
+
+def alert_from_row(row: Row) -> Alert:
+    event = SecurityEvent(
+        waba_id=row["waba_id"],
+        phone_number=row["phone_number"],
+        event=row["event"],
+        time=row["event_time"],
+        requester=row["requester"],
+        value=json.loads(row["value"]),
+    )
+    kind = row["escalation_kind"]
+    return Alert(
+        id=row["id"],
+        event=event,
+        received_at=row["received_at"],
+        team=row["team"],
+        channel=row["channel"],
+        mentions=tuple(json.loads(row["mentions"])) if row["mentions"] else (),
+        slack_channel=row["slack_channel"],
+        slack_ts=row["slack_ts"],
+        thread_ts=row["thread_ts"],
+        ack_deadline=row["ack_deadline"],
+        acknowledged=_actor(
+            row["acknowledged_by"], row["acknowledged_name"], row["acknowledged_at"]
+        ),
+        escalated=_actor(row["escalated_by"], row["escalated_name"], row["escalated_at"]),
+        escalation_kind=EscalationKind(kind) if kind else None,
+        verification_off_at=row["verification_off_at"],
+        delivery_note=row["delivery_note"],
+        escalation_channel=row["escalation_channel"],
+        escalation_ts=row["escalation_ts"],
+        grouped=bool(row["grouped"]),
+        responders=_responders_from_column(row["responders"]),
+    )
