@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -34,10 +35,12 @@ from bot.render import (
     render_success_reply,
 )
 from bot.routing import route, team_destination
-from bot.slack import Posted, SlackCallError, SlackGateway
+from bot.slack import Posted, SendKey, SlackCallError, SlackGateway
 from bot.store import OutboxEntry, Store, StoreError
 
 log = logging.getLogger(__name__)
+
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,8 @@ class Dispatcher:
         self._backoff: dict[str, _Backoff] = {}
         self._lanes: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._channel_ids: dict[str, str] = {}  # #name → ID, as Slack's answers showed
+        self._warned_history_scope = False
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -314,8 +319,9 @@ class Dispatcher:
 
     async def _post_top_level(self, alert: Alert) -> None:
         assert alert.channel is not None
+        send = SendKey.alert(alert.id)
         posted, note = await self._post_or_fall_back(
-            alert.channel, lambda note: render_alert(replace(alert, delivery_note=note))
+            alert.channel, lambda note: render_alert(replace(alert, delivery_note=note)), send
         )
         await self._keep(
             "post",
@@ -326,17 +332,18 @@ class Dispatcher:
                 thread_ts=None,
                 note=note,
                 actor=self._pinwatch,
+                send=send.key,
             ),
         )
         self._observe_posted(alert)
 
     async def _post_or_fall_back(
-        self, channel: str, render: Callable[[str | None], Message]
+        self, channel: str, render: Callable[[str | None], Message], send: SendKey
     ) -> tuple[Posted, str | None]:
         """Post to the routed channel; one that Slack refuses for good falls back to the
         default channel, with a note saying why (render gets the note, or None)."""
         try:
-            return await self._slack.post(channel, render(None)), None
+            return await self._send(channel, render(None), send), None
         except SlackCallError as exc:
             fallback = self._config.config.defaults.channel
             if not exc.channel_unusable or channel == fallback:
@@ -346,7 +353,84 @@ class Dispatcher:
                 f"Routed to {channel}, but Slack refused it ({exc.error}): "
                 "invite pinwatch there or fix the routing file."
             )
-            return await self._slack.post(fallback, render(note)), note
+            return await self._send(fallback, render(note), send), note
+
+    async def _send(
+        self,
+        channel: str,
+        message: Message,
+        send: SendKey,
+        *,
+        thread_ts: str | None = None,
+        reply_broadcast: bool = False,
+    ) -> Posted:
+        """Post a message once. The post is recorded as under way before the call; if an
+        earlier attempt never finished (a crash, a lost answer, a timeout), its message may be
+        in Slack already, and is looked for there, by its metadata, before posting again."""
+        target = await self._channel_id(channel)
+        earlier = await self._store.begin_send(send.key, channel=target, at=self._clock())
+        if earlier is not None and (found := await self._find_sent(send, *earlier)) is not None:
+            log.warning(
+                "%s was in Slack already (its answer was lost): %s %s",
+                send.key,
+                found.channel,
+                found.ts,
+            )
+            return found
+        try:
+            posted = await self._slack.post(
+                channel, message, send=send, thread_ts=thread_ts, reply_broadcast=reply_broadcast
+            )
+        except SlackCallError as exc:
+            if exc.surely_not_sent:
+                with contextlib.suppress(StoreError):
+                    await self._store.end_send(send.key)
+            raise
+        if posted.channel != target:
+            await self._learn_channel_id(channel, posted.channel)
+        return posted
+
+    async def _find_sent(self, send: SendKey, channel: str, since: float) -> Posted | None:
+        try:
+            if not _CHANNEL_ID.match(channel):
+                # conversations.history takes IDs only, and this #name was never posted to.
+                found = await self._slack.channel_id_of(channel)
+                if found is None:
+                    return None  # not a channel pinwatch can see: the post will say so
+                await self._learn_channel_id(channel, found)
+                channel = found
+            return await self._slack.find_sent(channel, send, since=since)
+        except SlackCallError as exc:
+            if exc.error == "missing_scope":
+                if not self._warned_history_scope:
+                    self._warned_history_scope = True
+                    log.warning(
+                        "Slack refused %s (missing_scope): a post whose answer was lost is"
+                        " posted again; add channels:history, groups:history, channels:read"
+                        " and groups:read to the app (slack-app-manifest.yaml)",
+                        exc.method,
+                    )
+                return None
+            if exc.channel_unusable:
+                return None  # posting will say what is wrong with the channel
+            raise  # looking failed: posting now could post twice, so try again later
+
+    async def _channel_id(self, channel: str) -> str:
+        """conversations.history takes IDs only: a #name is known once a post has shown it."""
+        if _CHANNEL_ID.match(channel):
+            return channel
+        if (known := self._channel_ids.get(channel)) is None:
+            known = await self._store.channel_id(channel)
+            if known is not None:
+                self._channel_ids[channel] = known
+        return known or channel
+
+    async def _learn_channel_id(self, name: str, channel_id: str) -> None:
+        if _CHANNEL_ID.match(name) or self._channel_ids.get(name) == channel_id:
+            return
+        with contextlib.suppress(StoreError):  # only a later lookup needs it
+            await self._store.remember_channel_id(name, channel_id)
+            self._channel_ids[name] = channel_id
 
     async def _deliver_storm(self, channel: str, alert_ids: list[int]) -> _Outcome | _Failed:
         """Add alerts as rows to the channel's open storm summary, or start a new one."""
@@ -370,14 +454,17 @@ class Dispatcher:
                         ts,
                         render_storm(rows_now, threshold=storm.threshold, window=storm.window),
                     )
-                    await self._mark_grouped(joining, slack_channel, ts)
+                    await self._mark_grouped(joining, slack_channel, ts, send=None)
             while alerts:
                 chunk, alerts = alerts[:STORM_MAX_ROWS], alerts[STORM_MAX_ROWS:]
                 summary_message = render_storm(
                     chunk, threshold=storm.threshold, window=storm.window
                 )
-                posted, _ = await self._post_or_fall_back(channel, _regardless(summary_message))
-                await self._mark_grouped(chunk, posted.channel, posted.ts)
+                send = SendKey.storm(chunk[0].id)
+                posted, _ = await self._post_or_fall_back(
+                    channel, _regardless(summary_message), send
+                )
+                await self._mark_grouped(chunk, posted.channel, posted.ts, send=send)
         except SlackCallError as exc:
             self._metrics.delivery_retries.inc()
             log.warning(
@@ -387,11 +474,17 @@ class Dispatcher:
         self._storm_hold[channel] = asyncio.get_running_loop().time() + self._storm_update_gap
         return _Outcome.DONE
 
-    async def _mark_grouped(self, alerts: list[Alert], slack_channel: str, ts: str) -> None:
+    async def _mark_grouped(
+        self, alerts: list[Alert], slack_channel: str, ts: str, *, send: SendKey | None
+    ) -> None:
         await self._keep(
             "storm",
             lambda: self._store.mark_grouped(
-                [a.id for a in alerts], slack_channel=slack_channel, ts=ts, actor=self._pinwatch
+                [a.id for a in alerts],
+                slack_channel=slack_channel,
+                ts=ts,
+                actor=self._pinwatch,
+                send=send.key if send else None,
             ),
         )
         for alert in alerts:
@@ -400,9 +493,11 @@ class Dispatcher:
     async def _post_under_request(self, success: Alert, request: Alert) -> None:
         assert request.slack_channel is not None
         assert request.slack_ts is not None
-        posted = await self._slack.post(
+        send = SendKey.alert(success.id)
+        posted = await self._send(
             request.slack_channel,
             render_success_reply(success),
+            send,
             thread_ts=request.slack_ts,
             reply_broadcast=True,  # the whole channel must see that 2SV is now off
         )
@@ -415,11 +510,12 @@ class Dispatcher:
                 thread_ts=request.slack_ts,
                 note=None,
                 actor=self._pinwatch,
+                send=send.key,
             ),
         )
         self._observe_posted(success)
         transition = await self._keep(
-            "verification off",
+            "verification_off",
             lambda: self._store.mark_verification_off(request.id, self._pinwatch),
         )
         await self.refresh_message(transition.alert)
@@ -445,6 +541,7 @@ class Dispatcher:
                     channel=earlier.escalation_channel,
                     ts=earlier.escalation_ts,
                     actor=self._pinwatch,
+                    send=None,
                 )
                 await self.refresh_message(alert)
                 return _Outcome.DONE
@@ -454,18 +551,8 @@ class Dispatcher:
             page = render_escalation(
                 alert, permalink=await self._permalink(alert), mentions=escalation.mention
             )
-            try:
-                posted = await self._slack.post(escalation.channel, page)
-            except SlackCallError as exc:
-                if not exc.channel_unusable or escalation.channel == config.defaults.channel:
-                    raise
-                for_alert(log, alert).error(
-                    "escalation channel %s refused (%s); paging in %s",
-                    escalation.channel,
-                    exc.error,
-                    config.defaults.channel,
-                )
-                posted = await self._slack.post(config.defaults.channel, page)
+            send = SendKey.page(alert.id)
+            posted, _ = await self._post_or_fall_back(escalation.channel, _regardless(page), send)
             await self._keep(
                 "page",
                 lambda: self._store.mark_paged(
@@ -473,6 +560,7 @@ class Dispatcher:
                     channel=posted.channel,
                     ts=posted.ts,
                     actor=self._pinwatch,
+                    send=send.key,
                 ),
             )
         except SlackCallError as exc:
@@ -481,7 +569,10 @@ class Dispatcher:
         for_alert(log, alert).info("escalated to %s", posted.channel)
         note = render_escalation_note(alert, channel=escalation.channel)
         try:
-            await self._slack.post(alert.slack_channel, note, thread_ts=alert.slack_ts)
+            # Posted once, after the page is recorded: no earlier attempt to look for.
+            await self._slack.post(
+                alert.slack_channel, note, send=SendKey.note(alert.id), thread_ts=alert.slack_ts
+            )
         except SlackCallError as exc:
             for_alert(log, alert).warning("escalation note not posted: %s", exc)
         await self.refresh_message(alert)

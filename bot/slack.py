@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import aiohttp
+from aiohttp import ClientConnectorError
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -19,6 +20,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.models.metadata import Metadata
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
@@ -28,6 +30,11 @@ from bot.render import Message
 log = logging.getLogger(__name__)
 
 SLACK_API_URL = "https://slack.com/api/"
+# Every message pinwatch posts carries this metadata event type and the send's key, so that a
+# post whose answer was lost can be found in the channel instead of being sent again.
+METADATA_EVENT_TYPE = "pinwatch_message"
+HISTORY_PAGES = 5  # a lost answer is seconds old: a few pages of history reach back far enough
+CHANNEL_LIST_PAGES = 20
 
 # Errors after which posting to that channel again cannot succeed until a human acts.
 CHANNEL_ERRORS = frozenset(
@@ -58,6 +65,35 @@ class SlackCallError(Exception):
     def channel_unusable(self) -> bool:
         return self.error in CHANNEL_ERRORS
 
+    @property
+    def surely_not_sent(self) -> bool:
+        """Slack answered with an error: nothing was posted (unlike a lost connection)."""
+        return not self.error.startswith(("connection:", "client:", "http_5"))
+
+
+@dataclass(frozen=True, slots=True)
+class SendKey:
+    """Names one message pinwatch means to post exactly once: an alert, a page, a summary."""
+
+    key: str
+    alert_id: int  # the (first) alert it is about
+
+    @classmethod
+    def alert(cls, alert_id: int) -> SendKey:
+        return cls(f"alert:{alert_id}", alert_id)
+
+    @classmethod
+    def page(cls, alert_id: int) -> SendKey:
+        return cls(f"page:{alert_id}", alert_id)
+
+    @classmethod
+    def storm(cls, alert_id: int) -> SendKey:
+        return cls(f"storm:{alert_id}", alert_id)
+
+    @classmethod
+    def note(cls, alert_id: int) -> SendKey:
+        return cls(f"note:{alert_id}", alert_id)
+
 
 @dataclass(frozen=True, slots=True)
 class Posted:
@@ -79,8 +115,10 @@ def _retry_after(exc: SlackApiError) -> float | None:
 
 def retry_handlers() -> list[AsyncRetryHandler]:
     # Rate limits honour Retry-After; what is still failing after these goes back to the outbox.
+    # A connection lost after the request went out may have posted the message: only a failed
+    # connect is retried here; the outbox looks in the channel before posting again.
     return [
-        AsyncConnectionErrorRetryHandler(max_retry_count=2),
+        AsyncConnectionErrorRetryHandler(max_retry_count=2, error_types=[ClientConnectorError]),
         AsyncRateLimitErrorRetryHandler(max_retry_count=3),
         AsyncServerErrorRetryHandler(max_retry_count=2),
     ]
@@ -158,6 +196,7 @@ class SlackGateway:
         channel: str,
         message: Message,
         *,
+        send: SendKey,
         thread_ts: str | None = None,
         reply_broadcast: bool = False,
     ) -> Posted:
@@ -172,9 +211,66 @@ class SlackGateway:
                 reply_broadcast=reply_broadcast if thread_ts else None,
                 unfurl_links=False,
                 unfurl_media=False,
+                metadata=Metadata(
+                    event_type=METADATA_EVENT_TYPE,
+                    event_payload={"send": send.key, "alert_id": send.alert_id},
+                ),
             ),
         )
         return Posted(channel=str(response["channel"]), ts=str(response["ts"]))
+
+    async def channel_id_of(self, name: str) -> str | None:
+        """A #name's channel ID, looked up in the channels pinwatch can see (only needed
+        when a post to a channel named, never yet posted to, lost its answer)."""
+        bare = name.removeprefix("#")
+        cursor: str | None = None
+        for _ in range(CHANNEL_LIST_PAGES):
+            response = await self._call(
+                "conversations.list",
+                self._client.conversations_list(
+                    types="public_channel,private_channel",
+                    exclude_archived=True,
+                    limit=1000,
+                    cursor=cursor,
+                ),
+            )
+            for channel in response.get("channels") or []:
+                if channel.get("name") == bare:
+                    return str(channel["id"])
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if cursor is None:
+                return None
+        return None
+
+    async def find_sent(self, channel: str, send: SendKey, *, since: float) -> Posted | None:
+        """The message pinwatch posted for `send` in `channel` since a time, if Slack has it
+        (a broadcast thread reply is in the channel's history too)."""
+        cursor: str | None = None
+        for _ in range(HISTORY_PAGES):
+            response = await self._call(
+                "conversations.history",
+                self._client.conversations_history(
+                    channel=channel,
+                    oldest=f"{max(0.0, since - 60):.6f}",  # our clock against Slack's
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                ),
+            )
+            for message in response.get("messages") or []:
+                metadata = message.get("metadata") or {}
+                payload = metadata.get("event_payload") or {}
+                if (
+                    metadata.get("event_type") == METADATA_EVENT_TYPE
+                    and payload.get("send") == send.key
+                ):
+                    return Posted(
+                        channel=str(response.get("channel") or channel), ts=str(message["ts"])
+                    )
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if cursor is None:
+                return None
+        return None
 
     async def update(self, channel: str, ts: str, message: Message) -> None:
         await self._call(

@@ -271,9 +271,9 @@ def config_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def fake_slack(aiohttp_server: Any) -> FakeSlack:
+async def fake_slack(aiohttp_server: Any, clock: FakeClock) -> FakeSlack:
     fake, _ = await start_fake_slack(
-        aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
+        aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS, clock=clock
     )
     return fake
 
@@ -322,7 +322,7 @@ async def start_pinwatch(
     ) -> Pinwatch:
         """`tuning` overrides fields of the tests' Tuning."""
         fake, url = slack or await start_fake_slack(
-            aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS
+            aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS, clock=clock
         )
         app = build_app(
             settings(slack_api_url=url, app_token=app_token, database_url=database_url),

@@ -62,8 +62,9 @@ class Message:
     thread_ts: str | None = None
     reply_broadcast: bool = False
     updates: list[dict[str, Any]] = field(default_factory=list)  # each chat.update, in order
+    metadata: dict[str, Any] | None = None  # chat.postMessage's, shown by include_all_metadata
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, with_metadata: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "type": "message",
             "user": BOT_USER_ID,
@@ -74,7 +75,16 @@ class Message:
         }
         if self.thread_ts is not None:
             out["thread_ts"] = self.thread_ts
+        if self.reply_broadcast:
+            out["subtype"] = "thread_broadcast"
+        if with_metadata and self.metadata is not None:
+            out["metadata"] = self.metadata
         return out
+
+    @property
+    def in_channel_history(self) -> bool:
+        """Top-level messages and broadcast replies; other thread replies are in the thread."""
+        return self.thread_ts in (None, self.ts) or self.reply_broadcast
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,8 @@ class _Failure:
     error: str | None
     retry_after: int | None
     delay: float
+    drop: bool = False
+    accept_first: bool = False
 
 
 class SlackError(Exception):
@@ -104,8 +116,10 @@ class FakeSlack:
         missing_channels: set[str] | None = None,
         not_in_channel: set[str] | None = None,
         usergroups: Mapping[str, list[str]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.token = token
+        self._clock = clock
         self.app_token = app_token
         # Socket Mode: the open connection, and every ack (envelope_id) the client sent back.
         self.socket: web.WebSocketResponse | None = None
@@ -134,6 +148,8 @@ class FakeSlack:
             "chat.getPermalink": self._get_permalink,
             "usergroups.users.list": self._usergroup_users,
             "apps.connections.open": self._connections_open,
+            "conversations.history": self._history,
+            "conversations.list": self._list,
         }
         self.app = web.Application()
         self.app.router.add_get("/api/{method}", self._handle)
@@ -152,10 +168,18 @@ class FakeSlack:
         error: str | None = None,
         retry_after: int | None = None,
         delay: float = 0.0,
+        drop: bool = False,
+        accept_first: bool = False,
     ) -> None:
-        """Queue ``times`` failures for ``method`` ("*" = any method), consumed in order."""
+        """Queue ``times`` failures for ``method`` ("*" = any method), consumed in order.
+        ``drop``: do the work (a post is in the channel), then close the connection without
+        answering. ``accept_first``: do the work before the delay, so that a client that gives
+        up waiting has its message in Slack all the same."""
         queue = self._failures.setdefault(method, deque())
-        queue.extend(_Failure(status, error, retry_after, delay) for _ in range(times))
+        queue.extend(
+            _Failure(status, error, retry_after, delay, drop, accept_first or drop)
+            for _ in range(times)
+        )
 
     def calls_to(self, method: str) -> list[RecordedCall]:
         return [c for c in self.calls if c.method == method]
@@ -227,7 +251,16 @@ class FakeSlack:
         params, token = await _read_params(request)
         pending = RecordedCall(method, params, time.monotonic())
         await self._record(pending)
-        response, error = await self._answer(method, params, token)
+        failure = self._next_failure(method)
+        if failure is not None and failure.accept_first:
+            # The work is done as if all went well; the answer is what goes wrong.
+            response, error = await self._answer(method, params, token, None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), failure.delay)
+            if failure.drop and request.transport is not None:
+                request.transport.close()
+        else:
+            response, error = await self._answer(method, params, token, failure)
         if (hook := self.before_answering.get(method)) is not None and error is None:
             await hook(pending)
         transport = request.transport
@@ -239,9 +272,8 @@ class FakeSlack:
         return response
 
     async def _answer(
-        self, method: str, params: dict[str, Any], token: str | None
+        self, method: str, params: dict[str, Any], token: str | None, failure: _Failure | None
     ) -> tuple[web.Response, str | None]:
-        failure = self._next_failure(method)
         if failure is not None:
             if failure.delay > 0:
                 # Sleep, but wake early when the server closes so tests tear down promptly.
@@ -340,6 +372,16 @@ class FakeSlack:
             if parent is None:
                 raise SlackError("thread_not_found")
             thread_ts = parent.thread_ts or parent.ts  # a reply to a reply joins the thread
+        metadata = params.get("metadata")
+        if isinstance(metadata, str):
+            with contextlib.suppress(ValueError):
+                metadata = json.loads(metadata)
+        if metadata is not None and not (
+            isinstance(metadata, dict)
+            and isinstance(metadata.get("event_type"), str)
+            and isinstance(metadata.get("event_payload"), dict)
+        ):
+            raise SlackError("invalid_metadata_format")
         message = Message(
             channel=channel,
             ts=self._next_ts(),
@@ -347,9 +389,44 @@ class FakeSlack:
             blocks=blocks,
             thread_ts=thread_ts,
             reply_broadcast=_truthy(params.get("reply_broadcast")),
+            metadata=metadata,
         )
         self._messages.append(message)
         return {"channel": channel, "ts": message.ts, "message": message.to_dict()}
+
+    def _list(self, params: dict[str, Any]) -> dict[str, Any]:
+        """conversations.list: every channel the workspace has, in one page."""
+        channels = [
+            {"id": cid, "name": name, "is_archived": False}
+            for name, cid in self.channels.items()
+            if name not in self.missing_channels and f"#{name}" not in self.missing_channels
+        ]
+        return {"channels": channels, "response_metadata": {"next_cursor": ""}}
+
+    def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        """conversations.history: newest first, paged by cursor; IDs only, as Slack wants."""
+        channel = params.get("channel")
+        if not isinstance(channel, str) or not _ID_RE.match(channel):
+            raise SlackError("channel_not_found")
+        try:
+            oldest = float(params.get("oldest") or 0)
+            limit = max(1, min(999, int(params.get("limit") or 100)))
+            start = int(params.get("cursor") or 0)
+        except ValueError:
+            raise SlackError("invalid_arguments") from None
+        with_metadata = _truthy(params.get("include_all_metadata"))
+        found = [
+            m
+            for m in reversed(self._messages)
+            if m.channel == channel and m.in_channel_history and float(m.ts) > oldest
+        ]
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        return {
+            "messages": [m.to_dict(with_metadata=with_metadata) for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
 
     def _update(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._resolve(params.get("channel"))
@@ -418,8 +495,9 @@ class FakeSlack:
         return next((m for m in self._messages if m.channel == channel and m.ts == ts), None)
 
     def _next_ts(self) -> str:
+        """Slack's ts is its own clock's time, unique and rising within a channel."""
         self._seq += 1
-        return f"{1_700_000_000 + self._seq // 10_000}.{self._seq % 10_000 * 100:06d}"
+        return f"{int(self._clock()) + self._seq // 10_000}.{self._seq % 10_000 * 100:06d}"
 
 
 def _auto_id(name: str) -> str:

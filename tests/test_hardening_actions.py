@@ -66,7 +66,7 @@ async def test_a_click_before_the_post_is_recorded_is_applied(pinwatch: Pinwatch
 async def test_a_click_on_another_message_is_refused(pinwatch: Pinwatch) -> None:
     await posted_reset_request(pinwatch)
     alert = await pinwatch.alert(1)
-    elsewhere = dataclasses.replace(alert, slack_ts="1700000099.000100")
+    elsewhere = dataclasses.replace(alert, slack_ts="1750000099.000100")
     forged = block_actions_body(
         "pinwatch.acknowledge", 1, user="U0ALICE", name="alice", alert=elsewhere
     )
@@ -201,7 +201,7 @@ async def test_a_stop_is_not_held_up_by_a_click_waiting_for_its_post(
     await pinwatch.post_webhook(REFERENCE_BODY)
     await pinwatch.slack.wait_for_calls("chat.postMessage", ok_only=False)
     somewhere = dataclasses.replace(
-        await pinwatch.alert(1), slack_channel="C0PAYMENTS", slack_ts="1700000000.000100"
+        await pinwatch.alert(1), slack_channel="C0PAYMENTS", slack_ts="1750000000.000100"
     )
     body = block_actions_body("pinwatch.acknowledge", 1, user="U0ALICE", name="a", alert=somewhere)
     assert await pinwatch.click("acknowledge", 1, body=body) == 200
@@ -259,7 +259,7 @@ async def test_an_alert_of_a_schema_3_store_whose_team_is_gone_fails_closed(
     db = sqlite3.connect(store_path(first), isolation_level=None)
     db.executescript(
         "ALTER TABLE alerts DROP COLUMN responders; DROP TABLE slack_signatures;"
-        " PRAGMA user_version = 3;"
+        " DROP TABLE slack_sends; DROP TABLE slack_channel_ids; PRAGMA user_version = 3;"
     )
     db.close()
     first.config_path.write_text(payments_config(first, name="renamed", responders=""))

@@ -106,18 +106,49 @@ class Store(Protocol):
         thread_ts: str | None,
         note: str | None,
         actor: Actor,
-    ) -> None: ...
+        send: str,
+    ) -> None:
+        """The alert is in Slack; `send` (see begin_send) is finished, in the same commit."""
+        ...
 
     async def mark_grouped(
-        self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
+        self,
+        alert_ids: Sequence[int],
+        *,
+        slack_channel: str,
+        ts: str,
+        actor: Actor,
+        send: str | None,
     ) -> None:
         """Alerts shown as rows of a storm summary: posted, all in one transaction."""
         ...
 
     async def mark_paged(
-        self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
+        self,
+        alert_ids: Sequence[int],
+        *,
+        channel: str,
+        ts: str,
+        actor: Actor,
+        send: str | None,
     ) -> None:
         """One page for these alerts (one, or a storm summary's rows): one transaction."""
+        ...
+
+    async def begin_send(self, key: str, *, channel: str, at: float) -> tuple[str, float] | None:
+        """Record that the message `key` is being posted to `channel`, before the call: the
+        channel and start of an earlier attempt that never finished, if there was one (its
+        message may be in Slack already: look before posting again)."""
+        ...
+
+    async def channel_id(self, name: str) -> str | None:
+        """The ID of a channel the routing file names as #name, once a post has shown it."""
+        ...
+
+    async def remember_channel_id(self, name: str, channel_id: str) -> None: ...
+
+    async def end_send(self, key: str) -> None:
+        """Slack said no: nothing was posted, nothing to look for next time."""
         ...
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None: ...

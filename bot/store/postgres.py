@@ -83,6 +83,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX slack_signatures_by_expiry ON slack_signatures (expires_at);
     """,
+    # 2: a Slack post under way, recorded before the call: one cut off by a crash or a timeout
+    # is looked for in the channel (by its message metadata) instead of being sent again.
+    """
+    CREATE TABLE slack_sends (
+        key TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE slack_channel_ids (
+        name TEXT PRIMARY KEY,
+        id TEXT NOT NULL
+    );
+    """,
 )
 
 # Replicas starting at once on an empty database take turns on this lock: one migrates.
@@ -381,6 +394,7 @@ class PostgresStore:
         thread_ts: str | None,
         note: str | None,
         actor: Actor,
+        send: str,
     ) -> None:
         async with self._transaction() as db:
             await db.execute(
@@ -393,9 +407,16 @@ class PostgresStore:
                 alert_id,
             )
             await self._audit(db, [alert_id], "posted", actor, f"{slack_channel} {ts}")
+            await db.execute("DELETE FROM slack_sends WHERE key = $1", send)
 
     async def mark_grouped(
-        self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
+        self,
+        alert_ids: Sequence[int],
+        *,
+        slack_channel: str,
+        ts: str,
+        actor: Actor,
+        send: str | None,
     ) -> None:
         async with self._transaction() as db:
             await db.execute(
@@ -406,9 +427,17 @@ class PostgresStore:
                 list(alert_ids),
             )
             await self._audit(db, alert_ids, "posted", actor, f"{slack_channel} {ts} (storm)")
+            if send is not None:
+                await db.execute("DELETE FROM slack_sends WHERE key = $1", send)
 
     async def mark_paged(
-        self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
+        self,
+        alert_ids: Sequence[int],
+        *,
+        channel: str,
+        ts: str,
+        actor: Actor,
+        send: str | None,
     ) -> None:
         async with self._transaction() as db:
             await db.execute(
@@ -419,6 +448,41 @@ class PostgresStore:
                 list(alert_ids),
             )
             await self._audit(db, alert_ids, "paged", actor, f"{channel} {ts}")
+            if send is not None:
+                await db.execute("DELETE FROM slack_sends WHERE key = $1", send)
+
+    async def begin_send(self, key: str, *, channel: str, at: float) -> tuple[str, float] | None:
+        async with self._transaction() as db:
+            earlier = await db.fetchrow(
+                "SELECT channel, started_at FROM slack_sends WHERE key = $1 FOR UPDATE", key
+            )
+            await db.execute(
+                "INSERT INTO slack_sends (key, channel, started_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (key) DO UPDATE SET channel = excluded.channel,"
+                " started_at = excluded.started_at",
+                key,
+                channel,
+                at,
+            )
+        return (earlier[0], earlier[1]) if earlier else None
+
+    async def channel_id(self, name: str) -> str | None:
+        async with self._connection() as db:
+            found = await db.fetchval("SELECT id FROM slack_channel_ids WHERE name = $1", name)
+        return str(found) if found is not None else None
+
+    async def remember_channel_id(self, name: str, channel_id: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO slack_channel_ids (name, id) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET id = excluded.id",
+                name,
+                channel_id,
+            )
+
+    async def end_send(self, key: str) -> None:
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM slack_sends WHERE key = $1", key)
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
         async with self._transaction() as db:

@@ -100,6 +100,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX slack_signatures_by_expiry ON slack_signatures (expires_at);
     """,
+    # 5: a Slack post under way, recorded before the call: one cut off by a crash or a timeout
+    # is looked for in the channel (by its message metadata) instead of being sent again.
+    """
+    CREATE TABLE slack_sends (
+        key TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );
+    CREATE TABLE slack_channel_ids (
+        name TEXT PRIMARY KEY,
+        id TEXT NOT NULL
+    );
+    """,
 )
 
 _INSERT_EVENT = """
@@ -461,13 +474,18 @@ class SqliteStore:
 
     # --- transitions ----------------------------------------------------------------------
 
-    async def _audit(
-        self, db: aiosqlite.Connection, alert_id: int, action: str, actor: Actor, detail: str | None
+    async def _audit_all(
+        self,
+        db: aiosqlite.Connection,
+        alert_ids: Sequence[int],
+        action: str,
+        actor: Actor,
+        detail: str | None,
     ) -> None:
-        await db.execute(
+        await db.executemany(
             "INSERT INTO audit (alert_id, action, actor_id, actor_name, at, detail)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (alert_id, action, actor.user_id, actor.name, actor.at, detail),
+            [(a, action, actor.user_id, actor.name, actor.at, detail) for a in alert_ids],
         )
 
     async def set_routes(self, routed: Sequence[Alert]) -> None:
@@ -510,6 +528,7 @@ class SqliteStore:
         thread_ts: str | None,
         note: str | None,
         actor: Actor,
+        send: str,
     ) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
             await db.execute(
@@ -517,32 +536,78 @@ class SqliteStore:
                 " delivery_note = ?, last_error = NULL WHERE id = ?",
                 (slack_channel, ts, thread_ts, note, alert_id),
             )
-            await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts}")
+            await self._audit_all(db, [alert_id], "posted", actor, f"{slack_channel} {ts}")
+            await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def mark_grouped(
-        self, alert_ids: Sequence[int], *, slack_channel: str, ts: str, actor: Actor
+        self,
+        alert_ids: Sequence[int],
+        *,
+        slack_channel: str,
+        ts: str,
+        actor: Actor,
+        send: str | None,
     ) -> None:
-        """Alerts shown as rows of a storm summary: posted, all in one transaction."""
         async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET slack_channel = ?, slack_ts = ?, grouped = 1, last_error = NULL"
                 " WHERE id = ?",
                 [(slack_channel, ts, alert_id) for alert_id in alert_ids],
             )
-            for alert_id in alert_ids:
-                await self._audit(db, alert_id, "posted", actor, f"{slack_channel} {ts} (storm)")
+            await self._audit_all(db, alert_ids, "posted", actor, f"{slack_channel} {ts} (storm)")
+            if send is not None:
+                await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def mark_paged(
-        self, alert_ids: Sequence[int], *, channel: str, ts: str, actor: Actor
+        self,
+        alert_ids: Sequence[int],
+        *,
+        channel: str,
+        ts: str,
+        actor: Actor,
+        send: str | None,
     ) -> None:
-        """One page for these alerts (one, or a storm summary's rows): one transaction."""
         async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET escalation_channel = ?, escalation_ts = ? WHERE id = ?",
                 [(channel, ts, alert_id) for alert_id in alert_ids],
             )
-            for alert_id in alert_ids:
-                await self._audit(db, alert_id, "paged", actor, f"{channel} {ts}")
+            await self._audit_all(db, alert_ids, "paged", actor, f"{channel} {ts}")
+            if send is not None:
+                await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
+
+    async def begin_send(self, key: str, *, channel: str, at: float) -> tuple[str, float] | None:
+        async with self._transaction(Writer.OUTBOX) as db:
+            async with db.execute(
+                "SELECT channel, started_at FROM slack_sends WHERE key = ?", (key,)
+            ) as cursor:
+                earlier = await cursor.fetchone()
+            await db.execute(
+                "INSERT INTO slack_sends (key, channel, started_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET channel = excluded.channel,"
+                " started_at = excluded.started_at",
+                (key, channel, at),
+            )
+        return (earlier[0], earlier[1]) if earlier else None
+
+    async def channel_id(self, name: str) -> str | None:
+        async with self._reader.execute(
+            "SELECT id FROM slack_channel_ids WHERE name = ?", (name,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def remember_channel_id(self, name: str, channel_id: str) -> None:
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.execute(
+                "INSERT INTO slack_channel_ids (name, id) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET id = excluded.id",
+                (name, channel_id),
+            )
+
+    async def end_send(self, key: str) -> None:
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.execute("DELETE FROM slack_sends WHERE key = ?", (key,))
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
@@ -563,7 +628,7 @@ class SqliteStore:
 
     async def add_audit(self, alert_id: int, action: str, actor: Actor, detail: str | None) -> None:
         async with self._transaction(Writer.PEOPLE) as db:
-            await self._audit(db, alert_id, action, actor, detail)
+            await self._audit_all(db, [alert_id], action, actor, detail)
 
     async def acknowledge(
         self, alert_id: int, actor: Actor, *, detail: str | None = None
@@ -605,7 +670,7 @@ class SqliteStore:
             async with db.execute(sql, params) as cursor:
                 changed = cursor.rowcount == 1
             if changed:
-                await self._audit(db, alert_id, action, actor, detail)
+                await self._audit_all(db, [alert_id], action, actor, detail)
         alert = await self.get(alert_id)
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")
