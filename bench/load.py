@@ -121,8 +121,8 @@ async def _read_all(process: asyncio.subprocess.Process) -> str:
 
 @dataclass(slots=True)
 class OpenLoopResult:
-    latencies: list[float] = field(default_factory=list)  # seconds, of 200 answers
-    sent_at: dict[int, float] = field(default_factory=dict)  # request index → time.monotonic()
+    latencies: list[float] = field(default_factory=list)  # seconds from due time, of 200s
+    due_at: dict[int, float] = field(default_factory=dict)  # request index → time.monotonic()
     not_ok: int = 0
     errors: int = 0
     elapsed: float = 0.0
@@ -130,7 +130,7 @@ class OpenLoopResult:
 
     @property
     def achieved_rate(self) -> float:
-        return len(self.sent_at) / self.elapsed if self.elapsed > 0 else 0.0
+        return len(self.due_at) / self.elapsed if self.elapsed > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +161,11 @@ async def open_loop(
 ) -> OpenLoopResult:
     """Send ``count`` requests at ``rate``/s on a fixed schedule, whatever the answers do.
 
-    Each send is its own task, so a slow answer never delays the next send (no coordinated
-    omission); latency is from just before the send to the end of the answer. Sends stop at
-    ``time_limit`` seconds and answers are awaited for at most 10 s more.
+    Each send is its own task, so a slow answer never delays the next send; and latency is
+    measured from the time the send was due, not from when it started, so the time a send
+    waited because the sender itself fell behind (a busy event loop, a busy machine) counts
+    too: no coordinated omission either way. Sends stop at ``time_limit`` seconds and answers
+    are awaited for at most 10 s more.
     """
     result = OpenLoopResult()
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -175,14 +177,13 @@ async def open_loop(
 
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def send(i: int, req: Request) -> None:
-            started = time.monotonic()
-            result.sent_at[i] = started
+        async def send(i: int, req: Request, due: float) -> None:
+            result.due_at[i] = due
             try:
                 async with session.post(url + req.path, data=req.body, headers=req.headers) as r:
                     await r.read()
                     if r.status == 200:
-                        result.latencies.append(time.monotonic() - started)
+                        result.latencies.append(time.monotonic() - due)
                     else:
                         result.not_ok += 1
             except (aiohttp.ClientError, TimeoutError):
@@ -205,7 +206,7 @@ async def open_loop(
                 await asyncio.sleep(due - now)
             else:
                 result.max_lag = max(result.max_lag, now - due)
-            tasks.append(asyncio.create_task(send(i, request_at(i))))
+            tasks.append(asyncio.create_task(send(i, request_at(i), due)))
         result.elapsed = time.monotonic() - start
         if tasks:
             await asyncio.wait(tasks, timeout=10)

@@ -37,6 +37,8 @@ class RecordedCall:
     at: float  # time.monotonic() when the request arrived
     status: int | None = None  # HTTP status answered; None while a scripted delay runs
     error: str | None = None  # Slack's "error" field, if the answer carried one
+    # The client had closed the connection before the answer was ready: it gave up waiting.
+    hung_up: bool = False
 
     @property
     def pending(self) -> bool:
@@ -261,9 +263,12 @@ class FakeSlack:
             response, error = await self._answer(method, params, token, failure)
         if (hook := self.before_answering.get(method)) is not None and error is None:
             await hook(pending)
-        await self._record(
-            dataclasses.replace(pending, status=response.status, error=error), pending
+        transport = request.transport
+        hung_up = transport is None or transport.is_closing()
+        answered = dataclasses.replace(
+            pending, status=response.status, error=error, hung_up=hung_up
         )
+        await self._record(answered, pending)
         return response
 
     async def _answer(

@@ -11,6 +11,7 @@ from tests.conftest import (
     Pinwatch,
     StartPinwatch,
     action_ids,
+    block_actions_body,
     delivery,
     security,
     slack_signature,
@@ -50,17 +51,23 @@ async def test_bad_stale_or_replayed_signatures_are_401(pinwatch: Pinwatch) -> N
         async with pinwatch.client.post("/slack/actions", data=body, headers=headers) as response:
             assert response.status == 401
 
-    # A valid request sent twice: the replay is refused.
-    from tests.conftest import block_actions_body
-
+    # A valid request sent twice, by a responder: applied once, the replay refused.
     alert = await pinwatch.alert(1)
     replayed = block_actions_body(
-        "pinwatch.acknowledge", 1, user="U0MALLORY", name=None, alert=alert
+        "pinwatch.acknowledge", 1, user="U0ALICE", name="alice", alert=alert
     )
-    assert await pinwatch.click("acknowledge", 1, user="U0MALLORY", body=replayed) == 200
-    assert await pinwatch.click("acknowledge", 1, user="U0MALLORY", body=replayed) == 401
+    assert await pinwatch.click("acknowledge", 1, body=replayed) == 200
+    await pinwatch.slack.wait_for_calls("chat.update")
+    assert await pinwatch.click("acknowledge", 1, body=replayed) == 401
 
-    assert (await pinwatch.alert(1)).acknowledged is None
+    # An applied replay would tell alice "Already acknowledged". carol's click is applied after
+    # it would have been (clicks start in arrival order, and hers also asks Slack for the
+    # members of S0PAYSEC), so the first ephemeral must be carol's.
+    assert await pinwatch.click("acknowledge", 1, user="U0CAROL", name="carol") == 200
+    [told] = await pinwatch.slack.wait_for_calls("chat.postEphemeral")
+    assert told.params["user"] == "U0CAROL"
+    acknowledged = [e for e in await pinwatch.store.audit_log(1) if e.action == "acknowledged"]
+    assert [e.actor.user_id for e in acknowledged] == ["U0ALICE"]
 
 
 async def test_unreadable_payload_is_400_and_foreign_actions_are_ignored(
@@ -76,7 +83,14 @@ async def test_unreadable_payload_is_400_and_foreign_actions_are_ignored(
         == 200
     )
     assert await pinwatch.click("someone-elses-button", 1) == 200
-    assert (await pinwatch.alert(1)).acknowledged is None
+
+    # Nothing to wait for if they were ignored; carol's acknowledgement, which also asks Slack
+    # for S0PAYSEC's members, is applied after any of them would have been.
+    assert await pinwatch.click("acknowledge", 1, user="U0CAROL", name="carol") == 200
+    await pinwatch.slack.wait_for_calls("chat.update")
+    acknowledged = [e for e in await pinwatch.store.audit_log(1) if e.action == "acknowledged"]
+    assert [e.actor.user_id for e in acknowledged] == ["U0CAROL"]
+    assert pinwatch.slack.calls_to("chat.postEphemeral") == []
 
 
 # --- acknowledge ---------------------------------------------------------------------------

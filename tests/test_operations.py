@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.config import load_config
 from tests.conftest import (
     META_APP_SECRET,
     META_VERIFY_TOKEN,
@@ -96,31 +98,67 @@ async def test_an_invalid_edit_is_refused_and_the_old_version_still_routes(
     assert len(pinwatch.slack.top_level("C0PAYMENTS")) == 1
 
 
-async def test_reload_under_concurrent_deliveries_drops_nothing(pinwatch: Pinwatch) -> None:
-    async def deliver(i: int) -> int:
-        body = delivery(security("PIN_CHANGED", phone="15550783881"), time=1748811473 + i)
-        status, _ = await pinwatch.post_webhook(body)
-        return status
+async def test_reload_under_concurrent_deliveries_takes_effect_and_drops_nothing(
+    pinwatch: Pinwatch,
+) -> None:
+    received: dict[int, int] = {}  # delivery n → HTTP status
+    changed_from: list[int] = []  # the first delivery sent once the new route was in force
+    stop = asyncio.Event()
+    numbers = itertools.count()
 
-    async def rewrite() -> None:
-        for n in range(10):
+    async def sender() -> None:
+        while not stop.is_set():
+            n = next(numbers)
+            body = delivery(security("PIN_CHANGED", phone="15550783881"), time=1748811473 + n)
+            received[n], _ = await pinwatch.post_webhook(body)
+
+    async def edit_under_load() -> None:
+        async def some_received() -> bool:
+            return len(received) >= 20
+
+        await eventually(some_received)
+        for n in range(10):  # edits that end where they began: the version in force stays
             edit(pinwatch.config_path, "ack_timeout: 10m", f"ack_timeout: {11 + n}m")
             edit(pinwatch.config_path, f"ack_timeout: {11 + n}m", "ack_timeout: 10m")
             await asyncio.sleep(0.01)
+        edit(pinwatch.config_path, 'channel: "C0PAYMENTS"', 'channel: "C0NEWPAY"')
+        wanted = load_config(pinwatch.config_path).digest
 
-    results = await asyncio.gather(rewrite(), *(deliver(i) for i in range(60)))
-    assert results[1:] == [200] * 60
+        async def in_force() -> bool:
+            return await config_version(pinwatch) == wanted
+
+        await eventually(in_force)
+        changed_from.append(next(numbers))
+
+        async def more_received() -> bool:
+            return sum(n >= changed_from[0] for n in received) >= 20
+
+        await eventually(more_received)
+        stop.set()
+
+    await asyncio.gather(edit_under_load(), *(sender() for _ in range(4)))
+    assert set(received.values()) == {200}
+    total = len(received)
 
     async def all_posted() -> bool:
-        alerts = [await pinwatch.store.get(i) for i in range(1, 61)]
-        return all(a is not None and a.slack_channel == "C0PAYMENTS" for a in alerts)
+        alerts = [await pinwatch.store.get(i) for i in range(1, total + 1)]
+        return all(a is not None and a.slack_ts is not None for a in alerts)
 
     await eventually(all_posted, timeout=15)
-    shown = json.dumps([m.blocks for m in pinwatch.slack.top_level("C0PAYMENTS")])
-    assert shown.count("pinwatch.escalate") >= 1
-    # Each event is one message or one row of a storm summary: 60 in all, none twice.
-    rows = sum(1 for m in pinwatch.slack.top_level("C0PAYMENTS") for _ in _alert_ids(m.blocks))
-    assert rows == 60
+    channel_of = {}
+    for i in range(1, total + 1):
+        alert = await pinwatch.alert(i)
+        assert alert.event.time is not None
+        channel_of[alert.event.time - 1748811473] = alert.slack_channel
+    assert sorted(channel_of) == sorted(received)
+    assert set(channel_of.values()) <= {"C0PAYMENTS", "C0NEWPAY"}
+    # Routed when posted, so a delivery sent after the reload can only go to the new channel.
+    late = [n for n in channel_of if n >= changed_from[0]]
+    assert len(late) >= 20
+    assert {channel_of[n] for n in late} == {"C0NEWPAY"}
+    # Each event is one message or one row of a storm summary: none lost, none twice.
+    rows = sum(1 for m in pinwatch.slack.top_level() for _ in _alert_ids(m.blocks))
+    assert rows == total
 
 
 async def test_health_readiness_and_metrics_endpoints(pinwatch: Pinwatch) -> None:

@@ -104,7 +104,7 @@ class Sender:
 
     channel: str
     sent: list[int] = field(default_factory=list)  # event times in order of receipt (200)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (sent at, seconds)
     statuses: list[int] = field(default_factory=list)
 
     async def run(self, client: TestClient[web.Request, web.Application], until: Any) -> None:
@@ -120,7 +120,7 @@ class Sender:
             async with client.post("/webhook", data=io.BytesIO(body), headers=headers) as r:
                 await r.read()
                 status = r.status
-            self.latencies.append(time.monotonic() - started)
+            self.latencies.append((started, time.monotonic() - started))
             self.statuses.append(status)
             if status == 200:
                 self.sent.append(at)
@@ -131,11 +131,13 @@ def event_times(blocks: list[dict[str, Any]]) -> list[int]:
     return [int(t) for t in _DATE.findall(json.dumps(blocks)) if int(t) < BASE_TIME + 10**6]
 
 
-def retry_after_gaps(calls: list[RecordedCall], *, same_channel: bool) -> list[float]:
-    """For each 429, the time until the next call to the method (on that channel)."""
+def gaps_after(
+    calls: list[RecordedCall], failed: Callable[[RecordedCall], bool], *, same_channel: bool
+) -> list[float]:
+    """For each failed call, the time until the next call to the method (on that channel)."""
     gaps = []
     for i, call in enumerate(calls):
-        if call.status != 429:
+        if not failed(call):
             continue
         later = [
             c
@@ -145,6 +147,16 @@ def retry_after_gaps(calls: list[RecordedCall], *, same_channel: bool) -> list[f
         if later:
             gaps.append(later[0].at - call.at)
     return gaps
+
+
+def retry_after_gaps(calls: list[RecordedCall], *, same_channel: bool) -> list[float]:
+    return gaps_after(calls, lambda c: c.status == 429, same_channel=same_channel)
+
+
+def given_up(call: RecordedCall) -> bool:
+    """pinwatch's client hung up before the answer came (with handler cancellation on, the
+    fake's handler is cancelled instead and the call stays pending)."""
+    return call.pending or call.hung_up
 
 
 async def wait_until(predicate: Callable[[], bool], *, timeout: float) -> None:
@@ -193,7 +205,9 @@ async def test_slack_outage_loses_nothing_keeps_webhook_fast_and_order(running: 
     posts = slack.calls_to(POST)
     gaps_channel = retry_after_gaps(posts, same_channel=True)
     gaps_method = retry_after_gaps(posts, same_channel=False)
-    latencies = [x for s in senders for x in s.latencies]
+    gaps_timeout = gaps_after(posts, given_up, same_channel=True)
+    during = [x for s in senders for started, x in s.latencies if started < recovered_at[0]]
+    latencies = [x for s in senders for _, x in s.latencies]
     figures = {
         "deliveries_sent": sum(len(s.statuses) for s in senders),
         "accepted": total,
@@ -202,21 +216,32 @@ async def test_slack_outage_loses_nothing_keeps_webhook_fast_and_order(running: 
         "failed_slack_calls": sum(c.failed for c in posts),
         "answered_500": sum(c.status == 500 for c in posts),
         "answered_429": sum(c.status == 429 for c in posts),
-        # aiohttp cancels the fake's handler when the client hangs up: those stay pending.
-        "timed_out": sum(c.pending or c.status == 503 for c in posts),
+        # Only calls pinwatch's own client gave up on: a late answer it waited for is no timeout.
+        "timed_out": sum(given_up(c) for c in posts),
         "alerts_posted": sum(len(slack.top_level(c)) for c in CHANNELS),
+        "webhook_max_latency_during_outage_s": round(max(during), 4),
+        "webhook_p50_latency_during_outage_s": round(sorted(during)[len(during) // 2], 4),
+        "webhook_p95_latency_during_outage_s": round(sorted(during)[len(during) * 95 // 100], 4),
         "webhook_max_latency_s": round(max(latencies), 4),
-        "webhook_p50_latency_s": round(sorted(latencies)[len(latencies) // 2], 4),
         "min_gap_after_429_same_channel_s": round(min(gaps_channel), 3),
         "min_gap_after_429_any_channel_s": round(min(gaps_method), 3),
+        "min_gap_after_timeout_same_channel_s": round(min(gaps_timeout, default=-1), 3),
     }
     print(f"\nRELIABILITY outage: {json.dumps(figures)}")
 
     assert figures["non_200"] == 0
-    assert figures["webhook_max_latency_s"] < 0.5, "Slack trouble slowed POST /webhook"
+    # pinwatch hung up on every late answer, and not before its timeout.
+    assert figures["timed_out"] == 6, "pinwatch's Slack client waited past its timeout"
+    assert min(gaps_timeout) >= SLACK_TIMEOUT, "gave up before its timeout"
+    # Well below the Slack timeout: webhooks that waited on Slack while it failed would exceed
+    # it. The 95th percentile, not the maximum: a shared machine's disk can stall one commit
+    # (and the few requests beside it) for longer than that, Slack or no Slack.
+    assert figures["webhook_p95_latency_during_outage_s"] < SLACK_TIMEOUT / 3, (
+        "Slack trouble slowed POST /webhook"
+    )
     assert figures["answered_500"] >= 6
     assert figures["answered_429"] == 6
-    assert figures["timed_out"] == 6
+    assert min(gaps_channel) >= RETRY_AFTER, "called a channel again before Retry-After"
     for channel, sent in expected.items():
         shown = [event_times(m.blocks) for m in slack.top_level(channel)]
         assert all(len(t) == 1 for t in shown), shown
@@ -224,7 +249,7 @@ async def test_slack_outage_loses_nothing_keeps_webhook_fast_and_order(running: 
         assert sorted(got) == sorted(sent), f"{channel}: lost or duplicated alerts"
         assert got == sent, f"{channel}: posted out of order of receipt"
     assert figures["alerts_posted"] == total
-    # Retry-After itself is asserted in the next test, with one lane so the order is fixed.
+    # Retry-After once slack_sdk has given up is asserted in the next test, with one lane.
 
 
 async def test_a_lane_waits_out_retry_after_even_when_slack_sdk_gives_up(running: Running) -> None:

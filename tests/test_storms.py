@@ -52,9 +52,21 @@ async def test_a_storm_of_500_becomes_a_few_summaries(pinwatch: Pinwatch) -> Non
     ]
     assert len(shown) == 500 - THRESHOLD
     assert len(set(shown)) == 500 - THRESHOLD
+    posted = 0
     for alert_id in range(1, 501):
         alert = await pinwatch.alert(alert_id)
         assert alert.slack_ts is not None
+        posted += 1
+    figures = {
+        "messages_in_channel": len(messages),
+        "individual": len(individual),
+        "summaries": len(summaries),
+        "summaries_allowed": -(-(500 - THRESHOLD) // STORM_MAX_ROWS) + 2,
+        "post_message_calls": len(pinwatch.slack.calls_to("chat.postMessage")),
+        "rows_with_acknowledge": len(shown),
+        "alerts_marked_posted": posted,
+    }
+    print(f"\nRELIABILITY storms: {json.dumps(figures)}")
 
 
 async def test_a_row_of_a_storm_is_acknowledged_on_its_own(pinwatch: Pinwatch) -> None:
