@@ -66,11 +66,22 @@ def _responder(value: object) -> str:
     raise ValueError(f"{value!r} is not a responder: use a user group (S…) or user (U…, W…) ID")
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
+def _foreign_digits(text: str) -> str:
+    """Digits other than 0-9 (fullwidth, Arabic-Indic, …): Meta sends ASCII, so they never match."""
+    return "".join(ch for ch in text if ch.isnumeric() and not ch.isascii())
+
+
 def _id_string(value: object) -> str:
     """YAML reads an unquoted 102290129340398 as a number; an ID is a string of digits."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value.strip().isdigit():
+    if not isinstance(value, str) or not _ASCII_DIGITS.fullmatch(value.strip()):
+        foreign = _foreign_digits(value) if isinstance(value, str) else ""
+        if foreign:
+            raise ValueError(f"{value!r} is not a numeric ID: use the digits 0-9, not {foreign!r}")
         raise ValueError(f"{value!r} is not a numeric ID")
     return value.strip()
 
@@ -78,6 +89,8 @@ def _id_string(value: object) -> str:
 def _phone(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
+    if isinstance(value, str) and (foreign := _foreign_digits(value)):
+        raise ValueError(f"{value!r} is not a phone number: use the digits 0-9, not {foreign!r}")
     if not isinstance(value, str) or len(phone_digits(value)) < 5:
         raise ValueError(f"{value!r} is not a phone number")
     return phone_digits(value)
