@@ -114,7 +114,7 @@ def test_team_settings_left_out_stay_unset_for_routing_to_inherit() -> None:
         ("duplicate_key.yaml", ["8: teams.payments: key given twice"]),
         (
             "yaml_syntax.yaml",
-            ["8: yaml: expected <block end>, but found '<block mapping start>'"],
+            ["8: yaml: did not find expected key (while parsing a block mapping from line 6)"],
         ),
         ("not_a_mapping.yaml", ["1: (top level): expected a mapping of keys"]),
         ("empty.yaml", ["1: (top level): expected a mapping of keys"]),
