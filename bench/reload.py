@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import os
 import signal
@@ -18,12 +19,13 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from bench import servers
 from bench.load import percentile, webhook_requests
@@ -45,7 +47,7 @@ EVENTS = "[PIN_RESET_REQUEST, PIN_REQUEST_SUCCESS, PIN_CHANGED]"
 
 
 def routing_file(store: Path, *, ack_timeout: str = "10m") -> str:
-    """About 1 MB: 200 teams, 5,000 routes; the 20 numbers the sender uses are routed last."""
+    """About 1 MB: 200 teams, 5,000 routes, the first 20 for the numbers the sender uses."""
     teams = "".join(
         f"  team{k:03d}:\n"
         f"    channel: C0BENCH{k % CHANNELS:02d}\n"
@@ -57,9 +59,10 @@ def routing_file(store: Path, *, ack_timeout: str = "10m") -> str:
     )
     routes = []
     for i in range(ROUTES):
-        last = ROUTES - CHANNELS
-        if i >= last:
-            team, phone = f"team{i - last:03d}", PHONES[i - last]
+        # The sender's numbers first: first match wins, and this bench is about the reload, not
+        # about how long routing takes to reach route 5,000.
+        if i < CHANNELS:
+            team, phone = f"team{i:03d}", PHONES[i]
         else:
             team, phone = f"team{i % TEAMS:03d}", f"+44 20 7{i:03d} {i % 10_000:04d}"
         routes.append(
@@ -99,6 +102,55 @@ def parse_seconds(text: str, *, runs: int) -> list[float]:
         times.append(time.perf_counter() - started)
         assert len(loaded.config.routes) == ROUTES
     return times
+
+
+async def stalls_during(reload: Awaitable[object]) -> float:
+    """The longest the event loop went without running a 1 ms ticker while ``reload`` ran."""
+    longest, last, done = 0.0, time.perf_counter(), False
+
+    async def tick() -> None:
+        nonlocal longest, last
+        while not done:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            longest, last = max(longest, now - last), now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    await reload
+    done = True
+    await ticker
+    return longest
+
+
+async def loop_stalls(config: Path, texts: list[str], *, runs: int) -> list[str]:
+    """pinwatch's reload_config beside the same parse in a worker thread, in this process."""
+    # Imported here: --no-stalls runs the rest against a bot/ from before reload_config was async.
+    from bot import keys
+    from bot.app import reload_config
+    from bot.config import LiveConfig, load_config, read_if_changed
+    from bot.metrics import Metrics
+
+    app = web.Application()
+    app[keys.CONFIG] = LiveConfig(load_config(config), loaded_at=time.time())
+    app[keys.METRICS] = Metrics()
+    app[keys.CLOCK] = time.time
+    # What `pinwatch serve` does once started: the config in force is not collected again.
+    gc.collect()
+    gc.freeze()
+    results: dict[str, list[float]] = {"worker thread": [], "pinwatch reload_config": []}
+    for n in range(runs):
+        await asyncio.to_thread(write_atomically, config, texts[n % len(texts)])
+        thread = asyncio.to_thread(
+            read_if_changed, str(config), digest=app[keys.CONFIG].current.digest
+        )
+        results["worker thread"].append(await stalls_during(thread))
+        results["pinwatch reload_config"].append(await stalls_during(reload_config(app)))
+    return [
+        f"longest event-loop stall while the file is parsed, {name}: "
+        f"median {statistics.median(x) * 1000:.0f} ms, max {max(x) * 1000:.0f} ms of {runs}"
+        for name, x in results.items()
+    ]
 
 
 @dataclass(slots=True)
@@ -287,6 +339,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reload", description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="parse runs (default 5)")
     parser.add_argument("--reloads", type=int, default=10, help="live reloads (default 10)")
+    parser.add_argument(
+        "--no-stalls", action="store_true", help="skip the thread/process event-loop comparison"
+    )
     parser.add_argument("--gap", type=float, default=2.0, help="seconds between reloads")
     parser.add_argument("--rate", type=float, default=50.0, help="webhooks per second")
     args = parser.parse_args()
@@ -300,6 +355,12 @@ def main() -> int:
             f"of {args.runs} runs",
             flush=True,
         )
+        if not args.no_stalls:
+            config = workdir / "stalls.yaml"
+            config.write_text(text)
+            texts = [routing_file(workdir / "pinwatch.db", ack_timeout=t) for t in ("10m", "11m")]
+            for line in asyncio.run(loop_stalls(config, texts, runs=args.runs)):
+                print(line, flush=True)
         for line in asyncio.run(live(args, workdir)):
             print(line, flush=True)
     return 0
