@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import hmac
 import logging
+import multiprocessing
+import os
 import signal
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import actions, keys, webhook
 from bot.actions import ActionService, SlackRequestVerifier, socket_mode_listener
-from bot.config import LiveConfig, LoadedConfig, ReloadResult
+from bot.config import ConfigError, LiveConfig, LoadedConfig, ReloadResult, read_if_changed
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Clock, system_clock
 from bot.metrics import Backlog, Metrics
@@ -262,20 +268,47 @@ def _file_stamp(path: Path) -> tuple[int, int, int] | None:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
-def reload_config(app: web.Application) -> ReloadResult:
+def _parser_process() -> None:
+    # It parses one file and ends: collecting garbage would only slow it down (a third of the
+    # time on a large file). And below the service's priority: on a busy machine, webhooks first.
+    gc.disable()
+    os.nice(10)
+
+
+async def reload_config(app: web.Application) -> ReloadResult:
     """Apply the routing file as it is now on disk, or keep the version in force and say why."""
     live = app[keys.CONFIG]
     before = live.current
-    result, error = live.reload(now=app[keys.CLOCK]())
-    app[keys.METRICS].config_reloads.labels(result.value).inc()
-    if error is not None:
+    read = functools.partial(read_if_changed, before.source, digest=before.digest)
+    try:
+        # In a process of its own, not a thread: parsing a large file holds the GIL for long
+        # spells (and its garbage collections stop every thread), which webhooks would wait for.
+        spawn = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_parser_process)
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(pool, read)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    except ConfigError as error:
         log.error(
             "config %s refused, version %s stays in force:\n%s", before.source, before.digest, error
         )
-    elif result is ReloadResult.APPLIED:
-        log.info("config %s version %s in force", live.current.source, live.current.digest)
-        if live.config.store.path != before.config.store.path:
-            log.warning("store.path changed: the new path is used from the next restart")
+        result = ReloadResult.REFUSED
+    except (BrokenProcessPool, OSError) as error:  # it was killed, or could not be started
+        log.error(
+            "config %s not read, version %s stays in force: the process parsing it failed (%s)",
+            before.source,
+            before.digest,
+            error,
+        )
+        result = ReloadResult.REFUSED
+    else:
+        result = live.apply(loaded, now=app[keys.CLOCK]())
+        if result is ReloadResult.APPLIED:
+            log.info("config %s version %s in force", live.current.source, live.current.digest)
+            if live.config.store.path != before.config.store.path:
+                log.warning("store.path changed: the new path is used from the next restart")
+    app[keys.METRICS].config_reloads.labels(result.value).inc()
     return result
 
 
@@ -299,7 +332,7 @@ async def watch_config(app: web.Application, *, poll_interval: float) -> None:
             if hangup.is_set() or current != stamp:
                 hangup.clear()
                 stamp = current
-                reload_config(app)
+                await reload_config(app)
     finally:
         if hangup_installed:
             loop.remove_signal_handler(signal.SIGHUP)

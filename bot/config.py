@@ -22,6 +22,12 @@ from pydantic import (
 
 from bot.events import EventType, phone_digits
 
+try:
+    # libyaml: several times faster on a large file; the same YAML rules and the same nodes.
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # a PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
 _CHANNEL_NAME = re.compile(r"^#[a-z0-9][a-z0-9_\-]{0,79}$")
@@ -66,11 +72,22 @@ def _responder(value: object) -> str:
     raise ValueError(f"{value!r} is not a responder: use a user group (S…) or user (U…, W…) ID")
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+
+
+def _foreign_digits(text: str) -> str:
+    """Digits other than 0-9 (fullwidth, Arabic-Indic, …): Meta sends ASCII, so they never match."""
+    return "".join(ch for ch in text if ch.isnumeric() and not ch.isascii())
+
+
 def _id_string(value: object) -> str:
     """YAML reads an unquoted 102290129340398 as a number; an ID is a string of digits."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str) or not value.strip().isdigit():
+    if not isinstance(value, str) or not _ASCII_DIGITS.fullmatch(value.strip()):
+        foreign = _foreign_digits(value) if isinstance(value, str) else ""
+        if foreign:
+            raise ValueError(f"{value!r} is not a numeric ID: use the digits 0-9, not {foreign!r}")
         raise ValueError(f"{value!r} is not a numeric ID")
     return value.strip()
 
@@ -78,6 +95,8 @@ def _id_string(value: object) -> str:
 def _phone(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
+    if isinstance(value, str) and (foreign := _foreign_digits(value)):
+        raise ValueError(f"{value!r} is not a phone number: use the digits 0-9, not {foreign!r}")
     if not isinstance(value, str) or len(phone_digits(value)) < 5:
         raise ValueError(f"{value!r} is not a phone number")
     return phone_digits(value)
@@ -178,6 +197,10 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ConfigProblem]]]:
+        # A reload parses in a process of its own and the error comes back pickled.
+        return ConfigError, (self.problems,)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedConfig:
@@ -200,38 +223,167 @@ def _where(loc: tuple[str | int, ...]) -> str:
     return text or "(top level)"
 
 
-class _LineIndex:
-    """Maps a key path such as ('teams', 'payments', 'channel') to its line in the file."""
+_Loc = tuple[str | int, ...]
+_MERGE = "tag:yaml.org,2002:merge"
+# Aliases may repeat at most this many nodes, or as many as the file writes out if that is more:
+# enough for `<<: *team_defaults` or a shared mention list on every route, while a few hundred
+# bytes of nested aliases (an "alias bomb") would otherwise expand to billions of nodes before
+# any validation could refuse them.
+ALIAS_ALLOWANCE = 10_000
+
+
+def _parts(node: yaml.Node) -> list[tuple[str | int, yaml.Node]]:
+    """A node's children, each with the key or index it is under (a key node: its own key)."""
+    if isinstance(node, yaml.MappingNode):
+        return [(str(k.value), n) for k, v in node.value for n in (k, v)]
+    if isinstance(node, yaml.SequenceNode):
+        return list(enumerate(node.value))
+    return []
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+class _Document:
+    """The file's node graph, before construction: an alias is the very node it names.
+
+    Everything here visits each node once, however often aliases repeat it, so a hostile file
+    costs time in proportion to its length, not to what its aliases expand to.
+    """
 
     def __init__(self, root: yaml.Node) -> None:
-        self._lines: dict[tuple[str | int, ...], int] = {}
-        self.duplicates: list[tuple[tuple[str | int, ...], int]] = []
-        self._walk(root, ())
+        self.root = root
+        self.written = 0  # nodes the file writes out: a list or mapping that aliases repeat, once
+        self.mappings: list[yaml.MappingNode] = []  # each once, in the order the file has them
+        self.expanded: dict[int, int] = {}  # id of a collection → nodes with aliases expanded
+        self.cycle: yaml.Node | None = None  # a node an alias inside it names
+        self._entries: dict[int, dict[str, tuple[int, yaml.Node]]] = {}
+        self._measure()
 
-    def _walk(self, node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        self._lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
+    def _measure(self) -> None:
+        # Iterative, not recursive: nesting depth is the file's to choose. Scalars, most of the
+        # nodes, are counted where they stand and never stacked.
+        open_nodes: set[int] = set()
+        stack: list[tuple[yaml.Node, bool]] = [(self.root, False)]
+        while stack:
+            node, done = stack.pop()
+            children = _children(node)
+            if done:
+                open_nodes.discard(id(node))
+                self.expanded[id(node)] = 1 + sum(self.size_of(child) for child in children)
+                continue
+            if id(node) in self.expanded:
+                continue
+            if id(node) in open_nodes:
+                self.cycle = node
+                return
+            open_nodes.add(id(node))
+            self.written += 1
+            if isinstance(node, yaml.MappingNode):
+                self.mappings.append(node)
+            stack.append((node, True))
+            for child in reversed(children):
+                if isinstance(child, yaml.ScalarNode):
+                    self.written += 1
+                else:
+                    stack.append((child, False))
+
+    def size_of(self, node: yaml.Node) -> int:
+        return 1 if isinstance(node, yaml.ScalarNode) else self.expanded[id(node)]
+
+    def path_of(self, target: yaml.Node) -> _Loc:
+        """Where the file first writes the node (for an alias: where its anchor is).
+
+        Only asked for a problem to report, so it searches rather than keeping a map.
+        """
+        seen: set[int] = set()
+        stack: list[tuple[yaml.Node, _Loc]] = [(self.root, ())]
+        while stack:
+            node, path = stack.pop()
+            if node is target:
+                return path
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.extend((child, (*path, part)) for part, child in reversed(_parts(node)))
+        return ()
+
+    def too_expanded(self, limit: int) -> yaml.Node | None:
+        """The innermost node whose aliases expand it past ``limit`` nodes, if the root's do."""
+        if self.size_of(self.root) <= limit:
+            return None
+        node = self.root
+        while True:
+            child = max(_children(node), key=self.size_of, default=None)
+            if child is None or self.size_of(child) <= limit:
+                return node
+            node = child
+
+    def duplicates(self) -> Iterator[tuple[_Loc, int]]:
+        for node in self.mappings:
             seen: set[str] = set()
-            for key_node, value_node in node.value:
+            for key_node, _ in node.value:
                 key = str(key_node.value)
-                if key in seen:
-                    self.duplicates.append(((*path, key), key_node.start_mark.line + 1))
+                if key in seen and key_node.tag != _MERGE:
+                    yield (*self.path_of(node), key), key_node.start_mark.line + 1
                 seen.add(key)
-                self._lines[(*path, key)] = key_node.start_mark.line + 1
-                self._walk(value_node, (*path, key))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                self._walk(item, (*path, index))
 
-    def line_of(self, loc: tuple[str | int, ...]) -> int:
-        for end in range(len(loc), -1, -1):
-            if (line := self._lines.get(loc[:end])) is not None:
-                return line
-        return 1
+    def _entries_of(self, node: yaml.MappingNode) -> dict[str, tuple[int, yaml.Node]]:
+        """Key → (its line, its value); of a key given twice, the last, as construction does.
+
+        Once constructed, a mapping's `<<` merges are among its own pairs (PyYAML puts the
+        merged ones first), so a key it overrides points at the override.
+        """
+        if (entries := self._entries.get(id(node))) is None:
+            entries = {str(k.value): (k.start_mark.line + 1, v) for k, v in node.value}
+            self._entries[id(node)] = entries
+        return entries
+
+    def line_of(self, loc: _Loc) -> int:
+        """The line of the deepest part of ``loc`` the file writes (a key: the key's line)."""
+        node = self.root
+        line = node.start_mark.line + 1
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                entry = self._entries_of(node).get(str(part))
+                if entry is None:
+                    break
+                line, node = entry
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    break
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+
+def _alias_problems(document: _Document, source: str) -> list[ConfigProblem]:
+    if document.cycle is not None:
+        path = document.path_of(document.cycle)
+        what = "an alias inside this node names the node itself"
+        return [ConfigProblem(source, document.line_of(path), _where(path), what)]
+    written = document.written
+    limit = written + max(ALIAS_ALLOWANCE, written)
+    node = document.too_expanded(limit)
+    if node is None:
+        return []
+    path = document.path_of(node)
+    what = (
+        f"aliases expand this to more than {limit:,} nodes (the whole file writes {written:,}):"
+        " refused, as an alias bomb would be"
+    )
+    return [ConfigProblem(source, document.line_of(path), _where(path), what)]
 
 
 def _validation_problems(
-    error: ValidationError, index: _LineIndex, source: str
+    error: ValidationError, document: _Document, source: str
 ) -> Iterator[ConfigProblem]:
     for item in error.errors():
         # pydantic puts the Annotated validator's name in loc for unions; keep only real keys.
@@ -239,10 +391,12 @@ def _validation_problems(
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (misspelt?)"
-        yield ConfigProblem(source, index.line_of(loc), _where(loc), message)
+        yield ConfigProblem(source, document.line_of(loc), _where(loc), message)
 
 
-def _unknown_teams(data: dict[str, Any], index: _LineIndex, source: str) -> Iterator[ConfigProblem]:
+def _unknown_teams(
+    data: dict[str, Any], document: _Document, source: str
+) -> Iterator[ConfigProblem]:
     """Read from the raw data, so that a misspelt team is reported beside every other error."""
     teams = data.get("teams")
     known = set(teams) if isinstance(teams, dict) else set()
@@ -252,13 +406,13 @@ def _unknown_teams(data: dict[str, Any], index: _LineIndex, source: str) -> Iter
         if isinstance(team, str) and team not in known:
             yield ConfigProblem(
                 source,
-                index.line_of(("routes", i, "team")),
+                document.line_of(("routes", i, "team")),
                 f"routes[{i}].team",
                 f"team {team!r} is not defined under teams",
             )
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(_SafeLoader):
     """YAML 1.1 reads an unquoted 00442071460 as octal 76051248: keep such numbers as written."""
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int | str:  # type: ignore[override]
@@ -271,46 +425,79 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
-def parse_config(text: str, *, source: str) -> LoadedConfig:
-    """Validate the routing file's text; raise ConfigError listing every problem found."""
+def _yaml_problem(exc: yaml.YAMLError, source: str) -> ConfigProblem:
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return ConfigProblem(source, 1, "yaml", str(exc))
+    mark = exc.problem_mark or exc.context_mark
+    what = str(exc.problem)
+    if exc.context and exc.context_mark and exc.context_mark is not mark:
+        what += f" ({exc.context} from line {exc.context_mark.line + 1})"
+    return ConfigProblem(source, mark.line + 1 if mark else 1, "yaml", what)
+
+
+def _not_a_mapping(source: str) -> ConfigError:
+    return ConfigError([ConfigProblem(source, 1, "(top level)", "expected a mapping of keys")])
+
+
+def _read_yaml(text: str, source: str) -> tuple[_Document, dict[str, Any], list[ConfigProblem]]:
+    """Compose, check aliases and keys on the nodes, and only then construct Python values."""
     try:
         loader = _Loader(text)
         try:
             root = loader.get_single_node()
-            data: Any = loader.construct_document(root) if root is not None else None
+            if root is None:
+                raise _not_a_mapping(source)
+            document = _Document(root)
+            if problems := _alias_problems(document, source):
+                raise ConfigError(problems)
+            duplicates = [
+                ConfigProblem(source, line, _where(loc), "key given twice")
+                for loc, line in document.duplicates()
+            ]
+            data = loader.construct_document(root)
+            if not isinstance(data, dict):
+                raise _not_a_mapping(source)
+            return document, data, duplicates
         finally:
             loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        raise ConfigError([ConfigProblem(source, line, "yaml", str(exc.problem))]) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem(source, 1, "yaml", str(exc))]) from exc
-    if root is None or not isinstance(data, dict):
-        raise ConfigError([ConfigProblem(source, 1, "(top level)", "expected a mapping of keys")])
+        raise ConfigError([_yaml_problem(exc, source)]) from exc
 
-    index = _LineIndex(root)
-    problems = [
-        ConfigProblem(source, line, _where(loc), "key given twice")
-        for loc, line in index.duplicates
-    ]
+
+def parse_config(text: str, *, source: str) -> LoadedConfig:
+    """Validate the routing file's text; raise ConfigError listing every problem found."""
+    document, data, problems = _read_yaml(text, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems.extend(_validation_problems(exc, index, source))
-    problems.extend(_unknown_teams(data, index, source))
+        problems.extend(_validation_problems(exc, document, source))
+    problems.extend(_unknown_teams(data, document, source))
     if problems:
         raise ConfigError(problems)
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return LoadedConfig(config=config, source=source, digest=digest)
+    return LoadedConfig(config=config, source=source, digest=digest_of(text))
+
+
+def digest_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(str(path), 1, "file", str(exc))]) from exc
 
 
 def load_config(path: Path) -> LoadedConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigProblem(str(path), 1, "file", str(exc))]) from exc
-    return parse_config(text, source=str(path))
+    return parse_config(_read_text(path), source=str(path))
+
+
+def read_if_changed(source: str, *, digest: str) -> LoadedConfig | None:
+    """The file as it is now, or None if its text is still version ``digest``."""
+    text = _read_text(Path(source))
+    if digest_of(text) == digest:
+        return None  # touched or signalled, not edited: no need to parse it again
+    return parse_config(text, source=source)
 
 
 class ReloadResult(StrEnum):
@@ -330,14 +517,9 @@ class LiveConfig:
     def config(self) -> Config:
         return self.current.config
 
-    def reload(self, *, now: float) -> tuple[ReloadResult, ConfigError | None]:
-        """Re-read the file; a version that does not validate leaves the one in force alone."""
-        try:
-            loaded = load_config(Path(self.current.source))
-        except ConfigError as exc:
-            return ReloadResult.REFUSED, exc
-        if loaded.digest == self.current.digest:
-            return ReloadResult.UNCHANGED, None
+    def apply(self, loaded: LoadedConfig | None, *, now: float) -> ReloadResult:
+        if loaded is None:
+            return ReloadResult.UNCHANGED
         self.current = loaded
         self.loaded_at = now
-        return ReloadResult.APPLIED, None
+        return ReloadResult.APPLIED

@@ -41,7 +41,9 @@ class EscalationKind(StrEnum):
 
 def phone_digits(number: str) -> str:
     """Phone numbers are compared as digits only: '+1 555-078-3881' is '15550783881'."""
-    return re.sub(r"\D", "", number)
+    # 0-9 only, not \D: a routing file may hold no other digits (Meta sends none), so both sides
+    # of the comparison drop the same characters.
+    return re.sub(r"[^0-9]", "", number)
 
 
 def _canonical(value: Any) -> Any:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import main
 from bot.config import ConfigError, LoadedConfig, load_config, parse_config, parse_duration
+from bot.events import phone_digits
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "config.example.yaml"
@@ -112,7 +114,7 @@ def test_team_settings_left_out_stay_unset_for_routing_to_inherit() -> None:
         ("duplicate_key.yaml", ["8: teams.payments: key given twice"]),
         (
             "yaml_syntax.yaml",
-            ["8: yaml: expected <block end>, but found '<block mapping start>'"],
+            ["8: yaml: did not find expected key (while parsing a block mapping from line 6)"],
         ),
         ("not_a_mapping.yaml", ["1: (top level): expected a mapping of keys"]),
         ("empty.yaml", ["1: (top level): expected a mapping of keys"]),
@@ -253,3 +255,69 @@ def test_too_short_or_non_numeric_phone_number_is_refused(phone: str) -> None:
     [problem] = caught.value.problems
     assert (problem.line, problem.where) == (10, "routes[0].phone_numbers[0]")
     assert problem.what.endswith("is not a phone number")
+
+
+# Written with escapes: the point is that they look like 0-9 and are not.
+FULLWIDTH = str.maketrans("0123456789", "".join(chr(0xFF10 + d) for d in range(10)))
+ARABIC_INDIC = str.maketrans("0123456789", "".join(chr(0x0660 + d) for d in range(10)))
+WABA = "102290129340398"
+PHONE = "15550783881"
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "old", "new", "foreign"),
+    [
+        (9, "routes[0].waba_ids[0]", WABA, WABA.translate(FULLWIDTH), WABA.translate(FULLWIDTH)),
+        (
+            9,
+            "routes[0].waba_ids[0]",
+            WABA,
+            "1555".translate(ARABIC_INDIC),
+            "1555".translate(ARABIC_INDIC),
+        ),
+        (
+            10,
+            "routes[0].phone_numbers[0]",
+            PHONE,
+            "+1 555 " + "1555".translate(ARABIC_INDIC),
+            "1555".translate(ARABIC_INDIC),
+        ),
+        (
+            10,
+            "routes[0].phone_numbers[0]",
+            PHONE,
+            "+1 555-078-388" + "1".translate(FULLWIDTH),
+            "1".translate(FULLWIDTH),
+        ),
+        (10, "routes[0].phone_numbers[0]", PHONE, "+1 555-078-3881\u00b2", "\u00b2"),
+    ],
+)
+def test_digits_other_than_0_to_9_are_refused_with_their_line(
+    line: int, where: str, old: str, new: str, foreign: str
+) -> None:
+    # Meta sends ASCII digits: a fullwidth or Arabic-Indic ID or number would never match.
+    with pytest.raises(ConfigError) as caught:
+        parse(ROUTES_WITH_UNQUOTED_NUMBERS.replace(old, f'"{new}"'))
+    [problem] = caught.value.problems
+    assert (problem.line, problem.where) == (line, where)
+    assert problem.what.endswith(f"use the digits 0-9, not {foreign!r}")
+
+
+def test_phone_digits_keep_only_0_to_9() -> None:
+    assert phone_digits("+1 (555) 078-3881") == "15550783881"
+    assert (
+        phone_digits("+1 555 " + "1555".translate(ARABIC_INDIC) + "5".translate(FULLWIDTH))
+        == "1555"
+    )
+
+
+def test_check_config_names_the_line_of_a_fullwidth_waba_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(ROUTES_WITH_UNQUOTED_NUMBERS.replace(WABA, f'"{WABA.translate(FULLWIDTH)}"'))
+    assert main(["check-config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"{path}:9: routes[0].waba_ids[0]: ")
+    assert err.rstrip().endswith(f"use the digits 0-9, not {WABA.translate(FULLWIDTH)!r}")
