@@ -279,10 +279,13 @@ class Dispatcher:
         posted_any = False
         held = asyncio.Event()
         try:
-            if not await self._store.acquire_lease(key, holder=self.replica, ttl=self._lease_ttl):
-                return  # another replica is posting this channel
+            acquired = await self._store.acquire_lease(
+                key, holder=self.replica, ttl=self._lease_ttl
+            )
         except StoreError as exc:
             log.warning("dispatcher: no lease for %s: %s", key, exc)
+            acquired = False
+        if not acquired:  # another replica is posting this channel, or the store is failing
             self._busy.discard(key)
             return
         held.set()
@@ -318,6 +321,8 @@ class Dispatcher:
     async def _renew(self, key: str, held: asyncio.Event) -> None:
         """Renew a lane's lease while it runs; a lease lost (renewals failed for longer than
         its time) stops the lane after its current job, since another replica may have it."""
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
         while True:
             await asyncio.sleep(self._lease_ttl / 3)
             try:
@@ -326,9 +331,13 @@ class Dispatcher:
                 )
             except StoreError as exc:
                 log.warning("dispatcher: lease for %s not renewed: %s", key, exc)
-                continue
-            if not renewed:
-                log.error("dispatcher: lease for %s lost to another replica; stopping it", key)
+                if loop.time() - renewed_at < self._lease_ttl:
+                    continue
+                renewed = False  # it has run out by now: another replica may hold it
+            if renewed:
+                renewed_at = loop.time()
+            else:
+                log.error("dispatcher: lease for %s lost; its lane stops after this job", key)
                 held.clear()
                 return
 
@@ -408,15 +417,17 @@ class Dispatcher:
         earlier attempt never finished (a crash, a lost answer, a timeout), its message may be
         in Slack already, and is looked for there, by its metadata, before posting again."""
         target = await self._channel_id(channel)
-        earlier = await self._store.begin_send(send.key, channel=target, at=self._clock())
-        if earlier is not None and (found := await self._find_sent(send, *earlier)) is not None:
-            log.warning(
-                "%s was in Slack already (its answer was lost): %s %s",
-                send.key,
-                found.channel,
-                found.ts,
-            )
-            return found
+        for earlier_channel, since in await self._store.begin_send(
+            send.key, channel=target, at=self._clock()
+        ):
+            if (found := await self._find_sent(send, earlier_channel, since)) is not None:
+                log.warning(
+                    "%s was in Slack already (its answer was lost): %s %s",
+                    send.key,
+                    found.channel,
+                    found.ts,
+                )
+                return found
         try:
             posted = await self._slack.post(
                 channel, message, send=send, thread_ts=thread_ts, reply_broadcast=reply_broadcast
@@ -424,7 +435,7 @@ class Dispatcher:
         except SlackCallError as exc:
             if exc.surely_not_sent:
                 with contextlib.suppress(StoreError):
-                    await self._store.end_send(send.key)
+                    await self._store.end_send(send.key, channel=target)
             raise
         if posted.channel != target:
             await self._learn_channel_id(channel, posted.channel)
@@ -504,6 +515,10 @@ class Dispatcher:
                 posted, _ = await self._post_or_fall_back(
                     channel, _regardless(summary_message), send
                 )
+                if posted.found:
+                    # An earlier attempt's summary, rendered from the rows it had then: show
+                    # every row it is about to hold (Slack first, then the store, as above).
+                    await self._slack.update(posted.channel, posted.ts, summary_message)
                 await self._mark_grouped(chunk, posted.channel, posted.ts, send=send)
         except SlackCallError as exc:
             self._metrics.delivery_retries.inc()

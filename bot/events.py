@@ -46,18 +46,23 @@ def phone_digits(number: str) -> str:
     return re.sub(r"[^0-9]", "", number)
 
 
+def as_text(value: Any) -> Any:
+    """A JSON number as the text of its value, anything else as it is: JSON has one number
+    type, so 15550783881, 15550783881.0 and "15550783881" are the same."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 def _canonical(value: Any) -> Any:
-    """The same change however Meta typed its scalars: 15550783881, 15550783881.0 and
-    "15550783881" agree."""
+    """The same change however Meta typed its scalars."""
     if isinstance(value, dict):
         return {str(key): _canonical(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_canonical(item) for item in value]
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # JSON has one number type: 1.0 is 1
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
+    return as_text(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ class Destination:
     escalation: Escalation
 
 
-def _matches(route: Route, event: SecurityEvent) -> bool:
+def _matches(route: Route, event: SecurityEvent, digits: str) -> bool:
     if route.waba_ids is not None and event.waba_id not in route.waba_ids:
         return False
-    if route.phone_numbers is not None and event.phone_digits not in route.phone_numbers:
+    if route.phone_numbers is not None and digits not in route.phone_numbers:
         return False
     return route.events is None or event.event in route.events
 
@@ -54,5 +54,6 @@ def team_destination(team: str | None, config: Config) -> Destination:
 
 def route(event: SecurityEvent, config: Config) -> Destination:
     """First matching route wins; an event no route matches goes to the defaults."""
-    team = next((r.team for r in config.routes if _matches(r, event)), None)
+    digits = event.phone_digits  # computed, not stored: once per event, not once per route
+    team = next((r.team for r in config.routes if _matches(r, event, digits)), None)
     return team_destination(team, config)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 from yarl import URL
 
 from bot.slack import SLACK_API_URL
+from bot.store.postgres import SECRET_QUERY_KEYS
 
 
 class SettingsError(Exception):
@@ -52,10 +53,18 @@ class Settings(BaseModel):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-            ("postgresql://", "postgres://")
-        ):
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        if not text.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        try:
+            url = URL(text)
+            url.port  # noqa: B018 (yarl checks the port only when asked for it)
+        except ValueError:
+            raise ValueError("is not a valid URL (host, port, path)") from None
+        if not url.host and "host" not in url.query:
+            raise ValueError("names no host")
         return value
 
     @field_validator("slack_api_url")
@@ -76,7 +85,8 @@ class Settings(BaseModel):
         ]
         values = [s.get_secret_value() for s in secrets if s is not None]
         if self.database_url is not None:
-            values.extend(filter(None, [URL(self.database_url.get_secret_value()).password]))
+            url = URL(self.database_url.get_secret_value())
+            values.extend(filter(None, [url.password, *map(url.query.get, SECRET_QUERY_KEYS)]))
         return values
 
     @property

@@ -35,6 +35,7 @@ SLACK_API_URL = "https://slack.com/api/"
 METADATA_EVENT_TYPE = "pinwatch_message"
 HISTORY_PAGES = 5  # a lost answer is seconds old: a few pages of history reach back far enough
 CHANNEL_LIST_PAGES = 20
+HISTORY_CLOCK_MARGIN = 3600.0
 
 # Errors after which posting to that channel again cannot succeed until a human acts.
 CHANNEL_ERRORS = frozenset(
@@ -99,6 +100,7 @@ class SendKey:
 class Posted:
     channel: str  # the channel ID Slack answered with, even when posted by #name
     ts: str
+    found: bool = False  # an earlier attempt's message, found in the channel: not this one
 
 
 def _retry_after(exc: SlackApiError) -> float | None:
@@ -251,7 +253,8 @@ class SlackGateway:
                 "conversations.history",
                 self._client.conversations_history(
                     channel=channel,
-                    oldest=f"{max(0.0, since - 60):.6f}",  # our clock against Slack's
+                    # Slack's ts is Slack's clock: reach back well past any skew from ours.
+                    oldest=f"{max(0.0, since - HISTORY_CLOCK_MARGIN):.6f}",
                     include_all_metadata=True,
                     limit=200,
                     cursor=cursor,
@@ -264,9 +267,7 @@ class SlackGateway:
                     metadata.get("event_type") == METADATA_EVENT_TYPE
                     and payload.get("send") == send.key
                 ):
-                    return Posted(
-                        channel=str(response.get("channel") or channel), ts=str(message["ts"])
-                    )
+                    return Posted(channel=channel, ts=str(message["ts"]), found=True)
             cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
             if cursor is None:
                 return None

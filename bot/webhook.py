@@ -14,7 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bot import keys
-from bot.events import SECURITY_FIELD, SecurityEvent
+from bot.events import SECURITY_FIELD, SecurityEvent, as_text
 from bot.metrics import Delivery
 from bot.store import StoreError
 
@@ -66,12 +66,9 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def _text(value: object) -> object:
-    # Meta sends IDs and numbers as strings today; accept numbers too rather than drop an event.
-    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-Text = Annotated[str, BeforeValidator(_text)]
+# Meta sends IDs and numbers as strings today; accept numbers too rather than drop an event,
+# as the text dedup gives them (so 102290129340398.0 is the WABA 102290129340398).
+Text = Annotated[str, BeforeValidator(as_text)]
 
 
 class _Tolerant(BaseModel):

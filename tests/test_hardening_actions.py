@@ -272,3 +272,18 @@ async def test_an_alert_of_a_schema_3_store_whose_team_is_gone_fails_closed(
     [refusal] = [e for e in await second.store.audit_log(1) if e.action.startswith("refused")]
     assert refusal.detail == "team payments is no longer defined"
     assert "no longer in the routing file" in ephemeral_texts(second, "U0ALICE")[0]
+
+
+async def test_a_nul_in_a_slack_user_name_does_not_fail_an_acknowledgement(
+    pinwatch: Pinwatch,
+) -> None:
+    """Names come from Slack's payload; the UPDATE cleans them for PostgreSQL, the audit row
+    written in the same transaction does not."""
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    await pinwatch.wait_posted(1)
+    assert await pinwatch.click("acknowledge", 1, user="U0ALICE", name="al\x00ice") == 200
+
+    async def acknowledged() -> bool:
+        return (await pinwatch.alert(1)).acknowledged is not None
+
+    await eventually(acknowledged)

@@ -1,10 +1,10 @@
 """Crash safety: a real `pinwatch serve` is SIGKILLed in the middle of a burst and restarted.
 
 Every delivery that got a 200 must end up as exactly one message in Slack, none missing, and
-redeliveries must give no second alert. The only duplicates allowed are the crash window's: a
-post Slack answered whose `mark_posted` had not committed when the process died. A lane posts
-one message at a time and commits it before the next, so that window holds at most each lane's
-last post before the kill; the test counts those duplicates, prints them and bounds them.
+redeliveries must give no second alert. Nor may the crash window: a post Slack answered whose
+`mark_posted` had not committed when the process died is found in the channel after the restart
+(by its message metadata) and recorded, not posted again. The test still tells such a duplicate
+apart from a redelivery's, prints it, and allows none.
 """
 
 from __future__ import annotations
@@ -416,11 +416,12 @@ def report(name: str, figures: Figures) -> None:
     print(f"\nRELIABILITY {name}: {json.dumps(figures.__dict__)}")
     for dup in figures.crash_duplicates:
         print(f"  crash-window duplicate: event {dup['event']} in {dup['channel']}: {dup['ts']}")
-    # At most one post per lane can sit between Slack's answer and the store's commit.
-    assert len(figures.crash_duplicates) <= max(1, figures.lanes_active_at_kill) <= TEAMS + 1
+    # A post cut off between Slack's answer and the store's commit is found in the channel by
+    # its metadata after the restart, not posted again.
+    assert figures.crash_duplicates == []
 
 
-async def test_sigkill_mid_burst_loses_nothing_and_duplicates_at_most_the_crash_window(
+async def test_sigkill_mid_burst_loses_nothing_and_posts_nothing_twice(
     tmp_path: Path, aiohttp_server: Any
 ) -> None:
     figures = await crash_and_restart(

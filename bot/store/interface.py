@@ -135,10 +135,11 @@ class Store(Protocol):
         """One page for these alerts (one, or a storm summary's rows): one transaction."""
         ...
 
-    async def begin_send(self, key: str, *, channel: str, at: float) -> tuple[str, float] | None:
+    async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
         """Record that the message `key` is being posted to `channel`, before the call: the
-        channel and start of an earlier attempt that never finished, if there was one (its
-        message may be in Slack already: look before posting again)."""
+        channel and first start of every earlier attempt that never finished (its message may
+        be in Slack already: look there before posting again). A channel keeps its first start,
+        so a look-up after a long outage still reaches back to it."""
         ...
 
     async def channel_id(self, name: str) -> str | None:
@@ -155,8 +156,8 @@ class Store(Protocol):
 
     async def release_lease(self, name: str, *, holder: str) -> None: ...
 
-    async def end_send(self, key: str) -> None:
-        """Slack said no: nothing was posted, nothing to look for next time."""
+    async def end_send(self, key: str, *, channel: str) -> None:
+        """Slack said no in that channel: nothing was posted there, nothing to look for."""
         ...
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None: ...

@@ -87,9 +87,10 @@ MIGRATIONS: tuple[str, ...] = (
     # is looked for in the channel (by its message metadata) instead of being sent again.
     """
     CREATE TABLE slack_sends (
-        key TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
         channel TEXT NOT NULL,
-        started_at DOUBLE PRECISION NOT NULL
+        started_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (key, channel)
     );
     CREATE TABLE slack_channel_ids (
         name TEXT PRIMARY KEY,
@@ -113,10 +114,17 @@ _Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 _BACKEND_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
+# libpq, and so asyncpg, take a password in the URL's query too.
+SECRET_QUERY_KEYS = ("password", "passfile")
+
+
 def redacted(url: str) -> str:
     """The URL as it may appear in a message: never with its password."""
     parsed = URL(url)
-    return str(parsed.with_password("***")) if parsed.password else url
+    if parsed.password:
+        parsed = parsed.with_password("***")
+    hidden = {k: "***" for k in SECRET_QUERY_KEYS if k in parsed.query}
+    return str(parsed.update_query(hidden) if hidden else parsed)
 
 
 def _text(value: str | None) -> str | None:
@@ -356,7 +364,7 @@ class PostgresStore:
             "INSERT INTO audit (alert_id, action, actor_id, actor_name, at, detail)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
             [
-                (alert_id, action, actor.user_id, actor.name, actor.at, detail)
+                (alert_id, action, actor.user_id, _text(actor.name), actor.at, _text(detail))
                 for alert_id in alert_ids
             ],
         )
@@ -456,20 +464,19 @@ class PostgresStore:
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = $1", send)
 
-    async def begin_send(self, key: str, *, channel: str, at: float) -> tuple[str, float] | None:
+    async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
         async with self._transaction() as db:
-            earlier = await db.fetchrow(
+            earlier = await db.fetch(
                 "SELECT channel, started_at FROM slack_sends WHERE key = $1 FOR UPDATE", key
             )
             await db.execute(
                 "INSERT INTO slack_sends (key, channel, started_at) VALUES ($1, $2, $3)"
-                " ON CONFLICT (key) DO UPDATE SET channel = excluded.channel,"
-                " started_at = excluded.started_at",
+                " ON CONFLICT (key, channel) DO NOTHING",
                 key,
                 channel,
                 at,
             )
-        return (earlier[0], earlier[1]) if earlier else None
+        return [(row[0], row[1]) for row in earlier]
 
     async def channel_id(self, name: str) -> str | None:
         async with self._connection() as db:
@@ -505,9 +512,11 @@ class PostgresStore:
         async with self._transaction() as db:
             await db.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", name, holder)
 
-    async def end_send(self, key: str) -> None:
+    async def end_send(self, key: str, *, channel: str) -> None:
         async with self._transaction() as db:
-            await db.execute("DELETE FROM slack_sends WHERE key = $1", key)
+            await db.execute(
+                "DELETE FROM slack_sends WHERE key = $1 AND channel = $2", key, channel
+            )
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
         async with self._transaction() as db:

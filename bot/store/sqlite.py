@@ -105,9 +105,10 @@ MIGRATIONS: tuple[str, ...] = (
     # is looked for in the channel (by its message metadata) instead of being sent again.
     """
     CREATE TABLE slack_sends (
-        key TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
         channel TEXT NOT NULL,
-        started_at REAL NOT NULL
+        started_at REAL NOT NULL,
+        PRIMARY KEY (key, channel)
     );
     CREATE TABLE slack_channel_ids (
         name TEXT PRIMARY KEY,
@@ -578,19 +579,18 @@ class SqliteStore:
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
-    async def begin_send(self, key: str, *, channel: str, at: float) -> tuple[str, float] | None:
+    async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
         async with self._transaction(Writer.OUTBOX) as db:
             async with db.execute(
                 "SELECT channel, started_at FROM slack_sends WHERE key = ?", (key,)
             ) as cursor:
-                earlier = await cursor.fetchone()
+                earlier = [(row[0], row[1]) async for row in cursor]
             await db.execute(
                 "INSERT INTO slack_sends (key, channel, started_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET channel = excluded.channel,"
-                " started_at = excluded.started_at",
+                " ON CONFLICT (key, channel) DO NOTHING",
                 (key, channel, at),
             )
-        return (earlier[0], earlier[1]) if earlier else None
+        return earlier
 
     async def channel_id(self, name: str) -> str | None:
         async with self._reader.execute(
@@ -620,9 +620,11 @@ class SqliteStore:
         if (current := self._leases.get(name)) is not None and current[0] == holder:
             del self._leases[name]
 
-    async def end_send(self, key: str) -> None:
+    async def end_send(self, key: str, *, channel: str) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
-            await db.execute("DELETE FROM slack_sends WHERE key = ?", (key,))
+            await db.execute(
+                "DELETE FROM slack_sends WHERE key = ? AND channel = ?", (key, channel)
+            )
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
