@@ -26,6 +26,7 @@ from tests.conftest import (
     Pinwatch,
     StartPinwatch,
     delivery,
+    eventually,
     security,
 )
 from tests.fake_slack import FakeSlack, start_fake_slack
@@ -170,3 +171,47 @@ async def test_a_lane_whose_holder_died_passes_on_when_its_lease_expires(
     )
     await pinwatch.post_webhook(REFERENCE_BODY)
     await pinwatch.wait_posted(1)
+
+
+async def test_racing_clicks_on_two_replicas_make_one_transition(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    first = await start_pinwatch()
+    second = await start_pinwatch((first.slack, first.slack_url))
+    await first.post_webhook(REFERENCE_BODY)
+    await first.wait_posted(1)
+    statuses = await asyncio.gather(
+        first.click("acknowledge", 1, user="U0ALICE"),
+        second.click("acknowledge", 1, user="U0CAROL"),
+        first.click("escalate", 1, user="U0DAVE"),
+        second.click("escalate", 1, user="U0ALICE"),
+    )
+    assert statuses == [200, 200, 200, 200]
+
+    async def settled() -> bool:
+        alert = await first.alert(1)
+        return alert.acknowledged is not None and alert.escalation_ts is not None
+
+    await eventually(settled)
+    audit = [e.action for e in await first.store.audit_log(1)]
+    assert audit.count("acknowledged") == 1
+    assert audit.count("escalated (manual)") == 1
+    await first.slack.wait_for_calls("chat.postEphemeral", 2)  # one "already …" per loser
+    assert len(first.slack.top_level("C0PAYLEADS")) == 1
+
+
+async def test_auto_escalation_with_two_replicas_pages_once(start_pinwatch: StartPinwatch) -> None:
+    first = await start_pinwatch()
+    second = await start_pinwatch((first.slack, first.slack_url))
+    await first.post_webhook(REFERENCE_BODY)
+    await first.wait_posted(1)
+    first.clock.advance(11 * 60)  # one clock for both: payments' ack_timeout is 10m
+
+    async def paged() -> bool:
+        return (await second.alert(1)).escalation_ts is not None
+
+    await eventually(paged)
+    audit = [e.action for e in await first.store.audit_log(1)]
+    assert audit.count("escalated (automatic)") == 1
+    assert audit.count("paged") == 1
+    assert len(first.slack.top_level("C0PAYLEADS")) == 1
