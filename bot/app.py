@@ -199,6 +199,7 @@ def build_app(
             poll_interval=tuning.poll_interval,
             storm_update_gap=tuning.storm_update_gap,
         )
+        app[keys.STORE].on_change(app[keys.DISPATCHER].wake)
         app[keys.ACTIONS] = ActionService(
             store=app[keys.STORE],
             slack=app[keys.SLACK],

@@ -16,6 +16,8 @@ import pytest
 
 from bot import keys
 from bot.dispatcher import LEASE_TTL
+from bot.events import SecurityEvent
+from bot.store import open_store
 from bot.webhook import SIGNATURE_HEADER, sign
 from tests.conftest import (
     META_APP_SECRET,
@@ -186,7 +188,7 @@ async def test_racing_clicks_on_two_replicas_make_one_transition(
         first.click("escalate", 1, user="U0DAVE"),
         second.click("escalate", 1, user="U0ALICE"),
     )
-    assert statuses == [200, 200, 200, 200]
+    assert list(statuses) == [200, 200, 200, 200]
 
     async def settled() -> bool:
         alert = await first.alert(1)
@@ -215,3 +217,21 @@ async def test_auto_escalation_with_two_replicas_pages_once(start_pinwatch: Star
     assert audit.count("escalated (automatic)") == 1
     assert audit.count("paged") == 1
     assert len(first.slack.top_level("C0PAYLEADS")) == 1
+
+
+async def test_work_committed_by_one_replica_wakes_the_others(database_url: str | None) -> None:
+    """LISTEN/NOTIFY: the dispatcher of every replica wakes at once, not at its next poll."""
+    assert database_url is not None
+    committing = await open_store(database_url)
+    listening = await open_store(database_url)
+    woken = asyncio.Event()
+    try:
+        listening.on_change(woken.set)
+        await asyncio.wait_for(woken.wait(), 10)  # it wakes once on (re)connecting
+        woken.clear()
+        event = SecurityEvent("102290129340398", "15550783881", "PIN_CHANGED", 1_748_811_473)
+        assert await committing.add_events([event], received_at=time.time()) == [1]
+        await asyncio.wait_for(woken.wait(), 5)
+    finally:
+        await listening.close()
+        await committing.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,6 +39,10 @@ class Transition:
 
 class Store(Protocol):
     async def close(self) -> None: ...
+
+    def on_change(self, wake: Callable[[], None]) -> None:
+        """Call `wake` when another replica commits work for the outbox."""
+        ...
 
     # --- intake -------------------------------------------------------------------------------
 

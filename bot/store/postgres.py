@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -138,9 +139,16 @@ def _changed(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+# Sent on commit when there is new work for the outbox: every replica's dispatcher wakes.
+OUTBOX_CHANNEL = "pinwatch_outbox"
+LISTEN_RETRY = 5.0
+
+
 class PostgresStore:
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], url: str) -> None:
         self._pool = pool
+        self._url = url
+        self._listener: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
@@ -156,10 +164,42 @@ class PostgresStore:
         except _BACKEND_ERRORS as exc:
             await pool.close()
             raise StoreError(f"cannot use the store at {redacted(url)}: {exc}") from exc
-        return cls(pool)
+        return cls(pool, url)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         await self._pool.close()
+
+    def on_change(self, wake: Callable[[], None]) -> None:
+        """Call `wake` when any replica commits work for the outbox (LISTEN/NOTIFY, on a
+        connection of its own). Polling stays the fallback: behind a pooler that drops
+        notifications, or while this connection is down, work waits for the next poll."""
+        self._listener = asyncio.create_task(self._listen(wake), name="store listener")
+
+    async def _listen(self, wake: Callable[[], None]) -> None:
+        while True:
+            lost = asyncio.Event()
+            try:
+                db = await asyncpg.connect(self._url)
+            except (*_BACKEND_ERRORS, ValueError) as exc:
+                log.warning("store: cannot listen for new work, polling only: %s", exc)
+                await asyncio.sleep(LISTEN_RETRY)
+                continue
+            try:
+                db.add_termination_listener(lambda _connection, lost=lost: lost.set())
+                await db.add_listener(OUTBOX_CHANNEL, lambda *_notification: wake())
+                wake()  # whatever was committed while nobody listened
+                await lost.wait()
+                log.warning("store: the listening connection closed; listening again")
+            except _BACKEND_ERRORS as exc:
+                log.warning("store: listening for new work failed, polling meanwhile: %s", exc)
+            finally:
+                with contextlib.suppress(*_BACKEND_ERRORS):
+                    await db.close()
+            await asyncio.sleep(LISTEN_RETRY)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
@@ -234,6 +274,8 @@ class PostgresStore:
                 *columns,
                 received_at,
             )
+            if rows:
+                await db.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
         new_ids = {row["dedup_key"]: row["id"] for row in rows}
         # A key that occurs twice in one delivery is new only the first time.
         return [new_ids.pop(key, None) for key in keys]
@@ -584,6 +626,8 @@ class PostgresStore:
             changed = _changed(await db.execute(sql, *args)) == 1
             if changed:
                 await self._audit(db, [alert_id], action, actor, detail)
+                # An escalation is paged through the outbox, by whichever replica leads.
+                await db.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
         alert = await self.get(alert_id)
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")

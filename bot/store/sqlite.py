@@ -8,7 +8,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -606,6 +606,9 @@ class SqliteStore:
                 " ON CONFLICT (name) DO UPDATE SET id = excluded.id",
                 (name, channel_id),
             )
+
+    def on_change(self, wake: Callable[[], None]) -> None:
+        """One process writes a SQLite store, and it wakes its own dispatcher."""
 
     # A SQLite store belongs to one process, so its lanes' leases are that process's own.
     async def acquire_lease(self, name: str, *, holder: str, ttl: float) -> bool:
