@@ -26,7 +26,9 @@ from bot.events import EventType, SecurityEvent
 from bot.render import readable_phone
 from bot.routing import Destination, route
 from bot.settings import Settings, SettingsError
-from bot.store import StoreError
+from bot.store import StoreError, is_database_url, open_store
+from bot.store.copy import copy_store
+from bot.store.postgres import redacted
 from bot.webhook import SIGNATURE_HEADER, WHATSAPP_OBJECT, sign
 
 DEFAULT_PORT = 8080
@@ -82,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     route_cmd.add_argument("--phone", required=True, metavar="NUMBER")
     route_cmd.add_argument("--event", default=EventType.PIN_RESET_REQUEST.value)
     route_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    store = commands.add_parser("store", help="work on a whole store")
+    store_commands = store.add_subparsers(dest="store_command", required=True, metavar="COMMAND")
+    copy = store_commands.add_parser(
+        "copy", help="copy a whole store into a new one (SQLite file or postgresql:// URL)"
+    )
+    copy.add_argument("source", metavar="SOURCE")
+    copy.add_argument("target", metavar="TARGET")
 
     send = commands.add_parser("send-test", help="send one signed sample webhook to a pinwatch")
     send.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8080/webhook")
@@ -261,6 +271,34 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def store_copy(args: argparse.Namespace) -> int:
+    for given in (args.source, args.target):
+        if "://" in given and not is_database_url(given):
+            raise UsageError(f"{redacted(given)} is neither a SQLite file nor a postgresql:// URL")
+    if not is_database_url(args.source) and not Path(args.source).is_file():
+        raise UsageError(f"no SQLite store at {args.source}")
+    try:
+        copied = asyncio.run(_copy(args.source, args.target))
+    except StoreError as exc:
+        print(f"pinwatch: store copy: {exc}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{count} {table}" for table, count in copied.items())
+    print(f"copied {redacted(args.source)} to {redacted(args.target)}: {rows}")
+    return 0
+
+
+async def _copy(source_at: str, target_at: str) -> dict[str, int]:
+    source = await open_store(source_at)
+    try:
+        target = await open_store(target_at)
+        try:
+            return await copy_store(source, target)
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -270,6 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check_config(args)
         if args.command == "route":
             return show_route(args)
+        if args.command == "store":
+            return store_copy(args)
         return asyncio.run(_send_test(args))
     except UsageError as exc:
         print(f"pinwatch: {exc}", file=sys.stderr)

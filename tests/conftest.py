@@ -327,7 +327,7 @@ async def start_pinwatch(
         app = build_app(
             settings(slack_api_url=url, app_token=app_token, database_url=database_url),
             load_config(config_path),
-            tuning=dataclasses.replace(_tuning(clock), **tuning),
+            tuning=dataclasses.replace(tuning_for(clock), **tuning),
         )
         client = TestClient(TestServer(app))
         await client.start_server()
@@ -347,7 +347,7 @@ async def start_pinwatch(
         await client.close()
 
 
-def _tuning(clock: FakeClock) -> Tuning:
+def tuning_for(clock: FakeClock) -> Tuning:
     return Tuning(
         clock=clock,
         retry=TEST_TUNING.retry,

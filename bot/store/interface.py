@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.events import Actor, Alert, EscalationKind, SecurityEvent
 
 
 class StoreError(Exception):
     """The backend failed (disk full, locked, connection lost): the caller may retry."""
+
+
+# The tables a copy carries, parents first; both backends give them the same columns. Leases
+# are not state worth keeping: they run out in seconds.
+COPIED_TABLES = ("alerts", "audit", "slack_signatures", "slack_sends", "slack_channel_ids")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,18 @@ class Store(Protocol):
 
     def on_change(self, wake: Callable[[], None]) -> None:
         """Call `wake` when another replica commits work for the outbox."""
+        ...
+
+    # --- copying a whole store (`pinwatch store copy`) ----------------------------------------
+
+    async def is_empty(self) -> bool: ...
+
+    async def export_rows(self, table: str) -> list[dict[str, Any]]:
+        """Every row of one of COPIED_TABLES, as plain values (booleans as 0 and 1)."""
+        ...
+
+    async def import_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Rows from export_rows, ids kept, in one transaction."""
         ...
 
     # --- intake -------------------------------------------------------------------------------

@@ -12,7 +12,13 @@ import asyncpg
 from yarl import URL
 
 from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
-from bot.store.interface import AuditEntry, OutboxEntry, StoreError, Transition
+from bot.store.interface import (
+    COPIED_TABLES,
+    AuditEntry,
+    OutboxEntry,
+    StoreError,
+    Transition,
+)
 from bot.store.rows import (
     alert_from_row,
     event_value_column,
@@ -134,6 +140,14 @@ def _text(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value else value
 
 
+_BOOLEAN_COLUMNS = frozenset({"grouped"})
+
+
+def _plain(value: Any) -> Any:
+    """A value as SQLite keeps it: booleans as 0 and 1."""
+    return int(value) if isinstance(value, bool) else value
+
+
 def _changed(status: str) -> int:
     """asyncpg answers 'UPDATE 1' or 'INSERT 0 1': the count is the last word."""
     return int(status.rsplit(" ", 1)[-1])
@@ -172,6 +186,33 @@ class PostgresStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._pool.close()
+
+    async def is_empty(self) -> bool:
+        async with self._connection() as db:
+            return bool(await db.fetchval("SELECT NOT EXISTS (SELECT FROM alerts)"))
+
+    async def export_rows(self, table: str) -> list[dict[str, Any]]:
+        assert table in COPIED_TABLES
+        async with self._connection() as db:
+            rows = await db.fetch(f"SELECT * FROM {table}")
+        return [{k: _plain(v) for k, v in row.items()} for row in rows]
+
+    async def import_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        assert table in COPIED_TABLES
+        if not rows:
+            return
+        columns = list(rows[0])
+        records = [
+            tuple(bool(row[c]) if c in _BOOLEAN_COLUMNS else row[c] for c in columns)
+            for row in rows
+        ]
+        async with self._transaction() as db:
+            await db.copy_records_to_table(table, records=records, columns=columns)
+            if "id" in columns:  # the next new row takes the id after the copied ones
+                await db.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                    f" (SELECT max(id) FROM {table}))"
+                )
 
     def on_change(self, wake: Callable[[], None]) -> None:
         """Call `wake` when any replica commits work for the outbox (LISTEN/NOTIFY, on a

@@ -18,7 +18,13 @@ from typing import Any
 import aiosqlite
 
 from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
-from bot.store.interface import AuditEntry, OutboxEntry, StoreError, Transition
+from bot.store.interface import (
+    COPIED_TABLES,
+    AuditEntry,
+    OutboxEntry,
+    StoreError,
+    Transition,
+)
 from bot.store.rows import (
     alert_from_row,
     event_value_column,
@@ -606,6 +612,27 @@ class SqliteStore:
                 " ON CONFLICT (name) DO UPDATE SET id = excluded.id",
                 (name, channel_id),
             )
+
+    async def is_empty(self) -> bool:
+        async with self._reader.execute("SELECT NOT EXISTS (SELECT 1 FROM alerts)") as cursor:
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
+    async def export_rows(self, table: str) -> list[dict[str, Any]]:
+        assert table in COPIED_TABLES
+        async with self._reader.execute(f"SELECT * FROM {table}") as cursor:
+            return [dict(row) async for row in cursor]
+
+    async def import_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        assert table in COPIED_TABLES
+        if not rows:
+            return
+        columns = list(rows[0])
+        sql = (
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        )
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
 
     def on_change(self, wake: Callable[[], None]) -> None:
         """One process writes a SQLite store, and it wakes its own dispatcher."""

@@ -1,0 +1,113 @@
+"""`pinwatch store copy`: moving from SQLite to PostgreSQL (and back) keeps every alert, its
+Slack message, its transitions and audit, so nothing alerts twice or can be settled twice."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bot.app import build_app
+from bot.cli import main
+from bot.config import load_config
+from bot.store import open_store
+from tests.conftest import (
+    REFERENCE_BODY,
+    FakeClock,
+    Pinwatch,
+    StartPinwatch,
+    delivery,
+    security,
+    settings,
+    tuning_for,
+)
+from tests.fake_slack import FakeSlack
+from tests.test_operations import metric
+
+pytestmark = pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+
+
+async def cli(args: list[str]) -> int:
+    """The command line, in a thread of its own as from a shell (it runs its own loop)."""
+    return await asyncio.to_thread(main, args)
+
+
+async def sqlite_pinwatch(
+    config_path: Path, clock: FakeClock, slack: tuple[FakeSlack, str]
+) -> Pinwatch:
+    """pinwatch on the routing file's SQLite store, whatever DATABASE_URL the test has."""
+    fake, url = slack
+    app = build_app(settings(slack_api_url=url), load_config(config_path), tuning=tuning_for(clock))
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    return Pinwatch(client, app, fake, url, clock, config_path, database_url=None)
+
+
+async def test_a_store_copied_to_postgresql_carries_on_where_sqlite_left_off(
+    start_pinwatch: StartPinwatch,
+    config_path: Path,
+    clock: FakeClock,
+    database_url: str | None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert database_url is not None
+    on_postgres = await start_pinwatch()  # empty, migrated: the copy's target
+    await on_postgres.stop()
+    slack = (on_postgres.slack, on_postgres.slack_url)
+    on_sqlite = await sqlite_pinwatch(config_path, clock, slack)
+    await on_sqlite.post_webhook(REFERENCE_BODY)
+    await on_sqlite.wait_posted(1)
+    assert await on_sqlite.click("acknowledge", 1, user="U0ALICE") == 200
+    await on_sqlite.slack.wait_for_calls("chat.update")
+    await on_sqlite.stop()
+    sqlite_file = str(config_path.parent / "pinwatch.db")
+
+    assert await cli(["store", "copy", sqlite_file, database_url]) == 0
+    printed = capsys.readouterr().out
+    assert "1 alerts, 2 audit" in printed
+    assert "pinwatch-test-db-password" not in printed
+
+    moved = await start_pinwatch(slack)
+    alert = await moved.alert(1)
+    assert alert.acknowledged is not None
+    assert alert.slack_ts is not None
+    # Meta redelivers: still the same change, no second alert.
+    assert (await moved.post_webhook(REFERENCE_BODY))[0] == 200
+    assert await metric(moved, "pinwatch_webhook_deliveries_total", 'result="duplicate"') == 1
+    # A second acknowledgement is refused as before the move.
+    assert await moved.click("acknowledge", 1, user="U0CAROL", name="carol") == 200
+    await moved.slack.wait_for_calls("chat.postEphemeral")
+    [told] = moved.slack.ephemerals
+    assert str(told["text"]).startswith("Already acknowledged by <@U0ALICE>")
+    # New events take the ids after the copied ones.
+    await moved.post_webhook(delivery(security("PIN_CHANGED")))
+    assert (await moved.wait_posted(2)).event.event == "PIN_CHANGED"
+
+    # And back: PostgreSQL to a new SQLite file.
+    back = str(config_path.parent / "back.db")
+    assert await cli(["store", "copy", database_url, back]) == 0
+    store = await open_store(back)
+    try:
+        copied = await store.get(1)
+        assert copied is not None
+        assert copied.acknowledged == alert.acknowledged
+        assert [e.action for e in await store.audit_log(1)] == ["posted", "acknowledged"]
+    finally:
+        await store.close()
+
+
+async def test_a_copy_into_a_store_that_holds_alerts_is_refused(
+    pinwatch: Pinwatch, database_url: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert database_url is not None
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    await pinwatch.wait_posted(1)
+    source = str(tmp_path / "source.db")
+    store = await open_store(source)
+    await store.close()
+    assert await cli(["store", "copy", source, database_url]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert await cli(["store", "copy", str(tmp_path / "missing.db"), database_url]) == 2
+    assert await cli(["store", "copy", "mysql://x@y/z", database_url]) == 2
