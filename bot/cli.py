@@ -272,9 +272,12 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def store_copy(args: argparse.Namespace) -> int:
-    for given in (args.source, args.target):
-        if "://" in given and not is_database_url(given):
-            raise UsageError(f"{redacted(given)} is neither a SQLite file nor a postgresql:// URL")
+    for name, given in (("SOURCE", args.source), ("TARGET", args.target)):
+        # Anything that looks like a database URL and is not one (postgresql:/x, mysql://…)
+        # would otherwise become a SQLite file named after it, password and all.
+        looks_like_url = ":" in given.split("/", 1)[0] or given.lower().startswith("postgres")
+        if looks_like_url and not is_database_url(given):
+            raise UsageError(f"{name} is neither a SQLite file path nor a postgresql:// URL")
     if not is_database_url(args.source) and not Path(args.source).is_file():
         raise UsageError(f"no SQLite store at {args.source}")
     try:

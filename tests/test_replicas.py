@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bot import keys
@@ -235,3 +236,55 @@ async def test_work_committed_by_one_replica_wakes_the_others(database_url: str 
     finally:
         await listening.close()
         await committing.close()
+
+
+LISTENING = "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN \"pinwatch_outbox\"'"
+
+
+async def test_the_listener_listens_again_after_its_connection_is_terminated(
+    pinwatch: Pinwatch, database_url: str | None
+) -> None:
+    assert database_url is not None
+    admin = await asyncpg.connect(database_url)
+    try:
+
+        async def listening() -> set[int]:
+            return {row["pid"] for row in await admin.fetch(LISTENING)}
+
+        async def one_listening() -> bool:
+            return len(await listening()) == 1
+
+        await eventually(one_listening)
+        [first] = await listening()
+        await admin.execute("SELECT pg_terminate_backend($1)", first)
+
+        async def listening_anew() -> bool:
+            now = await listening()
+            return bool(now) and first not in now
+
+        await eventually(listening_anew, timeout=15)  # LISTEN_RETRY is 5 s
+    finally:
+        await admin.close()
+
+
+async def test_a_stopped_pinwatch_leaves_no_listening_connection(
+    pinwatch: Pinwatch, database_url: str | None
+) -> None:
+    assert database_url is not None
+    admin = await asyncpg.connect(database_url)
+    try:
+
+        async def count() -> int:
+            return len(await admin.fetch(LISTENING))
+
+        async def some() -> bool:
+            return await count() > 0
+
+        async def none() -> bool:
+            return await count() == 0
+
+        await eventually(some)
+        await pinwatch.stop()
+        await eventually(none)
+    finally:
+        await admin.close()

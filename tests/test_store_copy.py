@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from bot.app import build_app
 from bot.cli import main
 from bot.config import load_config
+from bot.events import Actor
 from bot.store import open_store
 from tests.conftest import (
     REFERENCE_BODY,
@@ -111,3 +113,70 @@ async def test_a_copy_into_a_store_that_holds_alerts_is_refused(
     assert "not empty" in capsys.readouterr().err
     assert await cli(["store", "copy", str(tmp_path / "missing.db"), database_url]) == 2
     assert await cli(["store", "copy", "mysql://x@y/z", database_url]) == 2
+
+
+async def sqlite_source_with_nul(pinwatch: Pinwatch, config_path: Path, *, in_alert: bool) -> str:
+    """A SQLite store as a real pinwatch left it, with a NUL that Meta or Slack sent: in an
+    alert's field (the webhook takes it), or only in an audit row."""
+    await pinwatch.stop()  # the PostgreSQL one: its database stays the (empty) target
+    on_sqlite = await sqlite_pinwatch(
+        config_path, pinwatch.clock, (pinwatch.slack, pinwatch.slack_url)
+    )
+    body = (
+        delivery(security("PIN_RESET_REQUEST", requester="mallory\x00"))
+        if in_alert
+        else REFERENCE_BODY
+    )
+    assert (await on_sqlite.post_webhook(body))[0] == 200
+    await on_sqlite.wait_posted(1)
+    await on_sqlite.store.add_audit(1, "note", Actor("U0ALICE", "al\x00ice", 1.0), "x\x00y")
+    await on_sqlite.stop()
+    return str(config_path.parent / "pinwatch.db")
+
+
+async def test_a_sqlite_store_holding_a_nul_can_be_copied_to_postgresql(
+    pinwatch: Pinwatch, config_path: Path, database_url: str | None
+) -> None:
+    # The PostgreSQL store cleans NUL from everything it writes; the copy writes around it.
+    assert database_url is not None
+    source = await sqlite_source_with_nul(pinwatch, config_path, in_alert=True)
+    assert await cli(["store", "copy", source, database_url]) == 0
+
+
+async def test_a_copy_that_fails_leaves_the_target_empty_to_run_again(
+    pinwatch: Pinwatch, config_path: Path, database_url: str | None
+) -> None:
+    assert database_url is not None
+    source = await sqlite_source_with_nul(pinwatch, config_path, in_alert=False)
+    target = await asyncpg.connect(database_url)
+    try:
+        # The target refuses audit rows, which are copied after the alerts.
+        await target.execute(
+            """CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'No space left on device'; END $$;
+               CREATE TRIGGER refuse BEFORE INSERT ON audit
+               FOR EACH ROW EXECUTE FUNCTION refuse();"""
+        )
+        assert await cli(["store", "copy", source, database_url]) == 1
+        assert await target.fetchval("SELECT count(*) FROM alerts") == 0
+        await target.execute("DROP TRIGGER refuse ON audit; DROP FUNCTION refuse()")
+        assert await cli(["store", "copy", source, database_url]) == 0
+    finally:
+        await target.close()
+
+
+async def test_a_mistyped_database_url_is_refused_not_made_a_sqlite_file(
+    pinwatch: Pinwatch,
+    config_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = await sqlite_source_with_nul(pinwatch, config_path, in_alert=False)
+    monkeypatch.chdir(tmp_path)
+    typo = "postgresql:/pinwatch:secret-pw@db.internal/pinwatch"  # one slash short
+    code = await cli(["store", "copy", source, typo])
+    made = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")]
+    assert code == 2, f"exit {code}, made {made}: {capsys.readouterr().out}"
+    assert not (tmp_path / "postgresql:").exists()
+    assert "secret-pw" not in capsys.readouterr().err

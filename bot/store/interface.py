@@ -51,14 +51,16 @@ class Store(Protocol):
 
     # --- copying a whole store (`pinwatch store copy`) ----------------------------------------
 
-    async def is_empty(self) -> bool: ...
-
-    async def export_rows(self, table: str) -> list[dict[str, Any]]:
-        """Every row of one of COPIED_TABLES, as plain values (booleans as 0 and 1)."""
+    async def is_empty(self) -> bool:
+        """No row in any of COPIED_TABLES."""
         ...
 
-    async def import_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        """Rows from export_rows, ids kept, in one transaction."""
+    async def export_tables(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row of COPIED_TABLES, from one snapshot, as plain values (booleans as 0, 1)."""
+        ...
+
+    async def import_tables(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        """Rows from export_tables, ids kept, all in one transaction: all or nothing."""
         ...
 
     # --- intake -------------------------------------------------------------------------------

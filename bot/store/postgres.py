@@ -148,6 +148,13 @@ def _plain(value: Any) -> Any:
     return int(value) if isinstance(value, bool) else value
 
 
+def _column_value(column: str, value: Any) -> Any:
+    """A copied value as PostgreSQL takes it (SQLite may hold a NUL its text cannot)."""
+    if column in _BOOLEAN_COLUMNS:
+        return bool(value)
+    return _text(value) if isinstance(value, str) else value
+
+
 def _changed(status: str) -> int:
     """asyncpg answers 'UPDATE 1' or 'INSERT 0 1': the count is the last word."""
     return int(status.rsplit(" ", 1)[-1])
@@ -189,30 +196,37 @@ class PostgresStore:
 
     async def is_empty(self) -> bool:
         async with self._connection() as db:
-            return bool(await db.fetchval("SELECT NOT EXISTS (SELECT FROM alerts)"))
+            for table in COPIED_TABLES:
+                if await db.fetchval(f"SELECT EXISTS (SELECT FROM {table})"):
+                    return False
+        return True
 
-    async def export_rows(self, table: str) -> list[dict[str, Any]]:
-        assert table in COPIED_TABLES
-        async with self._connection() as db:
-            rows = await db.fetch(f"SELECT * FROM {table}")
-        return [{k: _plain(v) for k, v in row.items()} for row in rows]
+    async def export_tables(self) -> dict[str, list[dict[str, Any]]]:
+        async with (
+            self._connection() as db,
+            db.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            return {
+                table: [
+                    {k: _plain(v) for k, v in row.items()}
+                    for row in await db.fetch(f"SELECT * FROM {table}")
+                ]
+                for table in COPIED_TABLES
+            }
 
-    async def import_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        assert table in COPIED_TABLES
-        if not rows:
-            return
-        columns = list(rows[0])
-        records = [
-            tuple(bool(row[c]) if c in _BOOLEAN_COLUMNS else row[c] for c in columns)
-            for row in rows
-        ]
+    async def import_tables(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         async with self._transaction() as db:
-            await db.copy_records_to_table(table, records=records, columns=columns)
-            if "id" in columns:  # the next new row takes the id after the copied ones
-                await db.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
-                    f" (SELECT max(id) FROM {table}))"
-                )
+            for table in COPIED_TABLES:
+                if not (rows := tables.get(table)):
+                    continue
+                columns = list(rows[0])
+                records = [tuple(_column_value(c, row[c]) for c in columns) for row in rows]
+                await db.copy_records_to_table(table, records=records, columns=columns)
+                if "id" in columns:  # the next new row takes the id after the copied ones
+                    await db.execute(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                        f" (SELECT max(id) FROM {table}))"
+                    )
 
     def on_change(self, wake: Callable[[], None]) -> None:
         """Call `wake` when any replica commits work for the outbox (LISTEN/NOTIFY, on a

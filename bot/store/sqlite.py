@@ -614,25 +614,40 @@ class SqliteStore:
             )
 
     async def is_empty(self) -> bool:
-        async with self._reader.execute("SELECT NOT EXISTS (SELECT 1 FROM alerts)") as cursor:
-            row = await cursor.fetchone()
-        return bool(row and row[0])
+        for table in COPIED_TABLES:
+            async with self._reader.execute(f"SELECT 1 FROM {table} LIMIT 1") as cursor:
+                if await cursor.fetchone() is not None:
+                    return False
+        return True
 
-    async def export_rows(self, table: str) -> list[dict[str, Any]]:
-        assert table in COPIED_TABLES
-        async with self._reader.execute(f"SELECT * FROM {table}") as cursor:
-            return [dict(row) async for row in cursor]
+    async def export_tables(self) -> dict[str, list[dict[str, Any]]]:
+        # One read transaction: one snapshot of every table, even with a writer at work.
+        try:
+            await self._reader.execute("BEGIN")
+            try:
+                tables = {}
+                for table in COPIED_TABLES:
+                    async with self._reader.execute(f"SELECT * FROM {table}") as cursor:
+                        tables[table] = [dict(row) async for row in cursor]
+                return tables
+            finally:
+                await self._reader.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
 
-    async def import_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        assert table in COPIED_TABLES
-        if not rows:
-            return
-        columns = list(rows[0])
-        sql = (
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        )
-        async with self._transaction(Writer.OUTBOX) as db:
-            await db.executemany(sql, [tuple(row[c] for c in columns) for row in rows])
+    async def import_tables(self, tables: dict[str, list[dict[str, Any]]]) -> None:
+        try:
+            async with self._transaction(Writer.OUTBOX) as db:
+                for table in COPIED_TABLES:
+                    if rows := tables.get(table):
+                        columns = list(rows[0])
+                        await db.executemany(
+                            f"INSERT INTO {table} ({', '.join(columns)})"
+                            f" VALUES ({', '.join('?' for _ in columns)})",
+                            [tuple(row[c] for c in columns) for row in rows],
+                        )
+        except sqlite3.Error as exc:  # e.g. a key already there: not a store to copy into
+            raise StoreError(f"store write failed: {exc}") from exc
 
     def on_change(self, wake: Callable[[], None]) -> None:
         """One process writes a SQLite store, and it wakes its own dispatcher."""
