@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bot.webhook import SIGNATURE_HEADER, sign
@@ -140,7 +141,7 @@ class Server:
                 await self.kill()
 
 
-def start_server(tmp_path: Path, slack_url: str, name: str) -> Server:
+def start_server(tmp_path: Path, slack_url: str, name: str, database_url: str | None) -> Server:
     port = free_port()
     env = {
         k: v for k, v in os.environ.items() if k not in ("PORT", "SLACK_APP_TOKEN", "PYTHONPATH")
@@ -153,6 +154,8 @@ def start_server(tmp_path: Path, slack_url: str, name: str) -> Server:
         SLACK_API_URL=slack_url,
         PYTHONPATH=str(ROOT),
     )
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     log = tmp_path / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -235,7 +238,14 @@ async def send_all(
 
 
 async def crash_and_restart(
-    tmp_path: Path, aiohttp_server: Any, *, distinct: int, redeliveries: int, seed: int, rate: float
+    tmp_path: Path,
+    aiohttp_server: Any,
+    database_url: str | None,
+    *,
+    distinct: int,
+    redeliveries: int,
+    seed: int,
+    rate: float,
 ) -> Figures:
     started = time.monotonic()
     fake, slack_url = await start_fake_slack(aiohttp_server, channels=SLACK_CHANNELS)
@@ -250,7 +260,7 @@ async def crash_and_restart(
         schedule.insert(at, schedule[rng.randrange(at)])
     kill_after = int(len(schedule) * rng.uniform(0.35, 0.6))
 
-    first = start_server(tmp_path, slack_url, "serve-1")
+    first = start_server(tmp_path, slack_url, "serve-1", database_url)
     second: Server | None = None
     try:
         await first.wait_ready()
@@ -295,7 +305,7 @@ async def crash_and_restart(
 
             # Restart on the same store. Meta retries what got no 200, and redelivers some of
             # what did (it does so when it misses an answer): none of it may alert twice.
-            second = start_server(tmp_path, slack_url, "serve-2")
+            second = start_server(tmp_path, slack_url, "serve-2", database_url)
             await second.wait_ready()
             retry = sorted(set(missing)) + rng.sample(sorted(accepted), min(50, len(accepted)))
             for _attempt in range(5):
@@ -311,7 +321,7 @@ async def crash_and_restart(
             assert accepted == set(range(distinct))
 
         await wait_until_posted(fake, set(range(distinct)), timeout=max(60.0, distinct / 10))
-        await wait_until_outbox_empty(tmp_path / "pinwatch.db", timeout=30.0)
+        await wait_until_outbox_empty(tmp_path / "pinwatch.db", database_url, timeout=30.0)
         await second.stop()
         assert second.proc.returncode == 0, second.log.read_text()[-3000:]
     finally:
@@ -321,7 +331,7 @@ async def crash_and_restart(
 
     figures.seconds = round(time.monotonic() - started, 1)
     check_slack(fake, figures, distinct=distinct, posts_at_kill=posts_at_kill)
-    check_store(tmp_path / "pinwatch.db", figures, distinct=distinct)
+    await check_store(tmp_path / "pinwatch.db", database_url, figures, distinct=distinct)
     return figures
 
 
@@ -351,14 +361,24 @@ async def wait_until_posted(fake: FakeSlack, events: set[int], *, timeout: float
         raise AssertionError(f"{len(lost)} events never reached Slack: {lost[:20]}") from None
 
 
-async def wait_until_outbox_empty(db: Path, *, timeout: float) -> None:
+async def store_rows(db: Path, database_url: str | None, query: str) -> list[tuple[Any, ...]]:
+    """Rows of the store, read from outside the processes, on either backend."""
+    if database_url is not None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [tuple(row) for row in await conn.fetch(query)]
+        finally:
+            await conn.close()
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as lite:
+        return lite.execute(query).fetchall()
+
+
+async def wait_until_outbox_empty(db: Path, database_url: str | None, *, timeout: float) -> None:
     """The store agrees that nothing waits for Slack (no post is still on its way)."""
     async with asyncio.timeout(timeout):
         while True:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                (pending,) = conn.execute(
-                    "SELECT count(*) FROM alerts WHERE slack_ts IS NULL"
-                ).fetchone()
+            query = "SELECT count(*) FROM alerts WHERE slack_ts IS NULL"
+            [(pending,)] = await store_rows(db, database_url, query)
             if pending == 0:
                 return
             await asyncio.sleep(0.1)  # bounded polling: the store has no notifications
@@ -402,9 +422,10 @@ def check_slack(
     assert figures.alerts_posted == distinct + len(figures.crash_duplicates)
 
 
-def check_store(db: Path, figures: Figures, *, distinct: int) -> None:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT event_time, slack_ts FROM alerts").fetchall()
+async def check_store(
+    db: Path, database_url: str | None, figures: Figures, *, distinct: int
+) -> None:
+    rows = await store_rows(db, database_url, "SELECT event_time, slack_ts FROM alerts")
     figures.store_rows = len(rows)
     times = Counter(t - BASE_TIME for t, _ in rows)
     assert figures.store_rows == distinct, "the store holds a redelivery twice or lost one"
@@ -422,20 +443,24 @@ def report(name: str, figures: Figures) -> None:
 
 
 async def test_sigkill_mid_burst_loses_nothing_and_posts_nothing_twice(
-    tmp_path: Path, aiohttp_server: Any
+    tmp_path: Path, aiohttp_server: Any, database_url: str | None
 ) -> None:
     figures = await crash_and_restart(
-        tmp_path, aiohttp_server, distinct=170, redeliveries=30, seed=5, rate=150
+        tmp_path, aiohttp_server, database_url, distinct=170, redeliveries=30, seed=5, rate=150
     )
-    report("crash-small", figures)
+    report(f"crash-small-{_backend(database_url)}", figures)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_sigkill_mid_burst_of_2400_deliveries(
-    tmp_path: Path, aiohttp_server: Any, seed: int
+    tmp_path: Path, aiohttp_server: Any, database_url: str | None, seed: int
 ) -> None:
     figures = await crash_and_restart(
-        tmp_path, aiohttp_server, distinct=2000, redeliveries=400, seed=seed, rate=200
+        tmp_path, aiohttp_server, database_url, distinct=2000, redeliveries=400, seed=seed, rate=200
     )
-    report(f"crash-full-seed{seed}", figures)
+    report(f"crash-full-seed{seed}-{_backend(database_url)}", figures)
+
+
+def _backend(database_url: str | None) -> str:
+    return "postgres" if database_url else "sqlite"
