@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_va
 from yarl import URL
 
 from bot.slack import SLACK_API_URL
+from bot.store import is_database_url
 from bot.store.postgres import SECRET_QUERY_KEYS
 
 
@@ -56,7 +57,7 @@ class Settings(BaseModel):
         if value is None:
             return value
         text = value.get_secret_value()
-        if not text.startswith(("postgresql://", "postgres://")):
+        if not is_database_url(text):
             raise ValueError("must be a postgresql:// URL")
         try:
             url = URL(text)
