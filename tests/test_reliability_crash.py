@@ -141,8 +141,11 @@ class Server:
                 await self.kill()
 
 
-def start_server(tmp_path: Path, slack_url: str, name: str, database_url: str | None) -> Server:
-    port = free_port()
+def start_server(
+    tmp_path: Path, slack_url: str, name: str, database_url: str | None, *, port: int | None = None
+) -> Server:
+    """`port`: the one a killed server had, as a restart behind a load balancer needs."""
+    port = port or free_port()
     env = {
         k: v for k, v in os.environ.items() if k not in ("PORT", "SLACK_APP_TOKEN", "PYTHONPATH")
     }
