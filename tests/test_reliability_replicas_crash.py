@@ -123,7 +123,7 @@ class Balancer:
 
 
 async def burst(
-    balancer: Balancer, schedule: list[int], picks: list[int], on_answer: Any
+    balancer: Balancer, schedule: list[int], picks: list[int], on_answer: Callable[[], None]
 ) -> list[int | None]:
     """Delivery k leaves no earlier than k / RATE, at most CONCURRENCY in flight."""
     limit = asyncio.Semaphore(CONCURRENCY)
