@@ -155,9 +155,10 @@ def build_app(
         handler_args={"lingering_time": 0},
     )
     app[keys.SECRETS] = settings
+    app[keys.META_SECRETS] = tuple(s.get_secret_value().encode() for s in settings.meta_app_secrets)
     app[keys.CLOCK] = tuning.clock
     app[keys.CONFIG] = LiveConfig(config, loaded_at=tuning.clock())
-    app[keys.METRICS] = Metrics()
+    app[keys.METRICS] = Metrics(meta_secrets=len(settings.meta_app_secrets))
     app[keys.BACKLOG] = Backlog(
         lambda: app[keys.STORE].count_unposted(), clock=tuning.clock, max_age=tuning.backlog_refresh
     )

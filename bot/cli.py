@@ -25,7 +25,7 @@ from bot.config import Config, ConfigError, LoadedConfig, load_config
 from bot.events import EventType, SecurityEvent
 from bot.render import readable_phone
 from bot.routing import Destination, route
-from bot.settings import Settings, SettingsError
+from bot.settings import Settings, SettingsError, split_secrets
 from bot.store import StoreError, is_database_url, open_store
 from bot.store.copy import copy_store
 from bot.store.postgres import redacted
@@ -208,9 +208,13 @@ async def _readiness(session: aiohttp.ClientSession, webhook_url: str) -> dict[s
 
 
 async def _send_test(args: argparse.Namespace) -> int:
-    secret = os.environ.get("META_APP_SECRET")
-    if not secret:
+    given = os.environ.get("META_APP_SECRET")
+    if not given:
         raise UsageError("META_APP_SECRET is not set: send-test signs with the server's secret")
+    try:
+        secret = split_secrets(given)[0]  # of several, the first signs
+    except ValueError as exc:
+        raise UsageError(f"META_APP_SECRET {exc}") from None
     if not args.url.startswith(("http://", "https://")):
         raise UsageError(f"--url {args.url!r} is not an http(s) URL")
     body = sample_delivery(event=args.event, phone=args.phone, waba=args.waba, at=int(time.time()))
@@ -226,7 +230,10 @@ async def _send_test(args: argparse.Namespace) -> int:
     print(f"sent {args.event} for {readable_phone(args.phone)} (WABA {args.waba}) to {args.url}")
     print(f"server answered {response.status}: {text.strip()[:200]}")
     if response.status == 401:
-        print("the server's META_APP_SECRET differs from the one send-test signed with")
+        print(
+            "the server's META_APP_SECRET differs: none of its secrets is the one send-test"
+            " signed with (the first of META_APP_SECRET here)"
+        )
     if response.status != 200:
         return 1
     if args.config is not None:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # the adapters import this module: name their types without i
     from bot.store import Store
 
 SECRETS: web.AppKey[Settings] = web.AppKey("secrets")
+# META_APP_SECRET's secrets as HMAC keys, in order, encoded once rather than per delivery.
+META_SECRETS: web.AppKey[tuple[bytes, ...]] = web.AppKey("meta_secrets")
 CONFIG: web.AppKey[LiveConfig] = web.AppKey("config")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

@@ -73,7 +73,8 @@ class Delivery(StrEnum):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, meta_secrets: int = 1) -> None:
+        """`meta_secrets`: how many secrets META_APP_SECRET holds."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.deliveries = Counter(
@@ -84,6 +85,16 @@ class Metrics:
         )
         # Bound once: labels() costs more than inc() on the webhook's hot path.
         self.delivery = {result: self.deliveries.labels(result.value) for result in Delivery}
+        self.signatures = Counter(
+            "pinwatch_webhook_signatures",
+            "POST /webhook requests whose signature verified, by the position in META_APP_SECRET"
+            " of the secret that signed them (1 = first): shows when an old secret is unused",
+            ["secret"],
+            registry=r,
+        )
+        # A position, never the secret nor a hash of it; every series exists from the start,
+        # so a secret nobody signs with shows as 0 rather than as no series at all.
+        self.signed_by = [self.signatures.labels(str(n)) for n in range(1, meta_secrets + 1)]
         self.ignored_changes = Counter(
             "pinwatch_webhook_ignored_changes",
             "Webhook changes of fields other than security, acknowledged and ignored",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 from yarl import URL
@@ -16,10 +17,38 @@ class SettingsError(Exception):
     pass
 
 
+def split_secrets(value: str) -> list[str]:
+    """META_APP_SECRET's secrets in the order given: separated by commas, each without the
+    whitespace around it."""
+    return checked_secrets(value.split(","))
+
+
+def checked_secrets(items: Sequence[str]) -> list[str]:
+    """The secrets stripped, or ValueError naming each empty or repeated one by its position
+    only, never by its value."""
+    problems = []
+    first_at: dict[str, int] = {}
+    for position, item in enumerate(items, 1):
+        secret = item.strip()
+        where = f"secret {position} of {len(items)}"
+        if not item:
+            problems.append(f"{where} is empty")
+        elif not secret:
+            problems.append(f"{where} is only whitespace")
+        elif secret in first_at:
+            problems.append(f"{where} is the same as secret {first_at[secret]}")
+        else:
+            first_at[secret] = position
+    if problems:
+        raise ValueError("; ".join(problems) + " (secrets are separated by commas)")
+    return [item.strip() for item in items]
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    meta_app_secret: SecretStr
+    # Any of them may sign a delivery: a secret being rotated, or several Meta apps.
+    meta_app_secrets: tuple[SecretStr, ...]
     meta_verify_token: SecretStr
     slack_signing_secret: SecretStr
     slack_bot_token: SecretStr | None = None  # None: dry-run, Slack calls are printed
@@ -28,9 +57,19 @@ class Settings(BaseModel):
     database_url: SecretStr | None = None  # set: the store is PostgreSQL, store.path is unused
     metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a Bearer token
 
-    @field_validator(
-        "meta_app_secret", "meta_verify_token", "slack_signing_secret", "metrics_token"
-    )
+    @field_validator("meta_app_secrets", mode="before")
+    @classmethod
+    def _meta_app_secrets(cls, value: Any) -> Any:
+        """The variable's text is split at commas; a sequence (from code) is taken as it is."""
+        if isinstance(value, str):
+            return split_secrets(value)
+        if isinstance(value, Sequence):
+            given = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+            if all(isinstance(v, str) for v in given):
+                return checked_secrets(given)
+        return value
+
+    @field_validator("meta_verify_token", "slack_signing_secret", "metrics_token")
     @classmethod
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
@@ -77,7 +116,7 @@ class Settings(BaseModel):
 
     def secret_values(self) -> list[str]:
         secrets = [
-            self.meta_app_secret,
+            *self.meta_app_secrets,
             self.meta_verify_token,
             self.slack_signing_secret,
             self.slack_bot_token,
@@ -98,7 +137,7 @@ class Settings(BaseModel):
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read the DESIGN.md variables; an unset or empty optional one counts as absent."""
         names = {
-            "meta_app_secret": "META_APP_SECRET",
+            "meta_app_secrets": "META_APP_SECRET",
             "meta_verify_token": "META_VERIFY_TOKEN",
             "slack_signing_secret": "SLACK_SIGNING_SECRET",
             "slack_bot_token": "SLACK_BOT_TOKEN",
@@ -116,4 +155,6 @@ class Settings(BaseModel):
                 variable = names[str(error["loc"][0])]
                 what = "is not set" if error["type"] == "missing" else error["msg"]
                 problems.append(f"{variable} {what.removeprefix('Value error, ')}")
-            raise SettingsError("; ".join(problems)) from exc
+            # Not chained: the validation error quotes its input, and so a traceback would
+            # print the secret that was refused.
+            raise SettingsError("; ".join(problems)) from None

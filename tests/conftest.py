@@ -10,7 +10,7 @@ import io
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,10 +241,11 @@ def settings(
     bot_token: str | None = SLACK_BOT_TOKEN,
     app_token: str | None = None,
     database_url: str | None = None,
+    meta_app_secrets: Sequence[str] = (META_APP_SECRET,),
 ) -> Settings:
     return Settings(
         database_url=SecretStr(database_url) if database_url else None,
-        meta_app_secret=SecretStr(META_APP_SECRET),
+        meta_app_secrets=tuple(map(SecretStr, meta_app_secrets)),
         meta_verify_token=SecretStr(META_VERIFY_TOKEN),
         slack_signing_secret=SecretStr(SLACK_SIGNING_SECRET),
         slack_bot_token=SecretStr(bot_token) if bot_token else None,
@@ -318,6 +319,7 @@ async def start_pinwatch(
         slack: tuple[FakeSlack, str] | None = None,
         *,
         app_token: str | None = None,
+        meta_app_secrets: Sequence[str] = (META_APP_SECRET,),
         **tuning: Any,
     ) -> Pinwatch:
         """`tuning` overrides fields of the tests' Tuning."""
@@ -325,7 +327,12 @@ async def start_pinwatch(
             aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS, clock=clock
         )
         app = build_app(
-            settings(slack_api_url=url, app_token=app_token, database_url=database_url),
+            settings(
+                slack_api_url=url,
+                app_token=app_token,
+                database_url=database_url,
+                meta_app_secrets=meta_app_secrets,
+            ),
             load_config(config_path),
             tuning=dataclasses.replace(tuning_for(clock), **tuning),
         )

@@ -95,11 +95,13 @@ def start_serve(tmp_path: Path, **env: str) -> Serve:
         if not k.startswith(("SLACK_", "META_", "METRICS_")) and k not in ("PORT", "PYTHONPATH")
     }
     environ.update(
-        META_APP_SECRET=META_APP_SECRET,
-        META_VERIFY_TOKEN=META_VERIFY_TOKEN,
-        SLACK_SIGNING_SECRET=SLACK_SIGNING_SECRET,
-        PYTHONPATH=str(ROOT),
-        **env,
+        {
+            "META_APP_SECRET": META_APP_SECRET,
+            "META_VERIFY_TOKEN": META_VERIFY_TOKEN,
+            "SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
+            "PYTHONPATH": str(ROOT),
+        }
+        | env  # overrides as well as adds
     )
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
