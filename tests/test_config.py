@@ -133,7 +133,7 @@ def test_team_settings_left_out_stay_unset_for_routing_to_inherit() -> None:
             "bad_event.yaml",
             [
                 "11: routes[0].events[1]: 'PIN_RESET' is not an event; "
-                "known events: PIN_CHANGED, PIN_RESET_REQUEST, PIN_REQUEST_SUCCESS",
+                "did you mean PIN_RESET_REQUEST?",
             ],
         ),
     ],
