@@ -263,9 +263,7 @@ class Dispatcher:
         config = self._config.config
         destination = route(alert.event, config)
         severity = severity_of(alert.event, config)
-        deadline = (
-            alert.received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
-        )
+        deadline = alert.received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
         self._metrics.count_event(alert.event.event, destination.team or "")
         return replace(
             alert,
