@@ -104,9 +104,22 @@ def _phone(value: object) -> str:
     return phone_digits(value)
 
 
+def _closest(value: str, known: tuple[str, ...]) -> list[str]:
+    """Names the misspelt one begins, then those nearly as close as the closest (if that one
+    is close at all): at most three."""
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, value, name).ratio(), name) for name in known),
+        reverse=True,
+    )
+    best = scored[0][0] if scored else 0.0
+    close = [name for ratio, name in scored[:3] if ratio >= max(0.6, best - 0.05)]
+    begun = [name for name in known if len(value) >= 4 and name.startswith(value)]
+    return list(dict.fromkeys(begun + close))[:3]
+
+
 def _suggestion(value: object, known: tuple[str, ...], kind: str) -> str:
     """The known names closest to a misspelt one, or all of them when none is close."""
-    close = difflib.get_close_matches(value, known, n=3) if isinstance(value, str) else []
+    close = _closest(value, known) if isinstance(value, str) else []
     if close:
         return f"did you mean {' or '.join(close)}?"
     return f"known {kind}: {', '.join(sorted(known))}"
