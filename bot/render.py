@@ -205,10 +205,10 @@ def _fields(alert: Alert) -> list[MarkdownTextObject]:
         pairs.append(("Team", safe(alert.team)))
     if (story := _story(alert)) is not None:
         pairs += [(label, shown_value(value)) for label, value in story.facts]
-    return [
-        MarkdownTextObject(text=clip(f"*{label}*\n{value}", FIELD_MAX))
-        for label, value in pairs[:FIELDS_MAX]
-    ]
+    texts = [f"*{label}*\n{value}" for label, value in pairs]
+    if len(texts) > FIELDS_MAX:  # a section holds ten fields: the last takes the rest
+        texts[FIELDS_MAX - 1 :] = ["\n".join(texts[FIELDS_MAX - 1 :])]
+    return [MarkdownTextObject(text=clip(text, FIELD_MAX)) for text in texts]
 
 
 def _status_lines(alert: Alert) -> list[str]:

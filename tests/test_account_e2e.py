@@ -427,3 +427,39 @@ async def test_a_redelivered_account_event_alerts_once(pinwatch: Pinwatch) -> No
     await posted(pinwatch, 2)
     await settled(pinwatch)
     assert len(pinwatch.slack.calls_to("chat.postMessage")) == 2
+
+
+async def test_a_success_whose_request_was_silenced_still_alerts_on_its_own(
+    start_pinwatch: StartPinwatch, config_path: Path
+) -> None:
+    config_path.write_text(config_path.read_text() + "alerts:\n  PIN_RESET_REQUEST: off\n")
+    pinwatch = await start_pinwatch()
+    await pinwatch.post_webhook(delivery(security("PIN_RESET_REQUEST", requester="1")))
+    await pinwatch.post_webhook(delivery(security("PIN_REQUEST_SUCCESS"), time=1748811999))
+    where, message = await posted(pinwatch, 2)
+    assert where == "C0PAYMENTS"
+    assert message.text.startswith("[CRITICAL] Two-step verification turned off")
+    assert message.thread_ts is None
+    assert (await pinwatch.alert(1)).slack_ts is None
+
+
+STORM_OF_TWO = "  storm:\n    threshold: 2\n    window: 60s\n"
+
+
+async def test_silenced_events_do_not_make_a_storm(
+    start_pinwatch: StartPinwatch, config_path: Path
+) -> None:
+    text = config_path.read_text().replace(
+        "  ack_timeout: 15m\n", "  ack_timeout: 15m\n" + STORM_OF_TWO, 1
+    )
+    config_path.write_text(text)
+    pinwatch = await start_pinwatch()
+    for i in range(4):  # business-only, to the default channel: stored, never posted
+        body = payload("mm_lite_terms_signed")
+        body["entry"][0]["time"] += i
+        assert await pinwatch.post_webhook(body) == (200, "ok")
+    await settled(pinwatch)
+    await pinwatch.post_webhook(delivery(security("PIN_CHANGED", phone="4915123456789"), waba="9"))
+    where, message = await posted(pinwatch, 5)
+    assert where == "C0WASEC"
+    assert message.text.startswith("[INFO] Two-step verification PIN changed")

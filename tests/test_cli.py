@@ -162,6 +162,17 @@ def test_route_takes_a_field_and_its_only_event(capsys: pytest.CaptureFixture[st
     assert decision["team"] == "payments"
 
 
+def test_route_of_an_event_pinwatch_does_not_know_takes_the_field_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["route", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA, "--json"]
+    assert run([*argv, "--field", "account_update", "--event", "SOMETHING_NEW"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert (decision["field"], decision["severity"]) == ("account_update", "info")
+    assert decision["phone_number"] is None
+    assert decision["team"] == "payments"  # by its WABA
+
+
 @pytest.mark.parametrize(
     ("extra", "said"),
     [

@@ -73,6 +73,26 @@ def test_the_customer_waba_named_in_waba_info_is_the_alerts_waba() -> None:
     assert "*WABA*\n1191624265890717" in shown(render_alert(alert_of(event)))
 
 
+def test_facts_past_ten_fields_share_the_last_and_none_is_lost() -> None:
+    value = {
+        "event": "PARTNER_REMOVED",
+        "phone_number": "15550783881",
+        "waba_info": {
+            "waba_id": WABA,
+            "owner_business_id": "1001",
+            "partner_app_id": "1002",
+            "ad_account_linked": "1003",
+            "solution_id": "1004",
+        },
+        "disconnection_info": {"reason": "ACCOUNT_DISCONNECTED", "initiated_by": "SYSTEM"},
+    }
+    message = update(value)
+    within_slack_limits(message)
+    [fields] = [b["fields"] for b in message.blocks if "fields" in b]
+    assert len(fields) == 10
+    assert fields[-1]["text"] == "*Initiated by*\nSYSTEM\n*Reason*\nACCOUNT_\u200bDISCONNECTED"
+
+
 def test_a_ban_without_a_ban_state_is_still_critical_and_says_so() -> None:
     message = update({"event": "DISABLED_UPDATE"})
     assert message.text.startswith("[CRITICAL] WhatsApp Business Account disabled")
