@@ -14,9 +14,11 @@ outside the change; here it is inside, where every delivery has it.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.conftest import (
@@ -27,6 +29,7 @@ from tests.conftest import (
     eventually,
     security,
 )
+from tests.store_failure import store_path
 from tests.test_metrics_hardening import scrape, series
 
 ACCOUNT = Path(__file__).parent / "data" / "account"
@@ -463,3 +466,48 @@ async def test_silenced_events_do_not_make_a_storm(
     where, message = await posted(pinwatch, 5)
     assert where == "C0WASEC"
     assert message.text.startswith("[INFO] Two-step verification PIN changed")
+
+
+# The schema each backend had before account events, as the previous pinwatch left it.
+BEFORE_ACCOUNT_EVENTS = {
+    "sqlite": (
+        "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
+        " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
+        " ALTER TABLE alerts DROP COLUMN field; ALTER TABLE alerts DROP COLUMN severity;"
+        " PRAGMA user_version = 5;"
+    ),
+    "postgres": (
+        "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
+        " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
+        " ALTER TABLE alerts DROP COLUMN field, DROP COLUMN severity;"
+        " UPDATE pinwatch_schema SET version = 2;"
+    ),
+}
+
+
+async def test_a_store_from_before_account_events_is_migrated_and_carries_on(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    first = await start_pinwatch()
+    first.slack.fail("chat.postMessage", times=1000, status=503)
+    await first.post_webhook(delivery(security("PIN_RESET_REQUEST", requester="1")))
+    await first.slack.wait_for(lambda s: any(c.failed for c in s.calls))
+    await first.stop()
+    if first.database_url is None:
+        db = sqlite3.connect(store_path(first), isolation_level=None)
+        db.executescript(BEFORE_ACCOUNT_EVENTS["sqlite"])
+        db.close()
+    else:
+        conn = await asyncpg.connect(first.database_url)
+        await conn.execute(BEFORE_ACCOUNT_EVENTS["postgres"])
+        await conn.close()
+
+    second = await start_pinwatch()
+    await second.post_webhook(payload("disabled_update_disable"))
+    _, request = await posted(second, 1)  # waiting when the old pinwatch stopped: posted now
+    assert request.text.startswith("[HIGH] Two-step verification reset requested")
+    assert action_ids(request.blocks) == BOTH
+    _, ban = await posted(second, 2)
+    assert ban.text.startswith("[CRITICAL] WhatsApp Business Account disabled")
+    rows = await second.query("SELECT id, field, severity FROM alerts ORDER BY id")
+    assert rows == [(1, "security", None), (2, "account_update", "critical")]
