@@ -43,7 +43,7 @@ _SEVERITY_LABEL = {
     Severity.INFO: ":information_source: Info",
     Severity.HIGH: ":rotating_light: High",
     Severity.CRITICAL: ":red_circle: Critical",
-    Severity.OFF: ":zzz: Off",  # never posted; here for a message rendered by hand
+    Severity.OFF: ":zzz: Off",  # never posted: here so that every severity has a label
 }
 FIELDS_MAX = 10  # a section's fields
 
@@ -142,7 +142,7 @@ def _subject_plain(alert: Alert) -> str:
     return f"WABA {alert.event.waba_id}"
 
 
-def shown_value(value: Value) -> str:
+def _fact_text(value: Value) -> str:
     """A fact of Meta's as mrkdwn: its text escaped, a time in each reader's own zone."""
     return slack_date(value.seconds) if isinstance(value, Moment) else safe(value)
 
@@ -160,7 +160,7 @@ def _story_items(story: Story) -> SectionBlock | None:
     if not story.items:
         return None
     lines = [
-        f"• {safe(text)}" + (f" until {shown_value(until)}" if until is not None else "")
+        f"• {safe(text)}" + (f" until {_fact_text(until)}" if until is not None else "")
         for text, until in story.items
     ]
     return SectionBlock(text=MarkdownTextObject(text=clip("\n".join(lines), SECTION_TEXT_MAX)))
@@ -204,7 +204,7 @@ def _fields(alert: Alert) -> list[MarkdownTextObject]:
     if alert.team:
         pairs.append(("Team", safe(alert.team)))
     if (story := _story(alert)) is not None:
-        pairs += [(label, shown_value(value)) for label, value in story.facts]
+        pairs += [(label, _fact_text(value)) for label, value in story.facts]
     texts = [f"*{label}*\n{value}" for label, value in pairs]
     if len(texts) > FIELDS_MAX:  # a section holds ten fields: the last takes the rest
         texts[FIELDS_MAX - 1 :] = ["\n".join(texts[FIELDS_MAX - 1 :])]
@@ -321,7 +321,8 @@ def render_alert(alert: Alert) -> Message:
     story = _story(alert)
     if story is not None and (items := _story_items(story)) is not None:
         blocks.append(items)
-    if (not story.known) if story is not None else alert.event.known_type is None:
+    shown_as_sent = alert.event.known_type is None if story is None else not story.known
+    if shown_as_sent:
         blocks.append(_unknown_details(alert))
     if status := _status_lines(alert):
         blocks.append(
