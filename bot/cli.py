@@ -21,10 +21,19 @@ from yarl import URL
 
 from bot import logs
 from bot.app import build_app
+from bot.catalog import (
+    ACKNOWLEDGED,
+    ALERTED_FIELDS,
+    EVENTS_BY_FIELD,
+    FIELD_OF_EVENT,
+    SECURITY_FIELD,
+    EventType,
+    Severity,
+)
 from bot.config import Config, ConfigError, LoadedConfig, load_config
-from bot.events import EventType, SecurityEvent
+from bot.events import SecurityEvent
 from bot.render import readable_phone
-from bot.routing import Destination, route
+from bot.routing import Destination, route, severity_of
 from bot.settings import Settings, SettingsError, split_secrets
 from bot.store import StoreError, is_database_url, open_store
 from bot.store.copy import copy_store
@@ -81,8 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     route_cmd = commands.add_parser("route", help="show where an event would go, sending nothing")
     route_cmd.add_argument("--config", required=True, type=Path, metavar="PATH")
     route_cmd.add_argument("--waba", required=True, metavar="ID")
-    route_cmd.add_argument("--phone", required=True, metavar="NUMBER")
-    route_cmd.add_argument("--event", default=EventType.PIN_RESET_REQUEST.value)
+    route_cmd.add_argument(
+        "--phone", default="", metavar="NUMBER", help="omitted: an event of the whole account"
+    )
+    route_cmd.add_argument(
+        "--event", help="default PIN_RESET_REQUEST, or the field's only event (see --field)"
+    )
+    route_cmd.add_argument(
+        "--field",
+        choices=ALERTED_FIELDS,
+        help="the webhook field it comes in; default: the one the event belongs to",
+    )
     route_cmd.add_argument("--json", action="store_true", help="print the result as JSON")
 
     store = commands.add_parser("store", help="work on a whole store")
@@ -150,16 +168,53 @@ def destination_of(config: Config, *, waba: str, phone: str, event: str) -> Dest
     return route(SecurityEvent(waba_id=waba, phone_number=phone, event=event, time=None), config)
 
 
+def _event_asked(args: argparse.Namespace) -> SecurityEvent:
+    """The event `route` is asked about: its field follows from a known event's name, and an
+    event follows from a field that has only one."""
+    field, event = args.field, args.event
+    if event is None:
+        events = EVENTS_BY_FIELD[field or SECURITY_FIELD]
+        if field in (None, SECURITY_FIELD):
+            event = EventType.PIN_RESET_REQUEST.value
+        elif len(events) == 1:
+            event = events[0]
+        else:
+            raise UsageError(f"--field {field} needs --event: one of {', '.join(events)}")
+    known_field = FIELD_OF_EVENT.get(event)
+    if field is not None and known_field is not None and known_field != field:
+        raise UsageError(f"--event {event} comes in the {known_field} field, not {field}")
+    return SecurityEvent(
+        waba_id=args.waba,
+        phone_number=args.phone,
+        event=event,
+        time=None,
+        field=field or known_field or SECURITY_FIELD,
+    )
+
+
+def _handling(severity: Severity, ack_timeout: float) -> str:
+    if severity == Severity.OFF:
+        return "never posted (alerts: off): stored and counted only"
+    if severity in ACKNOWLEDGED:
+        return f"{ack_timeout:g}s, then escalate"
+    return "not needed (Escalate button only)"
+
+
 def show_route(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
-    destination = destination_of(loaded.config, waba=args.waba, phone=args.phone, event=args.event)
+    event = _event_asked(args)
+    destination = route(event, loaded.config)
+    severity = severity_of(event, loaded.config)
     escalation = destination.escalation
+    subject = readable_phone(args.phone) if args.phone else "the whole account"
     if args.json:
         _print_json(
             {
-                "event": args.event,
+                "event": event.event,
+                "field": event.field,
+                "severity": severity.value,
                 "waba_id": args.waba,
-                "phone_number": readable_phone(args.phone),
+                "phone_number": readable_phone(args.phone) if args.phone else None,
                 "team": destination.team,
                 "channel": destination.channel,
                 "mentions": list(destination.mentions),
@@ -174,12 +229,14 @@ def show_route(args: argparse.Namespace) -> int:
     responders = (
         ", ".join(destination.responders) if destination.responders else "anyone in the channel"
     )
-    print(f"event:      {args.event} for {readable_phone(args.phone)} (WABA {args.waba})")
+    print(f"event:      {event.event} for {subject} (WABA {args.waba})")
+    print(f"field:      {event.field}")
+    print(f"severity:   {severity.value}")
     print(f"team:       {destination.team or '(none: defaults)'}")
     print(f"channel:    {destination.channel}")
     print(f"mentions:   {', '.join(destination.mentions) or '(none)'}")
     print(f"responders: {responders}")
-    print(f"ack within: {destination.ack_timeout:g}s, then escalate")
+    print(f"ack within: {_handling(severity, destination.ack_timeout)}")
     print(
         f"escalation: {escalation.channel} mentioning {', '.join(escalation.mention) or '(none)'}"
     )

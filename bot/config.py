@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from collections.abc import Iterator
@@ -20,7 +21,8 @@ from pydantic import (
     field_validator,
 )
 
-from bot.events import EventType, phone_digits
+from bot.catalog import ALERTED_FIELDS, IGNORED_FIELDS, KNOWN_EVENTS, Severity
+from bot.events import phone_digits
 
 try:
     # libyaml: several times faster on a large file; the same YAML rules and the same nodes.
@@ -102,11 +104,52 @@ def _phone(value: object) -> str:
     return phone_digits(value)
 
 
+def _closest(value: str, known: tuple[str, ...]) -> list[str]:
+    """Names the misspelt one begins, then those nearly as close as the closest (if that one
+    is close at all): at most three."""
+    scored = sorted(
+        ((difflib.SequenceMatcher(None, value, name).ratio(), name) for name in known),
+        reverse=True,
+    )
+    best = scored[0][0] if scored else 0.0
+    close = [name for ratio, name in scored[:3] if ratio >= max(0.6, best - 0.05)]
+    begun = [name for name in known if len(value) >= 4 and name.startswith(value)]
+    return list(dict.fromkeys(begun + close))[:3]
+
+
+def _suggestion(value: object, known: tuple[str, ...], kind: str) -> str:
+    """The known names closest to a misspelt one, or all of them when none is close."""
+    close = _closest(value, known) if isinstance(value, str) else []
+    if close:
+        return f"did you mean {' or '.join(close)}?"
+    return f"known {kind}: {', '.join(sorted(known))}"
+
+
 def _event_name(value: object) -> str:
-    known = [e.value for e in EventType]
-    if value not in known:
-        raise ValueError(f"{value!r} is not an event; known events: {', '.join(known)}")
+    if value not in KNOWN_EVENTS:
+        raise ValueError(f"{value!r} is not an event; {_suggestion(value, KNOWN_EVENTS, 'events')}")
     return str(value)
+
+
+def _field_name(value: object) -> str:
+    if value in ALERTED_FIELDS:
+        return str(value)
+    if value in IGNORED_FIELDS:
+        raise ValueError(
+            f"{value!r} is a field pinwatch ignores (message traffic and the like): "
+            f"known fields: {', '.join(ALERTED_FIELDS)}"
+        )
+    raise ValueError(
+        f"{value!r} is not a webhook field; {_suggestion(value, ALERTED_FIELDS, 'fields')}"
+    )
+
+
+def _severity(value: object) -> Severity:
+    if value is False:  # YAML 1.1 reads an unquoted `off` as false
+        return Severity.OFF
+    if isinstance(value, str) and value in set(Severity):
+        return Severity(value)
+    raise ValueError(f"{value!r} is not a severity: use critical, high, info or off")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -116,6 +159,8 @@ Responder = Annotated[str, BeforeValidator(_responder)]
 IdString = Annotated[str, BeforeValidator(_id_string)]
 PhoneDigits = Annotated[str, BeforeValidator(_phone)]
 EventName = Annotated[str, BeforeValidator(_event_name)]
+FieldName = Annotated[str, BeforeValidator(_field_name)]
+AlertSeverity = Annotated[Severity, BeforeValidator(_severity)]
 
 
 class _Strict(BaseModel):
@@ -139,6 +184,7 @@ class Storm(_Strict):
 class Defaults(_Strict):
     channel: Channel
     mention: list[Mention] = Field(default_factory=list)
+    # Critical and high alerts not acknowledged within this are escalated.
     ack_timeout: Duration = 15 * 60.0
     # How recent a reset request must be for a success on the same WABA and route to thread under
     # it; an older request is another story, so the success stands on its own.
@@ -169,6 +215,7 @@ class StoreSettings(_Strict):
 
 class Route(_Strict):
     team: str
+    fields: list[FieldName] | None = None
     waba_ids: list[IdString] | None = None
     phone_numbers: list[PhoneDigits] | None = None
     events: list[EventName] | None = None
@@ -179,6 +226,9 @@ class Config(_Strict):
     teams: dict[str, Team] = Field(default_factory=dict)
     store: StoreSettings = Field(default_factory=StoreSettings)
     routes: list[Route] = Field(default_factory=list)
+    # Event name → the severity its alerts get instead of the default ("off": stored, counted,
+    # never posted).
+    alerts: dict[EventName, AlertSeverity] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,8 +436,13 @@ def _validation_problems(
     error: ValidationError, document: _Document, source: str
 ) -> Iterator[ConfigProblem]:
     for item in error.errors():
-        # pydantic puts the Annotated validator's name in loc for unions; keep only real keys.
-        loc = tuple(p for p in item["loc"] if isinstance(p, int) or not p.startswith("function-"))
+        # pydantic puts the Annotated validator's name in loc for unions, and "[key]" after a
+        # mapping key it refused; keep only real keys.
+        loc = tuple(
+            p
+            for p in item["loc"]
+            if isinstance(p, int) or not (p.startswith("function-") or p == "[key]")
+        )
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (misspelt?)"

@@ -16,6 +16,7 @@ from enum import Enum
 from functools import partial
 from typing import TypeVar
 
+from bot.catalog import ACKNOWLEDGED
 from bot.config import LiveConfig
 from bot.events import (
     PINWATCH_ACTOR_ID,
@@ -37,7 +38,7 @@ from bot.render import (
     render_storm,
     render_success_reply,
 )
-from bot.routing import route, team_destination
+from bot.routing import route, severity_of, team_destination
 from bot.slack import Posted, SendKey, SlackCallError, SlackGateway
 from bot.store import OutboxEntry, Store, StoreError
 
@@ -257,12 +258,12 @@ class Dispatcher:
         lane.add_done_callback(self._lanes.discard)
 
     def _route(self, alert: Alert) -> Alert:
-        destination = route(alert.event, self._config.config)
-        deadline = (
-            alert.received_at + destination.ack_timeout
-            if alert.event.event in (EventType.PIN_RESET_REQUEST, EventType.PIN_REQUEST_SUCCESS)
-            else None
-        )
+        """Where it goes and how loud: an alert routed `off` is kept, counted and never posted
+        (the outbox does not hold it)."""
+        config = self._config.config
+        destination = route(alert.event, config)
+        severity = severity_of(alert.event, config)
+        deadline = alert.received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
         self._metrics.count_event(alert.event.event, destination.team or "")
         return replace(
             alert,
@@ -271,6 +272,7 @@ class Dispatcher:
             mentions=destination.mentions,
             responders=Responders(destination.responders),
             ack_deadline=deadline,
+            assigned_severity=severity,
         )
 
     async def _run_lane(self, key: str, jobs: list[Job]) -> None:

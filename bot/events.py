@@ -7,31 +7,29 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from enum import StrEnum
 from typing import Any
 
-SECURITY_FIELD = "security"
+from bot.catalog import ACKNOWLEDGED, default_severity
+
+# At home in bot.catalog; named here too, where the domain types are.
+from bot.catalog import SECURITY_FIELD as SECURITY_FIELD
+from bot.catalog import EventType as EventType
+from bot.catalog import Severity as Severity
 
 # Time is read through an injectable clock (seconds since the epoch) so tests can drive it.
 Clock = Callable[[], float]
 system_clock: Clock = time.time
 
+# The fields pinwatch indexes, routes by and shows are cut to this: no ID, number or event name
+# Meta sends comes near it, and an index cannot take a 30 kB key. The raw value stays whole.
+MAX_FIELD_CHARS = 256
+
 # Meta retries a delivery for up to 7 days: a change that carries no time of its own is a
 # redelivery only within that horizon; after it, an identical change is a new event.
 REDELIVERY_HORIZON = 7 * 24 * 3600.0
-
-
-class EventType(StrEnum):
-    PIN_CHANGED = "PIN_CHANGED"
-    PIN_RESET_REQUEST = "PIN_RESET_REQUEST"
-    PIN_REQUEST_SUCCESS = "PIN_REQUEST_SUCCESS"
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    HIGH = "high"
-    CRITICAL = "critical"
 
 
 class EscalationKind(StrEnum):
@@ -67,14 +65,16 @@ def _canonical(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class SecurityEvent:
-    """One `security` change from one webhook entry."""
+    """One stored change from one webhook entry: a `security` one, or an account-level one
+    (`field` says which; such an event may have no phone number)."""
 
     waba_id: str
     phone_number: str
     event: str
     time: int | None
     requester: str | None = None
-    value: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    value: dict[str, Any] = dataclass_field(default_factory=dict, compare=False, hash=False)
+    field: str = SECURITY_FIELD
 
     @property
     def phone_digits(self) -> str:
@@ -84,7 +84,7 @@ class SecurityEvent:
     def dedup_key(self) -> str:
         """Stable across Meta's redeliveries: the same change always hashes the same."""
         canonical = json.dumps(
-            [self.waba_id, self.time, SECURITY_FIELD, _canonical(self.value)],
+            [self.waba_id, self.time, self.field, _canonical(self.value)],
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -93,6 +93,9 @@ class SecurityEvent:
 
     @property
     def known_type(self) -> EventType | None:
+        """The `security` event this is, if pinwatch knows it."""
+        if self.field != SECURITY_FIELD:
+            return None
         try:
             return EventType(self.event)
         except ValueError:
@@ -150,18 +153,18 @@ class Alert:
     # Who may act on it, as its route said when it was routed; None: routed before pinwatch
     # kept this (see actions.Authority).
     responders: Responders | None = None
+    # As routed, the `alerts:` map applied; None: not routed yet, or routed before pinwatch
+    # kept it (the default then holds).
+    assigned_severity: Severity | None = None
 
     @property
     def needs_acknowledgement(self) -> bool:
-        """Reset requests, and successes with no request to hang under, wait for a human."""
-        if self.event.event == EventType.PIN_RESET_REQUEST:
-            return True
-        return self.event.event == EventType.PIN_REQUEST_SUCCESS and self.thread_ts is None
+        """Critical and high alerts wait for a human, but not a success threaded under the
+        request it completes (that request waits instead)."""
+        return self.severity in ACKNOWLEDGED and self.thread_ts is None
 
     @property
     def severity(self) -> Severity:
-        if self.event.event == EventType.PIN_REQUEST_SUCCESS:
-            return Severity.CRITICAL
-        if self.event.event == EventType.PIN_RESET_REQUEST:
-            return Severity.HIGH
-        return Severity.INFO
+        if self.assigned_severity is not None:
+            return self.assigned_severity
+        return default_severity(self.event.field, self.event.event, self.event.value)

@@ -9,50 +9,18 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bot.events import Clock, EventType
+from bot.catalog import KNOWN_EVENTS, META_FIELDS
+from bot.events import Clock
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _ACK_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 86400)
 
 
 # Label values that come from outside (a signed delivery may name any field, Meta any event)
-# become series of their own only when pinwatch knows them; the rest are counted as "other", so
-# that no sender can add series at will. Names pinwatch learns are added here, and only here.
+# become series of their own only when pinwatch knows them (bot.catalog names them); the rest
+# are counted as "other", so that no sender can add series at will.
 OTHER = "other"
-WEBHOOK_FIELDS = frozenset(  # Meta's WhatsApp Business Account webhook fields
-    {
-        "account_alerts",
-        "account_review_update",
-        "account_settings_update",
-        "account_update",
-        "automatic_events",
-        "business_capability_update",
-        "business_status_update",
-        "calls",
-        "flows",
-        "group_lifecycle_update",
-        "group_participants_update",
-        "group_settings_update",
-        "group_status_update",
-        "history",
-        "message_echoes",
-        "message_template_components_update",
-        "message_template_quality_update",
-        "message_template_status_update",
-        "messages",
-        "partner_solutions",
-        "payment_configuration_update",
-        "phone_number_name_update",
-        "phone_number_quality_update",
-        "security",
-        "smb_app_state_sync",
-        "smb_message_echoes",
-        "template_category_update",
-        "tracking_events",
-        "user_preferences",
-    }
-)
-EVENT_NAMES = frozenset(EventType)
+EVENT_NAMES = frozenset(KNOWN_EVENTS)
 
 
 def known(value: str, names: frozenset[str]) -> str:
@@ -97,13 +65,14 @@ class Metrics:
         self.signed_by = [self.signatures.labels(str(n)) for n in range(1, meta_secrets + 1)]
         self.ignored_changes = Counter(
             "pinwatch_webhook_ignored_changes",
-            "Webhook changes of fields other than security, acknowledged and ignored",
+            "Webhook changes pinwatch does not alert on, by field: message traffic and the like,"
+            " and fields Meta added since (those are stored too)",
             ["field"],
             registry=r,
         )
         self.events = Counter(
             "pinwatch_events",
-            "Security events stored, by type and team",
+            "Events stored and routed (security and account-level), by type and team",
             ["event", "team"],
             registry=r,
         )
@@ -162,7 +131,7 @@ class Metrics:
     def count_ignored(self, fields: Mapping[str, int]) -> None:
         by_label: Tally[str] = Tally()
         for name, count in fields.items():
-            by_label[known(name, WEBHOOK_FIELDS)] += count
+            by_label[known(name, META_FIELDS)] += count
         for label, count in by_label.items():
             self.ignored_changes.labels(label).inc(count)
 

@@ -23,7 +23,8 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.events import Actor, Alert, EscalationKind, EventType, Severity
+from bot.account_text import Moment, Story, Value, story_of
+from bot.events import SECURITY_FIELD, Actor, Alert, EscalationKind, EventType, Severity
 
 ACKNOWLEDGE_ACTION = "pinwatch.acknowledge"
 ESCALATE_ACTION = "pinwatch.escalate"
@@ -42,7 +43,9 @@ _SEVERITY_LABEL = {
     Severity.INFO: ":information_source: Info",
     Severity.HIGH: ":rotating_light: High",
     Severity.CRITICAL: ":red_circle: Critical",
+    Severity.OFF: ":zzz: Off",  # never posted: here so that every severity has a label
 }
+FIELDS_MAX = 10  # a section's fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,14 @@ def actor_plain(actor: Actor) -> str:
     return "pinwatch" if actor.is_pinwatch else (actor.name or actor.user_id)
 
 
+def _story(alert: Alert) -> Story | None:
+    """The plain words of an account-level event; None for a security one (written below)."""
+    return None if alert.event.field == SECURITY_FIELD else story_of(alert.event)
+
+
 def _title(alert: Alert) -> str:
+    if (story := _story(alert)) is not None:
+        return story.title
     event = alert.event.event
     if event == EventType.PIN_RESET_REQUEST:
         return "Two-step verification reset requested"
@@ -114,7 +124,51 @@ def _title(alert: Alert) -> str:
     return f"WhatsApp security event {event}"
 
 
+def _shows_number(alert: Alert) -> bool:
+    """A security event always names its number; an event of the whole account has none."""
+    return bool(alert.event.phone_number) or alert.event.field == SECURITY_FIELD
+
+
+def _subject(alert: Alert) -> str:
+    """What the alert is about, as mrkdwn: the number, or else the account."""
+    if _shows_number(alert):
+        return f"*{safe(readable_phone(alert.event.phone_number))}*"
+    return f"WABA *{safe(alert.event.waba_id)}*"
+
+
+def _subject_plain(alert: Alert) -> str:
+    if _shows_number(alert):
+        return readable_phone(alert.event.phone_number)
+    return f"WABA {alert.event.waba_id}"
+
+
+def _fact_text(value: Value) -> str:
+    """A fact of Meta's as mrkdwn: its text escaped, a time in each reader's own zone."""
+    return slack_date(value.seconds) if isinstance(value, Moment) else safe(value)
+
+
+def _story_summary(story: Story) -> str:
+    lines = [f"*What happened:* {story.happened}"]
+    if story.quote:
+        # Meta's words, quoted; the line breaks it may hold stay inside the quote.
+        lines.append("\n".join(f">{safe(line)}" for line in story.quote.splitlines() or [""]))
+    lines += [f"*What it means:* {story.means}", f"*Check next:* {story.check}"]
+    return "\n".join(lines)
+
+
+def _story_items(story: Story) -> SectionBlock | None:
+    if not story.items:
+        return None
+    lines = [
+        f"• {safe(text)}" + (f" until {_fact_text(until)}" if until is not None else "")
+        for text, until in story.items
+    ]
+    return SectionBlock(text=MarkdownTextObject(text=clip("\n".join(lines), SECTION_TEXT_MAX)))
+
+
 def _summary(alert: Alert) -> str:
+    if (story := _story(alert)) is not None:
+        return _story_summary(story)
     phone = f"*{safe(readable_phone(alert.event.phone_number))}*"
     event = alert.event.event
     if event == EventType.PIN_RESET_REQUEST:
@@ -137,8 +191,10 @@ def _summary(alert: Alert) -> str:
 
 def _fields(alert: Alert) -> list[MarkdownTextObject]:
     event = alert.event
-    pairs = [
-        ("Phone number", safe(readable_phone(event.phone_number))),
+    pairs = []
+    if _shows_number(alert):
+        pairs.append(("Phone number", safe(readable_phone(event.phone_number))))
+    pairs += [
         ("WABA", safe(event.waba_id)),
         ("When", slack_date(event.time if event.time is not None else alert.received_at)),
         ("Severity", _SEVERITY_LABEL[alert.severity]),
@@ -147,9 +203,12 @@ def _fields(alert: Alert) -> list[MarkdownTextObject]:
         pairs.append(("Requested by", f"Meta Business Suite user {safe(event.requester)}"))
     if alert.team:
         pairs.append(("Team", safe(alert.team)))
-    return [
-        MarkdownTextObject(text=clip(f"*{label}*\n{value}", FIELD_MAX)) for label, value in pairs
-    ]
+    if (story := _story(alert)) is not None:
+        pairs += [(label, _fact_text(value)) for label, value in story.facts]
+    texts = [f"*{label}*\n{value}" for label, value in pairs]
+    if len(texts) > FIELDS_MAX:  # a section holds ten fields: the last takes the rest
+        texts[FIELDS_MAX - 1 :] = ["\n".join(texts[FIELDS_MAX - 1 :])]
+    return [MarkdownTextObject(text=clip(text, FIELD_MAX)) for text in texts]
 
 
 def _status_lines(alert: Alert) -> list[str]:
@@ -221,12 +280,17 @@ def _unknown_details(alert: Alert) -> SectionBlock:
 
 def _fallback(alert: Alert) -> str:
     event = alert.event
-    parts = [
-        f"[{alert.severity.value.upper()}] {_title(alert)}: {readable_phone(event.phone_number)}",
-        f"WABA {event.waba_id}",
-    ]
+    parts = [f"[{alert.severity.value.upper()}] {_title(alert)}: {_subject_plain(alert)}"]
+    if _shows_number(alert):
+        parts.append(f"WABA {event.waba_id}")
     if event.requester:
         parts.append(f"requested by Meta user {event.requester}")
+    if (story := _story(alert)) is not None:
+        parts += [
+            f"{label.lower()} {value}"
+            for label, value in story.facts[:3]
+            if not isinstance(value, Moment)
+        ]
     if alert.team:
         parts.append(f"team {alert.team}")
     if alert.acknowledged is not None:
@@ -254,7 +318,11 @@ def render_alert(alert: Alert) -> Message:
         SectionBlock(text=MarkdownTextObject(text=clip(summary, SECTION_TEXT_MAX))),
         SectionBlock(fields=_fields(alert)),
     ]
-    if alert.event.known_type is None:
+    story = _story(alert)
+    if story is not None and (items := _story_items(story)) is not None:
+        blocks.append(items)
+    shown_as_sent = alert.event.known_type is None if story is None else not story.known
+    if shown_as_sent:
         blocks.append(_unknown_details(alert))
     if status := _status_lines(alert):
         blocks.append(
@@ -297,7 +365,7 @@ def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence
     """The page sent to the escalation channel, linking back to the alert."""
     lines = [
         " ".join(mention(m) for m in mentions),
-        f"*{safe(_title(alert))}* for *{safe(readable_phone(alert.event.phone_number))}*"
+        f"*{safe(_title(alert))}* for {_subject(alert)}"
         + (f" (team {safe(alert.team)})" if alert.team else "")
         + " needs attention.",
         _escalation_reason(alert),
@@ -329,9 +397,10 @@ STORM_MAX_ROWS = 45  # with the header, context and actions: within Slack's 50 b
 
 def _storm_row(alert: Alert) -> SectionBlock:
     event = alert.event
-    parts = [
-        f"*{safe(_title(alert))}*",
-        safe(readable_phone(event.phone_number)),
+    parts = [f"*{safe(_title(alert))}*"]
+    if _shows_number(alert):
+        parts.append(safe(readable_phone(event.phone_number)))
+    parts += [
         f"WABA {safe(event.waba_id)}",
         slack_date(event.time if event.time is not None else alert.received_at),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.catalog import FIELD_OF_EVENT, Severity, default_severity
 from bot.config import Config, Escalation, Route
 from bot.events import SecurityEvent
 
@@ -20,11 +21,27 @@ class Destination:
 
 
 def _matches(route: Route, event: SecurityEvent, digits: str) -> bool:
+    if route.fields is not None and event.field not in route.fields:
+        return False
     if route.waba_ids is not None and event.waba_id not in route.waba_ids:
         return False
-    if route.phone_numbers is not None and digits not in route.phone_numbers:
-        return False
+    if route.phone_numbers is not None:
+        if digits:
+            if digits not in route.phone_numbers:
+                return False
+        elif route.waba_ids is None:
+            # An event of the whole account has no number: it is routed by its WABA, so a
+            # route of numbers claims it only when it names the WABA too.
+            return False
     return route.events is None or event.event in route.events
+
+
+def severity_of(event: SecurityEvent, config: Config) -> Severity:
+    """The default for the event, unless the `alerts:` map names it (as an event of the field
+    it came in: an unknown security event called DISABLED_UPDATE is not a ban)."""
+    if FIELD_OF_EVENT.get(event.event) == event.field and event.event in config.alerts:
+        return config.alerts[event.event]
+    return default_severity(event.field, event.event, event.value)
 
 
 def team_destination(team: str | None, config: Config) -> Destination:

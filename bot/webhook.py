@@ -15,6 +15,9 @@ from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bot import keys
+from bot.account_events import ACCOUNT_FIELDS, account_event, unknown_field_event
+from bot.catalog import IGNORED_FIELDS
+from bot.events import MAX_FIELD_CHARS as MAX_FIELD_CHARS
 from bot.events import SECURITY_FIELD, SecurityEvent, as_text
 from bot.metrics import Delivery
 from bot.store import StoreError
@@ -25,11 +28,6 @@ WHATSAPP_OBJECT = "whatsapp_business_account"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 # Meta sends up to 3 MB (1,000 batched updates); aiohttp's default limit is 1 MiB.
 MAX_BODY_BYTES = 3 * 1024 * 1024
-
-
-# The fields pinwatch indexes, routes by and shows are cut to this: no ID, number or event name
-# Meta sends comes near it, and an index cannot take a 30 kB key. The raw value stays whole.
-MAX_FIELD_CHARS = 256
 
 
 class SignatureError(Exception):
@@ -122,7 +120,7 @@ class _DeliveryOutline(BaseModel):
 @dataclass(frozen=True, slots=True)
 class ParsedDelivery:
     events: list[SecurityEvent]
-    ignored_fields: Counter[str]
+    ignored_fields: Counter[str]  # not alerted on: message traffic, and fields Meta added since
 
 
 def _short_reason(error: ValidationError) -> str:
@@ -147,35 +145,48 @@ def _validated(model: type[_Model], body: bytes) -> _Model:
     return delivery
 
 
+def _security_event(entry: Entry, change: Change) -> SecurityEvent:
+    if not isinstance(change.value, dict):
+        raise MalformedDelivery("a security change's value is not an object")
+    try:
+        value = SecurityValue.model_validate(change.value)
+    except ValidationError as exc:
+        raise MalformedDelivery(f"security value: {_short_reason(exc)}") from exc
+    return SecurityEvent(
+        waba_id=entry.id[:MAX_FIELD_CHARS],
+        phone_number=value.display_phone_number[:MAX_FIELD_CHARS],
+        event=value.event[:MAX_FIELD_CHARS],
+        time=entry.time,
+        requester=value.requester[:MAX_FIELD_CHARS] if value.requester else None,
+        value=change.value,
+    )
+
+
 def parse_delivery(body: bytes) -> ParsedDelivery:
-    """Every security change of every entry becomes one event; other fields are counted."""
+    """Every security and account-level change of every entry becomes one event, and so does a
+    change of a field Meta added since (stored, not posted); message traffic is counted only."""
     outline = _validated(_DeliveryOutline, body)
     fields = Counter(change.field for entry in outline.entry for change in entry.changes)
-    if SECURITY_FIELD not in fields:
+    if fields.keys() <= IGNORED_FIELDS:
         return ParsedDelivery(events=[], ignored_fields=fields)
     delivery = _validated(WebhookDelivery, body)
     events: list[SecurityEvent] = []
     ignored: Counter[str] = Counter()
     for entry in delivery.entry:
         for change in entry.changes:
-            if change.field != SECURITY_FIELD:
+            if change.field == SECURITY_FIELD:
+                events.append(_security_event(entry, change))
+                continue
+            if change.field in IGNORED_FIELDS:
                 ignored[change.field] += 1
                 continue
-            if not isinstance(change.value, dict):
-                raise MalformedDelivery("a security change's value is not an object")
-            try:
-                value = SecurityValue.model_validate(change.value)
-            except ValidationError as exc:
-                raise MalformedDelivery(f"security value: {_short_reason(exc)}") from exc
+            if change.field in ACCOUNT_FIELDS:
+                make = account_event  # read leniently: whatever the value holds is stored
+            else:
+                make = unknown_field_event
+                ignored[change.field] += 1  # not alerted on, as before; but kept
             events.append(
-                SecurityEvent(
-                    waba_id=entry.id[:MAX_FIELD_CHARS],
-                    phone_number=value.display_phone_number[:MAX_FIELD_CHARS],
-                    event=value.event[:MAX_FIELD_CHARS],
-                    time=entry.time,
-                    requester=value.requester[:MAX_FIELD_CHARS] if value.requester else None,
-                    value=change.value,
-                )
+                make(change.field, entry_id=entry.id, time=entry.time, value=change.value)
             )
     return ParsedDelivery(events=events, ignored_fields=ignored)
 

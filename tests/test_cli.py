@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,69 @@ def test_route_honours_the_event_option(capsys: pytest.CaptureFixture[str]) -> N
     assert table["channel"] == "#support-security"
 
 
+def test_route_of_an_event_of_the_whole_account_goes_by_its_waba(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["route", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA]
+    assert run([*argv, "--event", "ACCOUNT_OFFBOARDED"]) == 0
+    table = route_table(capsys.readouterr().out)
+    assert table["event"] == f"ACCOUNT_OFFBOARDED for the whole account (WABA {PAYMENTS_WABA})"
+    assert table["field"] == "account_update"
+    assert table["severity"] == "critical"
+    assert table["team"] == "payments"
+    assert table["ack within"] == "600s, then escalate"
+
+    # The example's alerts: map turns these down and off.
+    assert run([*argv, "--event", "PARTNER_APP_UNINSTALLED"]) == 0
+    table = route_table(capsys.readouterr().out)
+    assert (table["severity"], table["ack within"]) == ("info", "not needed (Escalate button only)")
+    assert run([*argv, "--event", "MM_LITE_TERMS_SIGNED"]) == 0
+    table = route_table(capsys.readouterr().out)
+    assert table["severity"] == "off"
+    assert table["ack within"].startswith("never posted")
+
+
+def test_route_takes_a_field_and_its_only_event(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["route", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA, "--phone", "15550783881"]
+    assert run([*argv, "--field", "phone_number_name_update", "--json"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert decision["event"] == "PHONE_NUMBER_NAME_UPDATE"
+    assert decision["field"] == "phone_number_name_update"
+    assert decision["severity"] == "info"  # no decision given: not an approved name
+    assert decision["team"] == "payments"
+
+
+def test_route_of_an_event_pinwatch_does_not_know_takes_the_field_given(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["route", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA, "--json"]
+    assert run([*argv, "--field", "account_update", "--event", "SOMETHING_NEW"]) == 0
+    decision = json.loads(capsys.readouterr().out)
+    assert (decision["field"], decision["severity"]) == ("account_update", "info")
+    assert decision["phone_number"] is None
+    assert decision["team"] == "payments"  # by its WABA
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--field", "account_alerts"], "--field account_alerts needs --event: one of OBA_"),
+        (
+            ["--field", "security", "--event", "DISABLED_UPDATE"],
+            "--event DISABLED_UPDATE comes in the account_update field, not security",
+        ),
+        (["--field", "messages"], "invalid choice: 'messages'"),
+    ],
+)
+def test_route_refuses_a_field_and_event_that_do_not_go_together(
+    capsys: pytest.CaptureFixture[str], extra: list[str], said: str
+) -> None:
+    assert run(["route", "--config", str(EXAMPLE), "--waba", PAYMENTS_WABA, *extra]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert said in err
+
+
 def test_route_with_a_bad_config_reports_its_errors(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["route", "--config", str(BAD), "--waba", PAYMENTS_WABA, "--phone", "15550783881"]
     assert run(argv) == 1
@@ -232,8 +296,6 @@ def test_python_m_bot_serve_without_meta_app_secret_exits_1() -> None:
 
 
 def test_check_config_and_route_speak_json(capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
     assert run(["check-config", "--json", str(EXAMPLE)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] is True

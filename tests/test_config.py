@@ -133,7 +133,25 @@ def test_team_settings_left_out_stay_unset_for_routing_to_inherit() -> None:
             "bad_event.yaml",
             [
                 "11: routes[0].events[1]: 'PIN_RESET' is not an event; "
-                "known events: PIN_CHANGED, PIN_RESET_REQUEST, PIN_REQUEST_SUCCESS",
+                "did you mean PIN_RESET_REQUEST?",
+            ],
+        ),
+        (
+            "bad_account_names.yaml",
+            [
+                "9: routes[0].fields[0]: 'account_updates' is not a webhook field; "
+                "did you mean account_update?",
+                "9: routes[0].fields[1]: 'messages' is a field pinwatch ignores (message traffic "
+                "and the like): known fields: security, account_update, account_alerts, "
+                "phone_number_name_update, account_review_update",
+                "10: routes[0].events[0]: 'ACCOUNT_OFFBORDED' is not an event; "
+                "did you mean ACCOUNT_OFFBOARDED?",
+                "12: alerts.PARTNER_ADDED: 'loud' is not a severity: "
+                "use critical, high, info or off",
+                "13: alerts.DISABLE_UPDATE: 'DISABLE_UPDATE' is not an event; "
+                "did you mean DISABLED_UPDATE?",
+                "14: alerts.PARTNER_APP: 'PARTNER_APP' is not an event; did you mean "
+                "PARTNER_APP_INSTALLED or PARTNER_APP_UNINSTALLED or PARTNER_ADDED?",
             ],
         ),
     ],
@@ -141,6 +159,25 @@ def test_team_settings_left_out_stay_unset_for_routing_to_inherit() -> None:
 def test_invalid_file_reports_path_line_where_and_what(name: str, expected: list[str]) -> None:
     path = INVALID / name
     assert problems_of(path) == [f"{path}:{line}" for line in expected]
+
+
+def test_alerts_map_and_fields_are_read() -> None:
+    loaded = parse(
+        MINIMAL
+        + "teams: {support: {}}\n"
+        + "routes:\n  - team: support\n    fields: [account_alerts, account_update]\n"
+        # Unquoted, YAML 1.1 reads off as false: it still means off.
+        + "alerts:\n  ACCOUNT_OFFBOARDED: info\n  MM_LITE_TERMS_SIGNED: off\n"
+        + "  OBA_APPROVED: 'off'\n  PIN_CHANGED: critical\n"
+    )
+    config = loaded.config
+    assert config.routes[0].fields == ["account_alerts", "account_update"]
+    assert config.alerts == {
+        "ACCOUNT_OFFBOARDED": "info",
+        "MM_LITE_TERMS_SIGNED": "off",
+        "OBA_APPROVED": "off",
+        "PIN_CHANGED": "critical",
+    }
 
 
 def test_every_error_in_a_file_is_reported() -> None:

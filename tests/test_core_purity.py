@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 BOT = Path(__file__).parent.parent / "bot"
-CORE = ["events", "config", "routing", "render"]
+CORE = ["events", "catalog", "account_events", "account_text", "config", "routing", "render"]
 ADAPTERS = ["webhook", "store", "slack", "dispatcher", "app", "actions", "cli"]
 FORBIDDEN = ["aiohttp", "aiosqlite", "asyncio", "socket", "slack_sdk.web"] + [
     f"bot.{name}" for name in ADAPTERS
@@ -47,7 +47,9 @@ def test_core_module_imports_no_io_and_no_adapter(module: str) -> None:
     assert offending == []
 
 
-@pytest.mark.parametrize("module", ["events", "config", "routing"])
+@pytest.mark.parametrize(
+    "module", ["events", "catalog", "account_events", "account_text", "config", "routing"]
+)
 def test_core_module_does_not_use_slack_sdk(module: str) -> None:
     assert not any(is_within(name, "slack_sdk") for name in imports_of(module))
 

@@ -255,10 +255,14 @@ async def test_an_alert_of_a_schema_3_store_whose_team_is_gone_fails_closed(
     first = await start_pinwatch()
     await posted_reset_request(first)
     await first.stop()
-    # Back to schema 3, as a store written by the previous pinwatch: migration 4 runs again.
+    # Back to schema 3, as a store written by the previous pinwatch: migration 4 runs again
+    # (and 5 and 6 after it).
     db = sqlite3.connect(store_path(first), isolation_level=None)
     db.executescript(
-        "ALTER TABLE alerts DROP COLUMN responders; DROP TABLE slack_signatures;"
+        "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
+        " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
+        " ALTER TABLE alerts DROP COLUMN field; ALTER TABLE alerts DROP COLUMN severity;"
+        " ALTER TABLE alerts DROP COLUMN responders; DROP TABLE slack_signatures;"
         " DROP TABLE slack_sends; DROP TABLE slack_channel_ids; PRAGMA user_version = 3;"
     )
     db.close()

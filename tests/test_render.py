@@ -104,6 +104,7 @@ OWN_MENTION_LINE = "<!subteam^S0PAYSEC> <@U0ALICE> <!here>\n"
 _OWN_MARKUP = re.compile(
     r"<!date\^\d+\^\{date_short_pretty\} at \{time_secs\}\|[^<>]*>"
     r"|(?<=Acknowledged by )<@U0ALICE>|(?<=Escalated by )<@U0BOB>"
+    r"|(?m:^>)"  # a quote of Meta's own words
 )
 
 

@@ -21,6 +21,7 @@ from tests.conftest import (
     Pinwatch,
     StartPinwatch,
     delivery,
+    eventually,
     security,
     settings,
     tuning_for,
@@ -180,3 +181,45 @@ async def test_a_mistyped_database_url_is_refused_not_made_a_sqlite_file(
     assert code == 2, f"exit {code}, made {made}: {capsys.readouterr().out}"
     assert not (tmp_path / "postgresql:").exists()
     assert "secret-pw" not in capsys.readouterr().err
+
+
+async def test_a_copy_keeps_account_events_their_field_and_severity(
+    start_pinwatch: StartPinwatch,
+    config_path: Path,
+    clock: FakeClock,
+    database_url: str | None,
+) -> None:
+    assert database_url is not None
+    on_postgres = await start_pinwatch()
+    await on_postgres.stop()
+    slack = (on_postgres.slack, on_postgres.slack_url)
+    on_sqlite = await sqlite_pinwatch(config_path, clock, slack)
+    offboarded = delivery({"field": "account_update", "value": {"event": "ACCOUNT_OFFBOARDED"}})
+    terms = delivery(
+        {"field": "account_update", "value": {"event": "MM_LITE_TERMS_SIGNED"}}, time=1748811999
+    )
+    for body in (offboarded, terms):
+        assert (await on_sqlite.post_webhook(body))[0] == 200
+    await on_sqlite.wait_posted(1)
+    await eventually_routed(on_sqlite, 2)
+    await on_sqlite.stop()
+
+    assert await cli(["store", "copy", str(config_path.parent / "pinwatch.db"), database_url]) == 0
+    moved = await start_pinwatch(slack)
+    rows = await moved.query("SELECT id, field, event, severity FROM alerts ORDER BY id")
+    assert rows == [
+        (1, "account_update", "ACCOUNT_OFFBOARDED", "critical"),
+        (2, "account_update", "MM_LITE_TERMS_SIGNED", "off"),
+    ]
+    assert (await moved.alert(1)).needs_acknowledgement
+    # Off stays off on the new store: nothing waits for Slack, and redeliveries stay duplicates.
+    assert await moved.store.count_unposted() == (0, None)
+    assert (await moved.post_webhook(terms))[0] == 200
+    assert await metric(moved, "pinwatch_webhook_deliveries_total", 'result="duplicate"') == 1
+
+
+async def eventually_routed(pinwatch: Pinwatch, alert_id: int) -> None:
+    async def routed() -> bool:
+        return (await pinwatch.alert(alert_id)).channel is not None
+
+    await eventually(routed)

@@ -107,13 +107,14 @@ class Store(Protocol):
     async def audit_log(self, alert_id: int) -> list[AuditEntry]: ...
 
     async def count_unposted(self) -> tuple[int, float | None]:
-        """How many alerts wait for Slack, and when the oldest of them arrived."""
+        """How many alerts wait for Slack (never those routed `off`), and when the oldest of
+        them arrived."""
         ...
 
     # --- writes -------------------------------------------------------------------------------
 
     async def set_routes(self, routed: Sequence[Alert]) -> None:
-        """Keep each alert's route (team, channel, mentions, responders, deadline)."""
+        """Keep each alert's route (team, channel, mentions, responders, deadline, severity)."""
         ...
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:

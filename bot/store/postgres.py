@@ -24,6 +24,7 @@ from bot.store.rows import (
     event_value_column,
     mentions_to_column,
     responders_to_column,
+    severity_column,
 )
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,22 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at TIMESTAMPTZ NOT NULL
     );
     """,
+    # 3: account-level events beside security ones: the webhook field each came in, and the
+    # severity it was routed with ('off': stored and counted, never posted; NULL: routed before
+    # this, or not yet). Off alerts never wait for Slack, so no outbox read walks past them;
+    # a WABA's recent events are found by WABA (the takeover chain looks for them).
+    """
+    ALTER TABLE alerts ADD COLUMN field TEXT NOT NULL DEFAULT 'security';
+    ALTER TABLE alerts ADD COLUMN severity TEXT;
+    DROP INDEX alerts_unposted;
+    CREATE INDEX alerts_unposted ON alerts (id)
+        WHERE slack_ts IS NULL AND severity IS DISTINCT FROM 'off';
+    CREATE INDEX alerts_by_waba ON alerts (waba_id, event, id);
+    """,
 )
+
+# What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
+_WAITING = "slack_ts IS NULL AND severity IS DISTINCT FROM 'off'"
 
 # Replicas starting at once on an empty database take turns on this lock: one migrates.
 _MIGRATION_LOCK = 0x70696E7761746368  # "pinwatch"
@@ -296,6 +312,7 @@ class PostgresStore:
                         event.time,
                         _text(event.requester),
                         event_value_column(event),
+                        _text(event.field),
                     )
                     for event, key in zip(events, keys, strict=True)
                 ),
@@ -312,12 +329,12 @@ class PostgresStore:
                 )
             rows = await db.fetch(
                 """INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event,
-                                       event_time, requester, value, received_at)
-                   SELECT k, w, p, d, e, t, r, v, $9 FROM (
+                                       event_time, requester, value, field, received_at)
+                   SELECT k, w, p, d, e, t, r, v, f, $10 FROM (
                        SELECT DISTINCT ON (k) *
                        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                   $6::bigint[], $7::text[], $8::text[])
-                            WITH ORDINALITY AS x (k, w, p, d, e, t, r, v, n)
+                                   $6::bigint[], $7::text[], $8::text[], $9::text[])
+                            WITH ORDINALITY AS x (k, w, p, d, e, t, r, v, f, n)
                        ORDER BY k, n
                    ) AS fresh
                    -- Known keys are left out before they reach the sequence: a redelivery
@@ -343,7 +360,7 @@ class PostgresStore:
 
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
         return await self._alerts(
-            "SELECT * FROM alerts WHERE slack_ts IS NULL AND channel IS NULL ORDER BY id LIMIT $1",
+            f"SELECT * FROM alerts WHERE {_WAITING} AND channel IS NULL ORDER BY id LIMIT $1",
             limit,
         )
 
@@ -351,7 +368,7 @@ class PostgresStore:
         async with self._connection() as db:
             rows = await db.fetch(
                 "SELECT id, channel, received_at, event FROM alerts"
-                " WHERE slack_ts IS NULL AND channel IS NOT NULL ORDER BY id LIMIT $1",
+                f" WHERE {_WAITING} AND channel IS NOT NULL ORDER BY id LIMIT $1",
                 limit,
             )
         return [OutboxEntry(*row) for row in rows]
@@ -361,7 +378,7 @@ class PostgresStore:
             """SELECT * FROM alerts
                WHERE phone_digits = $1 AND event = $2 AND id < $3 AND verification_off_at IS NULL
                  AND waba_id = $4 AND team IS NOT DISTINCT FROM $5 AND channel = $6
-                 AND coalesce(event_time, received_at) >= $7
+                 AND severity IS DISTINCT FROM 'off' AND coalesce(event_time, received_at) >= $7
                ORDER BY id DESC LIMIT 1""",
             success.event.phone_digits,
             EventType.PIN_RESET_REQUEST.value,
@@ -395,7 +412,7 @@ class PostgresStore:
         async with self._connection() as db:
             rows = await db.fetch(
                 "SELECT id, received_at FROM alerts WHERE channel = $1 AND received_at >= $2"
-                " ORDER BY id",
+                " AND severity IS DISTINCT FROM 'off' ORDER BY id",
                 channel,
                 since,
             )
@@ -443,7 +460,7 @@ class PostgresStore:
     async def count_unposted(self) -> tuple[int, float | None]:
         async with self._connection() as db:
             row = await db.fetchrow(
-                "SELECT count(*), min(received_at) FROM alerts WHERE slack_ts IS NULL"
+                f"SELECT count(*), min(received_at) FROM alerts WHERE {_WAITING}"
             )
         return (row[0], row[1]) if row else (0, None)
 
@@ -470,7 +487,7 @@ class PostgresStore:
         async with self._transaction() as db:
             await db.executemany(
                 "UPDATE alerts SET team = $1, channel = $2, mentions = $3, responders = $4,"
-                " ack_deadline = $5 WHERE id = $6",
+                " ack_deadline = $5, severity = $6 WHERE id = $7",
                 [
                     (
                         a.team,
@@ -478,6 +495,7 @@ class PostgresStore:
                         mentions_to_column(a.mentions),
                         responders_to_column(a.responders),
                         a.ack_deadline,
+                        severity_column(a.assigned_severity),
                         a.id,
                     )
                     for a in routed

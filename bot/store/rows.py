@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from bot.events import Actor, Alert, EscalationKind, Responders, SecurityEvent
+from bot.events import Actor, Alert, EscalationKind, Responders, SecurityEvent, Severity
 
 
 class Row(Protocol):
@@ -36,6 +36,10 @@ def mentions_to_column(mentions: tuple[str, ...]) -> str:
     return json.dumps(list(mentions))
 
 
+def severity_column(severity: Severity | None) -> str | None:
+    return severity.value if severity is not None else None
+
+
 def event_value_column(event: SecurityEvent) -> str:
     return json.dumps(event.value, ensure_ascii=False, sort_keys=True)
 
@@ -48,8 +52,10 @@ def alert_from_row(row: Row) -> Alert:
         time=row["event_time"],
         requester=row["requester"],
         value=json.loads(row["value"]),
+        field=row["field"],
     )
     kind = row["escalation_kind"]
+    severity = row["severity"]
     return Alert(
         id=row["id"],
         event=event,
@@ -72,4 +78,5 @@ def alert_from_row(row: Row) -> Alert:
         escalation_ts=row["escalation_ts"],
         grouped=bool(row["grouped"]),
         responders=_responders_from_column(row["responders"]),
+        assigned_severity=Severity(severity) if severity else None,
     )

@@ -30,6 +30,7 @@ from bot.store.rows import (
     event_value_column,
     mentions_to_column,
     responders_to_column,
+    severity_column,
 )
 
 log = logging.getLogger(__name__)
@@ -121,12 +122,26 @@ MIGRATIONS: tuple[str, ...] = (
         id TEXT NOT NULL
     );
     """,
+    # 6: account-level events beside security ones: the webhook field each came in, and the
+    # severity it was routed with ('off': stored and counted, never posted; NULL: routed before
+    # this, or not yet). Off alerts never wait for Slack, so no outbox read walks past them;
+    # a WABA's recent events are found by WABA (the takeover chain looks for them).
+    """
+    ALTER TABLE alerts ADD COLUMN field TEXT NOT NULL DEFAULT 'security';
+    ALTER TABLE alerts ADD COLUMN severity TEXT;
+    DROP INDEX alerts_unposted;
+    CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL AND severity IS NOT 'off';
+    CREATE INDEX alerts_by_waba ON alerts (waba_id, event, id);
+    """,
 )
+
+# What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
+_WAITING = "slack_ts IS NULL AND severity IS NOT 'off'"
 
 _INSERT_EVENT = """
     INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event, event_time,
-                        requester, value, received_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        requester, value, received_at, field)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (dedup_key) DO NOTHING
 """
 
@@ -328,6 +343,7 @@ class SqliteStore:
                 event.requester,
                 event_value_column(event),
                 item.received_at,
+                event.field,
             )
             for item, item_keys in zip(batch, keys, strict=True)
             for event, key in zip(item.events, item_keys, strict=True)
@@ -367,7 +383,7 @@ class SqliteStore:
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
         """Alerts not yet in Slack and not yet routed, oldest first."""
         async with self._reader.execute(
-            "SELECT * FROM alerts WHERE slack_ts IS NULL AND channel IS NULL ORDER BY id LIMIT ?",
+            f"SELECT * FROM alerts WHERE {_WAITING} AND channel IS NULL ORDER BY id LIMIT ?",
             (limit,),
         ) as cursor:
             return [alert_from_row(row) async for row in cursor]
@@ -377,7 +393,7 @@ class SqliteStore:
         backlog is read again on every pass (each job reads its whole alert when it runs)."""
         async with self._reader.execute(
             "SELECT id, channel, received_at, event FROM alerts"
-            " WHERE slack_ts IS NULL AND channel IS NOT NULL ORDER BY id LIMIT ?",
+            f" WHERE {_WAITING} AND channel IS NOT NULL ORDER BY id LIMIT ?",
             (limit,),
         ) as cursor:
             return [OutboxEntry(*row) async for row in cursor]
@@ -388,7 +404,7 @@ class SqliteStore:
         async with self._reader.execute(
             """SELECT * FROM alerts
                WHERE phone_digits = ? AND event = ? AND id < ? AND verification_off_at IS NULL
-                 AND waba_id = ? AND team IS ? AND channel = ?
+                 AND waba_id = ? AND team IS ? AND channel = ? AND severity IS NOT 'off'
                  AND coalesce(event_time, received_at) >= ?
                ORDER BY id DESC LIMIT 1""",
             (
@@ -427,7 +443,8 @@ class SqliteStore:
     async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
         """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
         async with self._reader.execute(
-            "SELECT id, received_at FROM alerts WHERE channel = ? AND received_at >= ? ORDER BY id",
+            "SELECT id, received_at FROM alerts WHERE channel = ? AND received_at >= ?"
+            " AND severity IS NOT 'off' ORDER BY id",
             (channel, since),
         ) as cursor:
             return [(row[0], row[1]) async for row in cursor]
@@ -476,7 +493,7 @@ class SqliteStore:
     async def count_unposted(self) -> tuple[int, float | None]:
         """How many alerts wait for Slack, and when the oldest of them arrived."""
         async with self._reader.execute(
-            "SELECT count(*), min(received_at) FROM alerts WHERE slack_ts IS NULL"
+            f"SELECT count(*), min(received_at) FROM alerts WHERE {_WAITING}"
         ) as cursor:
             row = await cursor.fetchone()
         return (row[0], row[1]) if row else (0, None)
@@ -498,12 +515,12 @@ class SqliteStore:
         )
 
     async def set_routes(self, routed: Sequence[Alert]) -> None:
-        """Keep each alert's route (team, channel, mentions, responders, deadline): one commit
-        for all."""
+        """Keep each alert's route (team, channel, mentions, responders, deadline, severity):
+        one commit for all."""
         async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
-                " ack_deadline = ? WHERE id = ?",
+                " ack_deadline = ?, severity = ? WHERE id = ?",
                 [
                     (
                         a.team,
@@ -511,6 +528,7 @@ class SqliteStore:
                         mentions_to_column(a.mentions),
                         responders_to_column(a.responders),
                         a.ack_deadline,
+                        severity_column(a.assigned_severity),
                         a.id,
                     )
                     for a in routed
