@@ -11,6 +11,7 @@ import re
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import partial
@@ -73,6 +74,14 @@ class _Failed:
 
 
 Job = Callable[[], Awaitable[_Outcome | _Failed]]
+# The lease of the lane a job runs in (each lane is a task, so each has its own value).
+_lane_lease: ContextVar[str | None] = ContextVar("pinwatch_lane_lease", default=None)
+
+
+class _LeaseLost(Exception):
+    """The lane's lease ran out under it: another replica may be posting its channel now."""
+
+
 _T = TypeVar("_T")
 
 
@@ -291,13 +300,18 @@ class Dispatcher:
             self._busy.discard(key)
             return
         held.set()
+        _lane_lease.set(key)
         heartbeat = asyncio.create_task(self._renew(key, held), name=f"lease {key}")
+        hold = 0.0
         try:
             for job in jobs:
                 if self._stopping or not held.is_set():
                     return
                 try:
                     outcome = await job()
+                except _LeaseLost:
+                    log.error("dispatcher: lease for %s lost before posting; stopping", key)
+                    return
                 except Exception:  # e.g. the store failing before Slack was called: retry later
                     log.exception("dispatcher: a job for %s failed", key)
                     outcome = _Failed()
@@ -306,6 +320,7 @@ class Dispatcher:
                     backoff.failures += 1
                     delay = max(self._retry.delay(backoff.failures), outcome.retry_after or 0.0)
                     backoff.until = asyncio.get_running_loop().time() + delay
+                    hold = delay  # the other replicas wait too: Slack's limits are shared
                     log.warning("dispatcher: %s paused for %.1fs", key, delay)
                     return
                 if outcome is _Outcome.WAITING:
@@ -315,7 +330,7 @@ class Dispatcher:
         finally:
             heartbeat.cancel()
             with contextlib.suppress(StoreError, asyncio.CancelledError):
-                await self._store.release_lease(key, holder=self.replica)
+                await self._store.release_lease(key, holder=self.replica, hold=hold)
             self._busy.discard(key)
             if posted_any:
                 self.wake()  # what this lane posted may unblock another, or more may have come
@@ -430,6 +445,11 @@ class Dispatcher:
                     found.ts,
                 )
                 return found
+        # Fencing: a slow look-up (or a store outage) may have outlived the lane's lease.
+        if (lease := _lane_lease.get()) is not None and not await self._store.holds_lease(
+            lease, holder=self.replica
+        ):
+            raise _LeaseLost(lease)
         try:
             posted = await self._slack.post(
                 channel, message, send=send, thread_ts=thread_ts, reply_broadcast=reply_broadcast

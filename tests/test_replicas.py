@@ -288,3 +288,45 @@ async def test_a_stopped_pinwatch_leaves_no_listening_connection(
         await eventually(none)
     finally:
         await admin.close()
+
+
+async def test_slacks_retry_after_holds_the_channel_on_every_replica(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    """Slack's rate limit is the workspace's, not one replica's: while it lasts, the other
+    replica must not take the channel over and post into it."""
+    first = await start_pinwatch()
+    second = await start_pinwatch((first.slack, first.slack_url))
+    first.slack.fail("chat.postMessage", status=429, retry_after=1, times=3)  # slack_sdk waits
+    first.slack.fail("chat.postMessage", status=429, retry_after=4)  # then hands it back
+    await second.post_webhook(REFERENCE_BODY)
+    await first.slack.wait_for_calls("chat.postMessage", 5, ok_only=False, timeout=20)
+    calls = first.slack.calls_to("chat.postMessage")
+    limited = [c for c in calls if c.status == 429]
+    assert len(limited) == 4
+    posted = [c for c in calls if c.ok]
+    assert len(posted) == 1
+    assert posted[0].at - limited[-1].at >= 4 - 0.3
+
+
+async def test_a_lane_that_lost_its_lease_while_looking_in_slack_does_not_post(
+    pinwatch: Pinwatch,
+) -> None:
+    """Fencing: a lane checks that its lease is still its own right before chat.postMessage,
+    since another replica may have taken the channel during a slow look-up."""
+    pinwatch.slack.fail("chat.postMessage", status=503, times=3)  # maybe posted: look first
+    pinwatch.slack.fail("conversations.history", delay=1.0)
+    await pinwatch.post_webhook(REFERENCE_BODY)
+    await pinwatch.slack.wait_for_calls("conversations.history", ok_only=False)
+    await pinwatch.query(
+        "UPDATE leases SET holder = 'another-replica',"
+        " expires_at = clock_timestamp() + interval '1 hour'"
+        " WHERE name = 'C0PAYMENTS' RETURNING name"
+    )
+    await pinwatch.slack.wait_for_calls("conversations.history", ok_only=True)
+    await asyncio.sleep(1.0)
+    assert not [c for c in pinwatch.slack.calls_to("chat.postMessage") if c.ok]
+
+    await pinwatch.query("DELETE FROM leases WHERE name = 'C0PAYMENTS' RETURNING name")
+    await pinwatch.wait_posted(1)
+    assert len([c for c in pinwatch.slack.calls_to("chat.postMessage") if c.ok]) == 1

@@ -178,7 +178,15 @@ class Store(Protocol):
         so its leases pass to another within `ttl`."""
         ...
 
-    async def release_lease(self, name: str, *, holder: str) -> None: ...
+    async def release_lease(self, name: str, *, holder: str, hold: float = 0.0) -> None:
+        """Give `name` up; with `hold`, nobody (this holder included) may take it for that many
+        seconds: a channel Slack rate-limited waits on every replica, not only this one."""
+        ...
+
+    async def holds_lease(self, name: str, *, holder: str) -> bool:
+        """Whether `holder`'s lease on `name` still runs: checked right before each post, since
+        a lane whose renewals failed may have lost its channel to another replica."""
+        ...
 
     async def end_send(self, key: str, *, channel: str) -> None:
         """Slack said no in that channel: nothing was posted there, nothing to look for."""

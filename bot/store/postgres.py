@@ -623,9 +623,30 @@ class PostgresStore:
             )
         return _changed(status) == 1
 
-    async def release_lease(self, name: str, *, holder: str) -> None:
+    async def release_lease(self, name: str, *, holder: str, hold: float = 0.0) -> None:
         async with self._transaction() as db:
-            await db.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", name, holder)
+            if hold <= 0:
+                await db.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", name, holder)
+                return
+            # Held by no one until the time runs out: no replica's holder name is empty.
+            await db.execute(
+                "UPDATE leases SET holder = '',"
+                " expires_at = clock_timestamp() + make_interval(secs => $3)"
+                " WHERE name = $1 AND holder = $2",
+                name,
+                holder,
+                hold,
+            )
+
+    async def holds_lease(self, name: str, *, holder: str) -> bool:
+        async with self._connection() as db:
+            held = await db.fetchval(
+                "SELECT true FROM leases"
+                " WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()",
+                name,
+                holder,
+            )
+        return held is True
 
     async def end_send(self, key: str, *, channel: str) -> None:
         async with self._transaction() as db:

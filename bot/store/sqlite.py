@@ -679,9 +679,16 @@ class SqliteStore:
         self._leases[name] = (holder, now + ttl)
         return True
 
-    async def release_lease(self, name: str, *, holder: str) -> None:
+    async def release_lease(self, name: str, *, holder: str, hold: float = 0.0) -> None:
         if (current := self._leases.get(name)) is not None and current[0] == holder:
-            del self._leases[name]
+            if hold > 0:
+                self._leases[name] = ("", time.monotonic() + hold)  # no holder is named ""
+            else:
+                del self._leases[name]
+
+    async def holds_lease(self, name: str, *, holder: str) -> bool:
+        current = self._leases.get(name)
+        return current is not None and current[0] == holder and current[1] > time.monotonic()
 
     async def end_send(self, key: str, *, channel: str) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
