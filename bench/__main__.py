@@ -21,9 +21,10 @@ from pathlib import Path
 import aiohttp
 
 from bench.load import wrk_available
+from bench.replicas import w1_postgres
 from bench.scenarios import SCENARIOS, Context, Plan, Row, w3_w4
 
-ALL = ("W1", "W2", "W3", "W4", "W5", "W6")
+ALL = ("W1", "W1PG", "W2", "W3", "W4", "W5", "W6")
 README = Path(__file__).with_name("README.md")
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -110,7 +111,8 @@ async def run(chosen: list[str], plan: Plan, workdir: Path) -> list[Row]:
         print(text, flush=True)
 
     ctx = Context(plan=plan, workdir=workdir, report=report, log=log)
-    for name in ("W1", "W2", "W3", "W5", "W6"):
+    scenarios = SCENARIOS | {"W1PG": w1_postgres}
+    for name in ("W1", "W1PG", "W2", "W3", "W5", "W6"):
         slack = name == "W3" and ("W3" in chosen or "W4" in chosen)
         if name not in chosen and not slack:
             continue
@@ -120,7 +122,7 @@ async def run(chosen: list[str], plan: Plan, workdir: Path) -> list[Row]:
         if slack:
             await w3_w4(ctx, w3="W3" in chosen, w4="W4" in chosen)
         else:
-            await SCENARIOS[name](ctx)
+            await scenarios[name](ctx)
         log(f"  ({label} took {time.monotonic() - started:.0f}s)")
     return rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -86,7 +87,9 @@ async def run_wrk(
     while process.returncode is None and time.monotonic() < deadline:
         if not interrupted and marker.exists():
             await asyncio.sleep(0.05)  # let the last responses in
-            process.send_signal(signal.SIGINT)  # wrk prints its summary on SIGINT
+            # wrk prints its summary on SIGINT; it may have ended on its own meanwhile.
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGINT)
             interrupted = True
         try:
             await asyncio.wait_for(asyncio.shield(output), 0.05)

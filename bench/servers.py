@@ -153,9 +153,10 @@ def _base_env() -> dict[str, str]:
 
 @asynccontextmanager
 async def pinwatch(
-    workdir: Path, *, slack_url: str, store: Path | None = None
+    workdir: Path, *, slack_url: str, store: Path | None = None, database_url: str | None = None
 ) -> AsyncIterator[Server]:
-    """The real ``pinwatch serve``, on a routing file of 20 routed teams, talking to slack_url."""
+    """The real ``pinwatch serve``, on a routing file of 20 routed teams, talking to slack_url;
+    on PostgreSQL at database_url if given (every such process is a replica of one service)."""
     store = store or workdir / "pinwatch.db"
     config = workdir / "config.yaml"
     config.write_text(routing_file(store))
@@ -166,6 +167,8 @@ async def pinwatch(
         "SLACK_BOT_TOKEN": SLACK_BOT_TOKEN,
         "SLACK_API_URL": slack_url,
     }
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     argv = [PYTHON, "-m", "bot", "serve", "--config", str(config), "--host", HOST]
     async with _process("pinwatch", argv, workdir=workdir, env=env, ready="/readyz") as server:
         yield server

@@ -12,6 +12,7 @@ import asyncpg
 from yarl import URL
 
 from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.store.group_commit import GroupCommit, PendingInsert
 from bot.store.interface import (
     COPIED_TABLES,
     AuditEntry,
@@ -186,6 +187,8 @@ class PostgresStore:
         self._pool = pool
         self._url = url
         self._listener: asyncio.Task[None] | None = None
+        # No write turns here: PostgreSQL takes concurrent writers; batching is what pays.
+        self._intake = GroupCommit(self._insert_batch, contextlib.nullcontext)
 
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
@@ -204,6 +207,7 @@ class PostgresStore:
         return cls(pool, url)
 
     async def close(self) -> None:
+        await self._intake.drain()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -294,12 +298,22 @@ class PostgresStore:
     async def add_events(
         self, events: Sequence[SecurityEvent], *, received_at: float
     ) -> list[int | None]:
+        """Concurrent callers share one transaction (group commit), as on SQLite: one round
+        trip and one commit for a batch of deliveries, not four and one per delivery."""
         if not events:
             return []
-        keys = [event.dedup_key for event in events]
+        return await self._intake.add(events, received_at)
+
+    async def _insert_batch(self, batch: list[PendingInsert]) -> list[list[int | None]]:
+        keys = [[event.dedup_key for event in item.events] for item in batch]
+        flat = [
+            (key, event, item.received_at)
+            for item, item_keys in zip(batch, keys, strict=True)
+            for event, key in zip(item.events, item_keys, strict=True)
+        ]
         # A change without a time of its own is a duplicate only within Meta's redelivery
         # horizon: an older alert with its key gives the key up (renamed to stay unique).
-        expiring = [key for event, key in zip(events, keys, strict=True) if event.time is None]
+        expiring = [(key, at - REDELIVERY_HORIZON) for key, event, at in flat if event.time is None]
         columns = list(
             zip(
                 *(
@@ -313,44 +327,52 @@ class PostgresStore:
                         _text(event.requester),
                         event_value_column(event),
                         _text(event.field),
+                        at,
                     )
-                    for event, key in zip(events, keys, strict=True)
+                    for key, event, at in flat
                 ),
                 strict=True,
             )
         )
         async with self._transaction() as db:
             if expiring:
+                expiring_keys, before = zip(*expiring, strict=True)
                 await db.execute(
                     "UPDATE alerts SET dedup_key = dedup_key || ':' || id"
-                    " WHERE dedup_key = ANY($1::text[]) AND received_at < $2",
-                    expiring,
-                    received_at - REDELIVERY_HORIZON,
+                    " FROM unnest($1::text[], $2::float8[]) AS x (k, before)"
+                    " WHERE dedup_key = x.k AND received_at < x.before",
+                    list(expiring_keys),
+                    list(before),
                 )
             rows = await db.fetch(
-                """INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event,
-                                       event_time, requester, value, field, received_at)
-                   SELECT k, w, p, d, e, t, r, v, f, $10 FROM (
-                       SELECT DISTINCT ON (k) *
-                       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                   $6::bigint[], $7::text[], $8::text[], $9::text[])
-                            WITH ORDINALITY AS x (k, w, p, d, e, t, r, v, f, n)
-                       ORDER BY k, n
-                   ) AS fresh
-                   -- Known keys are left out before they reach the sequence: a redelivery
-                   -- takes no id, so ids stay dense but for races between replicas.
-                   WHERE NOT EXISTS (SELECT FROM alerts WHERE dedup_key = k)
-                   ORDER BY n
-                   ON CONFLICT (dedup_key) DO NOTHING
-                   RETURNING id, dedup_key""",
+                """WITH fresh AS (
+                       INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event,
+                                           event_time, requester, value, field, received_at)
+                       SELECT k, w, p, d, e, t, r, v, f, at FROM (
+                           SELECT DISTINCT ON (k) *
+                           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                                       $5::text[], $6::bigint[], $7::text[], $8::text[],
+                                       $9::text[], $10::float8[])
+                                WITH ORDINALITY AS x (k, w, p, d, e, t, r, v, f, at, n)
+                           ORDER BY k, n
+                       ) AS fresh
+                       -- Known keys are left out before they reach the sequence: a redelivery
+                       -- takes no id, so ids stay dense but for races between replicas.
+                       WHERE NOT EXISTS (SELECT FROM alerts WHERE dedup_key = k)
+                       ORDER BY n
+                       ON CONFLICT (dedup_key) DO NOTHING
+                       RETURNING id, dedup_key
+                   ), woken AS (
+                       -- In the same round trip: the other replicas wake for the new alerts.
+                       SELECT pg_notify($11, '') FROM (SELECT 1 FROM fresh LIMIT 1) AS any_new
+                   )
+                   SELECT id, dedup_key FROM fresh, (SELECT count(*) FROM woken) AS w""",
                 *columns,
-                received_at,
+                OUTBOX_CHANNEL,
             )
-            if rows:
-                await db.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
         new_ids = {row["dedup_key"]: row["id"] for row in rows}
-        # A key that occurs twice in one delivery is new only the first time.
-        return [new_ids.pop(key, None) for key in keys]
+        # A key that occurs twice in one batch is new only the first time.
+        return [[new_ids.pop(key, None) for key in item_keys] for item_keys in keys]
 
     # --- reads ----------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import aiosqlite
 
 from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.store.group_commit import GroupCommit, PendingInsert
 from bot.store.interface import (
     COPIED_TABLES,
     AuditEntry,
@@ -199,13 +199,6 @@ class _WriteTurns:
         self._busy = False
 
 
-@dataclass(slots=True)
-class _PendingInsert:
-    events: Sequence[SecurityEvent]
-    received_at: float
-    done: asyncio.Future[list[int | None]]
-
-
 class SqliteStore:
     """Two SQLite connections, each with its own thread: one writer, whose transactions take
     turns so they never interleave, and one reader, so that the outbox's reads never queue in
@@ -215,9 +208,8 @@ class SqliteStore:
         self._db = db
         self._reader = reader
         self._turns = _WriteTurns()
-        self._queued: list[_PendingInsert] = []
         self._leases: dict[str, tuple[str, float]] = {}  # name → holder, monotonic expiry
-        self._flusher: asyncio.Task[None] | None = None
+        self._intake = GroupCommit(self._insert_batch, lambda: self._turns.turn(Writer.INTAKE))
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> SqliteStore:
@@ -247,8 +239,7 @@ class SqliteStore:
         return cls(db, reader)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        await self._intake.drain()
         await self._reader.close()
         await self._db.close()
 
@@ -283,54 +274,9 @@ class SqliteStore:
         """
         if not events:
             return []
-        done: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
-        self._queued.append(_PendingInsert(events, received_at, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_queued())
-        return await done
+        return await self._intake.add(events, received_at)
 
-    async def _flush_queued(self) -> None:
-        while self._queued:
-            async with self._turns.turn(Writer.INTAKE):
-                # Taken once the turn is ours: whatever queued while we waited joins this commit.
-                batch, self._queued = self._queued, []
-                try:
-                    results = await self._insert_batch(batch)
-                except StoreError:
-                    # The store itself is failing: each delivery alone would wait and fail the
-                    # same way. Meta gets its 503 now and retries.
-                    log.exception("store: committing %d deliveries failed", len(batch))
-                    for item in batch:
-                        self._fail(item)
-                    continue
-                except Exception:
-                    await self._insert_one_by_one(batch)
-                    continue
-            for item, result in zip(batch, results, strict=True):
-                self._succeed(item, result)
-
-    async def _insert_one_by_one(self, batch: list[_PendingInsert]) -> None:
-        """One bad delivery must not fail the others it shared a commit with."""
-        for item in batch:
-            try:
-                [result] = await self._insert_batch([item])
-            except Exception:
-                log.exception("store: committing a delivery failed")
-                self._fail(item)
-            else:
-                self._succeed(item, result)
-
-    @staticmethod
-    def _succeed(item: _PendingInsert, result: list[int | None]) -> None:
-        if not item.done.done():
-            item.done.set_result(result)
-
-    @staticmethod
-    def _fail(item: _PendingInsert) -> None:
-        if not item.done.done():
-            item.done.set_exception(StoreError("commit failed"))
-
-    async def _insert_batch(self, batch: list[_PendingInsert]) -> list[list[int | None]]:
+    async def _insert_batch(self, batch: list[PendingInsert]) -> list[list[int | None]]:
         keys = [[event.dedup_key for event in item.events] for item in batch]
         rows = [
             (
@@ -356,6 +302,7 @@ class SqliteStore:
             for event, key in zip(item.events, item_keys, strict=True)
             if event.time is None
         ]
+        # The group commit holds the intake's write turn while this runs.
         async with self._committed() as db:
             if expiring:
                 await db.executemany(
