@@ -10,6 +10,7 @@ of the chain, and without it two-step verification still protects the number.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from tests.conftest import (
@@ -130,12 +131,19 @@ async def test_a_takeover_pages_even_an_alert_escalated_before(pinwatch: Pinwatc
     assert "possible takeover" in shown((await pages(pinwatch))[1])
 
 
+OTHER_WABA = "209988776655443"
+
+
 async def test_a_re_registration_of_another_waba_or_too_late_stands_alone(
-    start_pinwatch: StartPinwatch,
+    start_pinwatch: StartPinwatch, config_path: Path
 ) -> None:
+    # The other WABA goes to the same team and channel: only the WABA tells them apart.
+    config_path.write_text(
+        config_path.read_text() + f'  - team: payments\n    waba_ids: ["{OTHER_WABA}"]\n'
+    )
     pinwatch = await start_pinwatch()
     await request_and_success(pinwatch)
-    other_waba = "209988776655443"
+    other_waba = OTHER_WABA
     await send(
         pinwatch, account_update("ACCOUNT_OFFBOARDED", time=REQUESTED + 600, waba=other_waba)
     )
@@ -146,8 +154,8 @@ async def test_a_re_registration_of_another_waba_or_too_late_stands_alone(
 
     assert elsewhere.thread_ts is None
     assert too_late.thread_ts is None
-    assert too_late.slack_channel == "C0PAYMENTS"
-    assert len(pinwatch.slack.top_level("C0PAYMENTS")) == 2  # the request, the late one
+    assert elsewhere.slack_channel == too_late.slack_channel == "C0PAYMENTS"
+    assert len(pinwatch.slack.top_level("C0PAYMENTS")) == 3  # the request, and these two
     request = await pinwatch.alert(1)
     assert request.takeover_at is None
     assert request.escalated is None
