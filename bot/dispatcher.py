@@ -573,8 +573,9 @@ class Dispatcher:
         assert root.slack_channel is not None
         assert root.slack_ts is not None
         success = follow_up.event.field == SECURITY_FIELD
-        if not success and root.verification_off_at is not None:
-            # Before the reply: a crash in between retries the reply, never loses the page.
+        if not success:
+            # Before the reply: a crash in between retries the reply, never loses the page. The
+            # store decides whether the request was completed, and pages it only once.
             await self._mark_takeover(root)
         send = SendKey.alert(follow_up.id)
         posted = await self._send(
