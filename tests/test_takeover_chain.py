@@ -9,10 +9,14 @@ of the chain, and without it two-step verification still protects the number.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bot.events import PINWATCH_ACTOR_ID, Actor
 from tests.conftest import (
     REFERENCE_BODY,
     Pinwatch,
@@ -191,3 +195,42 @@ async def test_the_whole_chain_in_one_delivery(pinwatch: Pinwatch) -> None:
     assert offboarded.thread_ts == request.ts
     await eventually(lambda: _paged(pinwatch))
     assert len(await pages(pinwatch)) == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_replicas_racing_re_registrations_page_once(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    first = await start_pinwatch()
+    second = await start_pinwatch((first.slack, first.slack_url))
+    await request_and_success(first)
+    await asyncio.gather(
+        send(first, account_update("ACCOUNT_OFFBOARDED", time=REQUESTED + 600)),
+        send(second, account_update("ACCOUNT_RECONNECTED", time=REQUESTED + 601)),
+    )
+    await first.wait_posted(3)
+    await first.wait_posted(4)
+    await eventually(lambda: _paged(first))
+    assert (await first.alert(1)).escalation_ts is not None
+    assert len(await pages(first)) == 1
+    audit = [e.action for e in await first.store.audit_log(1)]
+    assert audit.count("escalated (takeover)") == 1
+    assert audit.count("paged") == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_the_takeover_guard_changes_once_whichever_replica_races(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    first = await start_pinwatch()
+    second = await start_pinwatch((first.slack, first.slack_url))
+    await request_and_success(first)
+    actor = Actor(user_id=PINWATCH_ACTOR_ID, name="pinwatch", at=first.clock())
+    raced = await asyncio.gather(
+        *(store.mark_takeover(1, actor) for store in [first.store, second.store] * 3)
+    )
+    assert sorted(t.changed for t in raced) == [False] * 5 + [True]
+    await eventually(lambda: _paged(first))
+    assert len(await pages(first)) == 1
+    audit = [e.action for e in await first.store.audit_log(1)]
+    assert audit.count("escalated (takeover)") == 1
