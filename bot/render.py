@@ -392,12 +392,16 @@ def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence
         else f"The alert is in {channel_text(alert.slack_channel or '')}.",
     ]
     text = "\n".join(line for line in lines if line)
+    # A notification shows the fallback alone: a takeover must say so there too.
+    takeover = alert.escalation_kind == EscalationKind.TAKEOVER
+    heading = "Possible takeover" if takeover else "Escalated"
     blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=clip(f"Escalated: {_title(alert)}", HEADER_MAX))),
+        HeaderBlock(text=PlainTextObject(text=clip(f"{heading}: {_title(alert)}", HEADER_MAX))),
         SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX))),
         SectionBlock(fields=_fields(alert)),
     ]
-    return Message(text="[ESCALATED] " + _fallback(alert), blocks=_to_dicts(blocks))
+    tag = "[POSSIBLE TAKEOVER] " if takeover else "[ESCALATED] "
+    return Message(text=tag + _fallback(alert), blocks=_to_dicts(blocks))
 
 
 def render_escalation_note(alert: Alert, *, channel: str) -> Message:

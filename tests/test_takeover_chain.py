@@ -86,6 +86,7 @@ async def test_request_success_then_offboarding_is_one_thread_and_one_page(
     # One page, although the request was acknowledged before.
     await eventually(lambda: _paged(pinwatch))
     [page] = await pages(pinwatch)
+    assert page.text.startswith("[POSSIBLE TAKEOVER] [HIGH] Two-step verification reset")
     assert "possible takeover" in shown(page)
     assert "U0BOB" in shown(page)
 
