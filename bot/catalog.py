@@ -104,6 +104,32 @@ class AccountEvent(StrEnum):
     VOLUME_BASED_PRICING_TIER_UPDATE = "VOLUME_BASED_PRICING_TIER_UPDATE"
 
 
+# A re-registration or a partner change: after a completed PIN reset on the same WABA, the story
+# of a takeover (the number, now without two-step verification, registered elsewhere).
+TAKEOVER_EVENTS = frozenset(
+    {
+        AccountEvent.ACCOUNT_OFFBOARDED,
+        AccountEvent.ACCOUNT_RECONNECTED,
+        AccountEvent.PARTNER_ADDED,
+        AccountEvent.PARTNER_REMOVED,
+    }
+)
+
+
+# What a takeover chain's first alert, its audit and its page say.
+TAKEOVER_SUMMARY = "possible takeover: two-step verification off, then the number re-registered"
+
+FOLLOW_UP_EVENTS = frozenset({EventType.PIN_REQUEST_SUCCESS, *TAKEOVER_EVENTS})
+
+
+def is_follow_up(field: str, event: str) -> bool:
+    """An event that threads under the reset request it follows, when there is one: its
+    success (same number), or a takeover event (same WABA)."""
+    if field == SECURITY_FIELD:
+        return event == EventType.PIN_REQUEST_SUCCESS
+    return field == ACCOUNT_UPDATE_FIELD and event in TAKEOVER_EVENTS
+
+
 class AlertType(StrEnum):
     """`account_alerts` events: Meta's `alert_info.alert_type` is the event's name."""
 

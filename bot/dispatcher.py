@@ -17,15 +17,15 @@ from enum import Enum
 from functools import partial
 from typing import TypeVar
 
-from bot.catalog import ACKNOWLEDGED
+from bot.catalog import ACKNOWLEDGED, FOLLOW_UP_EVENTS, is_follow_up
 from bot.config import LiveConfig
 from bot.events import (
     PINWATCH_ACTOR_ID,
+    SECURITY_FIELD,
     Actor,
     Alert,
     Clock,
     EscalationKind,
-    EventType,
     Responders,
 )
 from bot.logs import for_alert
@@ -36,8 +36,8 @@ from bot.render import (
     render_alert,
     render_escalation,
     render_escalation_note,
+    render_follow_up,
     render_storm,
-    render_success_reply,
 )
 from bot.routing import route, severity_of, team_destination
 from bot.slack import Posted, SendKey, SlackCallError, SlackGateway
@@ -215,8 +215,8 @@ class Dispatcher:
         for alert in alerts:
             index = position.get(alert.id, len(times))
             recent = index - bisect.bisect_left(times, alert.received_at - storm.window, 0, index)
-            # A success may belong under its request's thread: never fold it into a storm.
-            if recent >= storm.threshold and alert.event != EventType.PIN_REQUEST_SUCCESS:
+            # A follow-up may belong under its request's thread: never fold it into a storm.
+            if recent >= storm.threshold and alert.event not in FOLLOW_UP_EVENTS:
                 if held:
                     break  # and what follows waits too, to keep the channel's order
                 stormed.append(alert.id)
@@ -365,13 +365,13 @@ class Dispatcher:
         if alert is None or alert.slack_ts is not None:
             return _Outcome.DONE
         try:
-            if alert.event.event == EventType.PIN_REQUEST_SUCCESS:
+            if is_follow_up(alert.event.field, alert.event.event):
                 window = team_destination(alert.team, self._config.config).correlation_window
-                request = await self._store.open_request_for(alert, since=_happened(alert) - window)
-                if request is not None:
-                    if request.slack_ts is None:
+                root = await self._store.root_for(alert, since=_happened(alert) - window)
+                if root is not None:
+                    if root.slack_ts is None:
                         return _Outcome.WAITING
-                    await self._post_under_request(alert, request)
+                    await self._post_under_root(alert, root)
                     return _Outcome.DONE
             await self._post_top_level(alert)
             return _Outcome.DONE
@@ -567,35 +567,55 @@ class Dispatcher:
         for alert in alerts:
             self._observe_posted(alert)
 
-    async def _post_under_request(self, success: Alert, request: Alert) -> None:
-        assert request.slack_channel is not None
-        assert request.slack_ts is not None
-        send = SendKey.alert(success.id)
+    async def _post_under_root(self, follow_up: Alert, root: Alert) -> None:
+        """A follow-up as a reply in its reset request's thread, then the request updated: a
+        success turns verification off; a takeover event after that escalates the chain."""
+        assert root.slack_channel is not None
+        assert root.slack_ts is not None
+        success = follow_up.event.field == SECURITY_FIELD
+        if not success:
+            # Before the reply: a crash in between retries the reply, never loses the page. The
+            # store decides whether the request was completed, and pages it only once.
+            await self._mark_takeover(root)
+        send = SendKey.alert(follow_up.id)
         posted = await self._send(
-            request.slack_channel,
-            render_success_reply(success),
+            root.slack_channel,
+            render_follow_up(follow_up, thread_ts=root.slack_ts),
             send,
-            thread_ts=request.slack_ts,
-            reply_broadcast=True,  # the whole channel must see that 2SV is now off
+            thread_ts=root.slack_ts,
+            reply_broadcast=True,  # the whole channel must see how the story goes on
         )
         await self._keep(
             "post",
             lambda: self._store.mark_posted(
-                success.id,
+                follow_up.id,
                 slack_channel=posted.channel,
                 ts=posted.ts,
-                thread_ts=request.slack_ts,
+                thread_ts=root.slack_ts,
                 note=None,
                 actor=self._pinwatch,
                 send=send.key,
             ),
         )
-        self._observe_posted(success)
+        self._observe_posted(follow_up)
+        if success:
+            transition = await self._keep(
+                "verification_off",
+                lambda: self._store.mark_verification_off(root.id, self._pinwatch),
+            )
+            root = transition.alert
+        else:
+            root = await self._store.get(root.id) or root
+        await self.refresh_message(root)
+
+    async def _mark_takeover(self, request: Alert) -> None:
         transition = await self._keep(
-            "verification_off",
-            lambda: self._store.mark_verification_off(request.id, self._pinwatch),
+            "takeover", lambda: self._store.mark_takeover(request.id, self._pinwatch)
         )
-        await self.refresh_message(transition.alert)
+        if transition.changed:  # once per chain, however many events or replicas follow
+            self._metrics.escalations.labels(EscalationKind.TAKEOVER.value).inc()
+            for_alert(log, request).warning("possible takeover, escalating")
+            self.wake()  # the page goes out on the next pass
 
     async def _page(self, alert_ids: list[int]) -> _Outcome | _Failed:
         """Send one page for these alerts (one, or a storm summary's), then say so under the
@@ -628,7 +648,7 @@ class Dispatcher:
             page = render_escalation(
                 alert, permalink=await self._permalink(alert), mentions=escalation.mention
             )
-            send = SendKey.page(alert.id)
+            send = SendKey.page(alert.id, takeover=alert.takeover_at is not None)
             posted, _ = await self._post_or_fall_back(escalation.channel, _regardless(page), send)
             await self._keep(
                 "page",
@@ -648,7 +668,10 @@ class Dispatcher:
         try:
             # Posted once, after the page is recorded: no earlier attempt to look for.
             await self._slack.post(
-                alert.slack_channel, note, send=SendKey.note(alert.id), thread_ts=alert.slack_ts
+                alert.slack_channel,
+                note,
+                send=SendKey.note(alert.id, takeover=alert.takeover_at is not None),
+                thread_ts=alert.slack_ts,
             )
         except SlackCallError as exc:
             for_alert(log, alert).warning("escalation note not posted: %s", exc)

@@ -35,6 +35,7 @@ REDELIVERY_HORIZON = 7 * 24 * 3600.0
 class EscalationKind(StrEnum):
     MANUAL = "manual"
     AUTOMATIC = "automatic"
+    TAKEOVER = "takeover"  # a completed reset, then a re-registration: paged at once
 
 
 def phone_digits(number: str) -> str:
@@ -146,6 +147,7 @@ class Alert:
     escalated: Actor | None = None
     escalation_kind: EscalationKind | None = None
     verification_off_at: float | None = None  # a later PIN_REQUEST_SUCCESS confirmed the reset
+    takeover_at: float | None = None  # then a re-registration or partner change: see catalog
     delivery_note: str | None = None  # why it was posted somewhere else than routed
     escalation_channel: str | None = None  # where the escalation page went, once sent
     escalation_ts: str | None = None

@@ -108,7 +108,10 @@ class Metrics:
             registry=r,
         )
         self.escalations = Counter(
-            "pinwatch_escalations", "Escalations by kind (manual, automatic)", ["kind"], registry=r
+            "pinwatch_escalations",
+            "Escalations by kind (manual, automatic, takeover)",
+            ["kind"],
+            registry=r,
         )
         self.store_write_retries = Counter(
             "pinwatch_store_write_retries",

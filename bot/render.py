@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -24,6 +24,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.account_text import Moment, Story, Value, story_of
+from bot.catalog import TAKEOVER_SUMMARY
 from bot.events import SECURITY_FIELD, Actor, Alert, EscalationKind, EventType, Severity
 
 ACKNOWLEDGE_ACTION = "pinwatch.acknowledge"
@@ -213,17 +214,23 @@ def _fields(alert: Alert) -> list[MarkdownTextObject]:
 
 def _status_lines(alert: Alert) -> list[str]:
     lines = []
+    if alert.takeover_at is not None:
+        lines.append(
+            f":rotating_light: *{TAKEOVER_SUMMARY.capitalize()}* {slack_date(alert.takeover_at)}"
+            ": see the thread."
+        )
     if alert.verification_off_at is not None:
         lines.append(
             f":red_circle: Two-step verification is now *off*: the reset was completed "
             f"{slack_date(alert.verification_off_at)}."
         )
     if alert.escalated is not None:
-        how = (
-            "Automatically escalated"
-            if alert.escalation_kind == EscalationKind.AUTOMATIC
-            else f"Escalated by {actor_text(alert.escalated)}"
-        )
+        if alert.escalation_kind == EscalationKind.AUTOMATIC:
+            how = "Automatically escalated"
+        elif alert.escalation_kind == EscalationKind.TAKEOVER:
+            how = "Escalated as a possible takeover"
+        else:
+            how = f"Escalated by {actor_text(alert.escalated)}"
         lines.append(f":mega: {how} {slack_date(alert.escalated.at)}.")
     if alert.acknowledged is not None:
         lines.append(
@@ -348,6 +355,15 @@ def render_success_reply(alert: Alert) -> Message:
     return Message(text=_fallback(alert), blocks=_to_dicts(list(blocks)))
 
 
+def render_follow_up(alert: Alert, *, thread_ts: str) -> Message:
+    """A follow-up (catalog.is_follow_up) as a reply under its reset request: a success in one
+    line, a takeover event in full (without the acknowledgement its request waits for)."""
+    threaded = replace(alert, thread_ts=thread_ts)
+    if alert.event.known_type == EventType.PIN_REQUEST_SUCCESS:
+        return render_success_reply(threaded)
+    return render_alert(threaded)
+
+
 def channel_text(channel: str) -> str:
     """A configured channel as Slack shows it: an ID becomes a link, a #name stays as written."""
     return channel if channel.startswith("#") else f"<#{channel}>"
@@ -358,6 +374,8 @@ def _escalation_reason(alert: Alert) -> str:
     if alert.escalation_kind == EscalationKind.AUTOMATIC:
         deadline = alert.ack_deadline if alert.ack_deadline is not None else alert.escalated.at
         return f"Escalated automatically: nobody acknowledged it by {slack_date(deadline)}."
+    if alert.escalation_kind == EscalationKind.TAKEOVER:
+        return f"Escalated at once, {TAKEOVER_SUMMARY} {slack_date(alert.escalated.at)}."
     return f"Escalated by {actor_text(alert.escalated)} {slack_date(alert.escalated.at)}."
 
 
@@ -374,12 +392,16 @@ def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence
         else f"The alert is in {channel_text(alert.slack_channel or '')}.",
     ]
     text = "\n".join(line for line in lines if line)
+    # A notification shows the fallback alone: a takeover must say so there too.
+    takeover = alert.escalation_kind == EscalationKind.TAKEOVER
+    heading = "Possible takeover" if takeover else "Escalated"
     blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=clip(f"Escalated: {_title(alert)}", HEADER_MAX))),
+        HeaderBlock(text=PlainTextObject(text=clip(f"{heading}: {_title(alert)}", HEADER_MAX))),
         SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX))),
         SectionBlock(fields=_fields(alert)),
     ]
-    return Message(text="[ESCALATED] " + _fallback(alert), blocks=_to_dicts(blocks))
+    tag = "[POSSIBLE TAKEOVER] " if takeover else "[ESCALATED] "
+    return Message(text=tag + _fallback(alert), blocks=_to_dicts(blocks))
 
 
 def render_escalation_note(alert: Alert, *, channel: str) -> Message:

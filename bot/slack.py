@@ -84,16 +84,17 @@ class SendKey:
         return cls(f"alert:{alert_id}", alert_id)
 
     @classmethod
-    def page(cls, alert_id: int) -> SendKey:
-        return cls(f"page:{alert_id}", alert_id)
+    def page(cls, alert_id: int, *, takeover: bool = False) -> SendKey:
+        # A takeover pages again an alert that an earlier escalation paged already.
+        return cls(f"{'takeover-page' if takeover else 'page'}:{alert_id}", alert_id)
 
     @classmethod
     def storm(cls, alert_id: int) -> SendKey:
         return cls(f"storm:{alert_id}", alert_id)
 
     @classmethod
-    def note(cls, alert_id: int) -> SendKey:
-        return cls(f"note:{alert_id}", alert_id)
+    def note(cls, alert_id: int, *, takeover: bool = False) -> SendKey:
+        return cls(f"{'takeover-note' if takeover else 'note'}:{alert_id}", alert_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -474,12 +474,12 @@ BEFORE_ACCOUNT_EVENTS = {
         "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
         " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
         " ALTER TABLE alerts DROP COLUMN field; ALTER TABLE alerts DROP COLUMN severity;"
-        " PRAGMA user_version = 5;"
+        " ALTER TABLE alerts DROP COLUMN takeover_at; PRAGMA user_version = 5;"
     ),
     "postgres": (
         "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
         " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
-        " ALTER TABLE alerts DROP COLUMN field, DROP COLUMN severity;"
+        " ALTER TABLE alerts DROP COLUMN field, DROP COLUMN severity, DROP COLUMN takeover_at;"
         " UPDATE pinwatch_schema SET version = 2;"
     ),
 }

@@ -256,14 +256,15 @@ async def test_an_alert_of_a_schema_3_store_whose_team_is_gone_fails_closed(
     await posted_reset_request(first)
     await first.stop()
     # Back to schema 3, as a store written by the previous pinwatch: migration 4 runs again
-    # (and 5 and 6 after it).
+    # (and 5, 6 and 7 after it).
     db = sqlite3.connect(store_path(first), isolation_level=None)
     db.executescript(
         "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
         " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
         " ALTER TABLE alerts DROP COLUMN field; ALTER TABLE alerts DROP COLUMN severity;"
-        " ALTER TABLE alerts DROP COLUMN responders; DROP TABLE slack_signatures;"
-        " DROP TABLE slack_sends; DROP TABLE slack_channel_ids; PRAGMA user_version = 3;"
+        " ALTER TABLE alerts DROP COLUMN takeover_at; ALTER TABLE alerts DROP COLUMN responders;"
+        " DROP TABLE slack_signatures; DROP TABLE slack_sends; DROP TABLE slack_channel_ids;"
+        " PRAGMA user_version = 3;"
     )
     db.close()
     first.config_path.write_text(payments_config(first, name="renamed", responders=""))

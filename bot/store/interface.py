@@ -83,9 +83,11 @@ class Store(Protocol):
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs."""
         ...
 
-    async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
-        """The latest earlier uncompleted reset request that happened since `since` (Meta's
-        event time, else receipt), for the same number of the same WABA on the same route."""
+    async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:
+        """The reset request a follow-up (catalog.is_follow_up) threads under: the latest earlier
+        one on the same WABA and route that happened since `since` (Meta's event time, else
+        receipt). A success needs one for its number not yet completed; a takeover event takes
+        any of the WABA's, a completed one first."""
         ...
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]: ...
@@ -201,6 +203,11 @@ class Store(Protocol):
     # --- transitions: a guarded update and its audit row; racing requests change it once ------
 
     async def mark_verification_off(self, alert_id: int, actor: Actor) -> Transition: ...
+
+    async def mark_takeover(self, alert_id: int, actor: Actor) -> Transition:
+        """A completed reset request, then a takeover event: escalated (TAKEOVER) and due for a
+        page, whatever its acknowledgement or earlier escalation; once per request."""
+        ...
 
     async def acknowledge(
         self, alert_id: int, actor: Actor, *, detail: str | None = None

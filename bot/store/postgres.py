@@ -11,7 +11,16 @@ from typing import Any, TypeAlias
 import asyncpg
 from yarl import URL
 
-from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.catalog import TAKEOVER_SUMMARY
+from bot.events import (
+    REDELIVERY_HORIZON,
+    SECURITY_FIELD,
+    Actor,
+    Alert,
+    EscalationKind,
+    EventType,
+    SecurityEvent,
+)
 from bot.store.group_commit import GroupCommit, PendingInsert
 from bot.store.interface import (
     COPIED_TABLES,
@@ -122,6 +131,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_unposted ON alerts (id)
         WHERE slack_ts IS NULL AND severity IS DISTINCT FROM 'off';
     CREATE INDEX alerts_by_waba ON alerts (waba_id, event, id);
+    """,
+    # 4: a completed reset request that a re-registration or partner change followed: escalated
+    # once as a possible takeover.
+    """
+    ALTER TABLE alerts ADD COLUMN takeover_at DOUBLE PRECISION;
     """,
 )
 
@@ -395,19 +409,24 @@ class PostgresStore:
             )
         return [OutboxEntry(*row) for row in rows]
 
-    async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
+    async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:
+        # A success completes a pending request for its own number; a takeover event follows
+        # any request of the WABA.
+        success = follow_up.event.field == SECURITY_FIELD
         found = await self._alerts(
             """SELECT * FROM alerts
-               WHERE phone_digits = $1 AND event = $2 AND id < $3 AND verification_off_at IS NULL
-                 AND waba_id = $4 AND team IS NOT DISTINCT FROM $5 AND channel = $6
-                 AND severity IS DISTINCT FROM 'off' AND coalesce(event_time, received_at) >= $7
-               ORDER BY id DESC LIMIT 1""",
-            success.event.phone_digits,
+               WHERE ($1 OR (phone_digits = $2 AND verification_off_at IS NULL))
+                 AND event = $3 AND id < $4
+                 AND waba_id = $5 AND team IS NOT DISTINCT FROM $6 AND channel = $7
+                 AND severity IS DISTINCT FROM 'off' AND coalesce(event_time, received_at) >= $8
+               ORDER BY verification_off_at IS NULL, id DESC LIMIT 1""",
+            not success,
+            follow_up.event.phone_digits,
             EventType.PIN_RESET_REQUEST.value,
-            success.id,
-            _text(success.event.waba_id),
-            success.team,
-            success.channel,
+            follow_up.id,
+            _text(follow_up.event.waba_id),
+            follow_up.team,
+            follow_up.channel,
             since,
         )
         return found[0] if found else None
@@ -697,6 +716,23 @@ class PostgresStore:
             "UPDATE alerts SET verification_off_at = $1"
             " WHERE id = $2 AND verification_off_at IS NULL",
             actor.at,
+            alert_id,
+        )
+
+    async def mark_takeover(self, alert_id: int, actor: Actor) -> Transition:
+        return await self._transition(
+            alert_id,
+            f"escalated ({EscalationKind.TAKEOVER.value})",
+            actor,
+            TAKEOVER_SUMMARY,
+            "UPDATE alerts SET takeover_at = $1, escalated_by = $2, escalated_name = $3,"
+            " escalated_at = $1, escalation_kind = $4, escalation_channel = NULL,"
+            " escalation_ts = NULL"
+            " WHERE id = $5 AND takeover_at IS NULL AND verification_off_at IS NOT NULL",
+            actor.at,
+            actor.user_id,
+            actor.name,
+            EscalationKind.TAKEOVER.value,
             alert_id,
         )
 

@@ -73,6 +73,7 @@ def alert_from_row(row: Row) -> Alert:
         escalated=_actor(row["escalated_by"], row["escalated_name"], row["escalated_at"]),
         escalation_kind=EscalationKind(kind) if kind else None,
         verification_off_at=row["verification_off_at"],
+        takeover_at=row["takeover_at"],
         delivery_note=row["delivery_note"],
         escalation_channel=row["escalation_channel"],
         escalation_ts=row["escalation_ts"],

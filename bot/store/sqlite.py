@@ -16,7 +16,16 @@ from typing import Any
 
 import aiosqlite
 
-from bot.events import REDELIVERY_HORIZON, Actor, Alert, EscalationKind, EventType, SecurityEvent
+from bot.catalog import TAKEOVER_SUMMARY
+from bot.events import (
+    REDELIVERY_HORIZON,
+    SECURITY_FIELD,
+    Actor,
+    Alert,
+    EscalationKind,
+    EventType,
+    SecurityEvent,
+)
 from bot.store.group_commit import GroupCommit, PendingInsert
 from bot.store.interface import (
     COPIED_TABLES,
@@ -132,6 +141,11 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX alerts_unposted;
     CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL AND severity IS NOT 'off';
     CREATE INDEX alerts_by_waba ON alerts (waba_id, event, id);
+    """,
+    # 7: a completed reset request that a re-registration or partner change followed: escalated
+    # once as a possible takeover.
+    """
+    ALTER TABLE alerts ADD COLUMN takeover_at REAL;
     """,
 )
 
@@ -345,27 +359,26 @@ class SqliteStore:
         ) as cursor:
             return [OutboxEntry(*row) async for row in cursor]
 
-    async def open_request_for(self, success: Alert, *, since: float) -> Alert | None:
-        """The latest earlier reset request, received since `since`, for the same number of the
-        same WABA on the same route (team and channel), that is not yet completed."""
+    async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:
+        scope, scoped = _root_scope(follow_up)
         async with self._reader.execute(
-            """SELECT * FROM alerts
-               WHERE phone_digits = ? AND event = ? AND id < ? AND verification_off_at IS NULL
+            f"""SELECT * FROM alerts
+               WHERE {scope} AND event = ? AND id < ?
                  AND waba_id = ? AND team IS ? AND channel = ? AND severity IS NOT 'off'
                  AND coalesce(event_time, received_at) >= ?
-               ORDER BY id DESC LIMIT 1""",
+               ORDER BY verification_off_at IS NULL, id DESC LIMIT 1""",
             (
-                success.event.phone_digits,
+                *scoped,
                 EventType.PIN_RESET_REQUEST.value,
-                success.id,
-                success.event.waba_id,
-                success.team,
-                success.channel,
+                follow_up.id,
+                follow_up.event.waba_id,
+                follow_up.team,
+                follow_up.channel,
                 since,
             ),
         ) as cursor:
             row = await cursor.fetchone()
-        return alert_from_row(row) if row else None
+            return alert_from_row(row) if row else None
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
         async with self._reader.execute(
@@ -660,6 +673,26 @@ class SqliteStore:
             (actor.at, alert_id),
         )
 
+    async def mark_takeover(self, alert_id: int, actor: Actor) -> Transition:
+        return await self._transition(
+            alert_id,
+            f"escalated ({EscalationKind.TAKEOVER.value})",
+            actor,
+            "UPDATE alerts SET takeover_at = ?, escalated_by = ?, escalated_name = ?,"
+            " escalated_at = ?, escalation_kind = ?, escalation_channel = NULL,"
+            " escalation_ts = NULL"
+            " WHERE id = ? AND takeover_at IS NULL AND verification_off_at IS NOT NULL",
+            (
+                actor.at,
+                actor.user_id,
+                actor.name,
+                actor.at,
+                EscalationKind.TAKEOVER.value,
+                alert_id,
+            ),
+            TAKEOVER_SUMMARY,
+        )
+
     async def add_audit(self, alert_id: int, action: str, actor: Actor, detail: str | None) -> None:
         async with self._transaction(Writer.PEOPLE) as db:
             await self._audit_all(db, [alert_id], action, actor, detail)
@@ -709,6 +742,14 @@ class SqliteStore:
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")
         return Transition(alert=alert, changed=changed)
+
+
+def _root_scope(follow_up: Alert) -> tuple[str, tuple[str, ...]]:
+    """A success completes a pending request for its own number; a takeover event follows any
+    request of the WABA."""
+    if follow_up.event.field == SECURITY_FIELD:
+        return "phone_digits = ? AND verification_off_at IS NULL", (follow_up.event.phone_digits,)
+    return "1 = 1", ()
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
