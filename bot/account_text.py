@@ -300,7 +300,7 @@ _ALERT_WORDS: dict[str, tuple[str, str, str]] = {
 _LIMITS = (
     "Messaging limit increase not granted",
     "The account's messaging limits stay where they are; no security impact is known.",
-    "Follow Meta's description below; for security, only a request nobody here made matters.",
+    "Follow Meta's description above; for security, only a request nobody here made matters.",
 )
 
 
