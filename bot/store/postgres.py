@@ -150,6 +150,7 @@ _Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 
 # asyncpg raises these for a server that refuses, fails or is gone.
 _BACKEND_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+DEADLOCK_ATTEMPTS = 3  # a deadlock aborts one side; its retry meets committed rows
 
 
 # libpq, and so asyncpg, take a password in the URL's query too.
@@ -319,6 +320,19 @@ class PostgresStore:
         return await self._intake.add(events, received_at)
 
     async def _insert_batch(self, batch: list[PendingInsert]) -> list[list[int | None]]:
+        """A batch inserts in arrival order (ids keep a channel's order), so two replicas
+        committing the same changes in other orders can deadlock: PostgreSQL aborts one of
+        them, which then finds the other's rows and inserts only what is still new."""
+        for _ in range(DEADLOCK_ATTEMPTS - 1):
+            try:
+                return await self._insert_batch_once(batch)
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError):
+                    raise
+                log.warning("store: intake deadlocked with another replica; trying again")
+        return await self._insert_batch_once(batch)
+
+    async def _insert_batch_once(self, batch: list[PendingInsert]) -> list[list[int | None]]:
         keys = [[event.dedup_key for event in item.events] for item in batch]
         flat = [
             (key, event, item.received_at)
