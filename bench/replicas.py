@@ -4,41 +4,20 @@ server, all measured in this one scenario so that every figure shares the machin
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
-import asyncpg
 from yarl import URL
 
 from bench import servers
 from bench.load import OpenLoopResult, WrkResult, open_loop, percentile, run_wrk, webhook_requests
 from bench.payloads import security_bodies, write_lua_table
 from bench.scenarios import Context, Row, _loop_note, _ms, _warm
-from tests.postgres import throwaway_cluster
+from tests.postgres import fresh_database, throwaway_cluster
 
 # Each load is split this way over the replicas: the load balancer is the senders themselves.
 REPLICAS = (1, 2)
-
-
-@asynccontextmanager
-async def _database(cluster: URL) -> AsyncIterator[str]:
-    """A new, empty database on the cluster, dropped afterwards: every run starts fresh."""
-    name = f"pinwatch_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(str(cluster))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield str(cluster.with_path(f"/{name}"))
-    finally:
-        admin = await asyncpg.connect(str(cluster))
-        try:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @asynccontextmanager
@@ -49,7 +28,10 @@ async def _pinwatches(
     workdir = ctx.fresh_dir(name)
     async with AsyncExitStack() as stack:
         sink = await stack.enter_async_context(servers.sink(workdir))
-        database_url = await stack.enter_async_context(_database(cluster)) if cluster else None
+        database_url = None
+        if cluster is not None:
+            fresh = fresh_database(cluster, "pinwatch_bench")
+            database_url = await stack.enter_async_context(fresh)
         started = []
         for n in range(replicas):
             folder = workdir / f"replica-{n}"
@@ -116,7 +98,8 @@ async def _fixed_rate(ctx: Context, targets: list[servers.Server], tag: str) -> 
     merged = OpenLoopResult()
     for result in results:
         merged.latencies.extend(result.latencies)
-        merged.due_at.update({len(merged.due_at) + i: t for i, t in result.due_at.items()})
+        offset = len(merged.due_at)  # each sender numbers its own requests from 0
+        merged.due_at.update({offset + i: due for i, due in result.due_at.items()})
         merged.not_ok += result.not_ok
         merged.errors += result.errors
         merged.elapsed = max(merged.elapsed, result.elapsed)

@@ -9,7 +9,6 @@ import hmac
 import io
 import json
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.webhook import SIGNATURE_HEADER, sign
 from tests.fake_slack import FakeSlack, start_fake_slack
-from tests.postgres import throwaway_cluster
+from tests.postgres import fresh_database, throwaway_cluster
 
 META_APP_SECRET = "test-meta-app-secret"
 META_VERIFY_TOKEN = "test-verify-token"
@@ -294,18 +293,8 @@ async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | No
         yield None
         return
     server: URL = request.getfixturevalue("postgres_server")
-    name = f"pinwatch_test_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(str(server))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield str(server.with_path(f"/{name}"))
-    admin = await asyncpg.connect(str(server))
-    try:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(server, "pinwatch_test") as url:
+        yield url
 
 
 @pytest.fixture

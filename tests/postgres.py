@@ -12,9 +12,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 from yarl import URL
 
 TEST_DB_PASSWORD = "pinwatch-test-db-password"  # asserted absent from every log in the tests
@@ -122,3 +124,22 @@ def throwaway_cluster() -> Iterator[URL]:
             )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(cluster: URL, prefix: str) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the cluster, dropped (connections and all) after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(str(cluster))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield str(cluster.with_path(f"/{name}"))
+    finally:
+        admin = await asyncpg.connect(str(cluster))
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

@@ -20,6 +20,7 @@ from bot.settings import Settings, SettingsError
 from bot.webhook import SIGNATURE_HEADER, SignatureError, sign, verify_signature
 from tests.conftest import REFERENCE_BODY, Pinwatch, StartPinwatch, delivery, security
 from tests.serve import start_serve
+from tests.test_metrics_hardening import series
 
 OLD = "old-meta-app-secret-0123456789"
 NEW = "new-meta-app-secret-9876543210"
@@ -27,16 +28,6 @@ OTHER = "other-meta-app-secret-5555555555"
 SIGNATURES = "pinwatch_webhook_signatures_total"
 # The other variables Settings requires.
 BASE_ENV = {"META_VERIFY_TOKEN": "verify-token", "SLACK_SIGNING_SECRET": "signing-secret"}
-
-
-def series(text: str, name: str) -> dict[str, float]:
-    """Each series of one metric: its labels → its value."""
-    found = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            labels, _, value = line[len(name) :].rpartition(" ")
-            found[labels] = float(value)
-    return found
 
 
 def by_position(text: str) -> dict[str, float]:
