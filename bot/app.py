@@ -26,8 +26,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import actions, keys, webhook
-from bot.actions import ActionService, SlackRequestVerifier, socket_mode_listener
+from bot import keys, webhook
+from bot.actions.http import handle_actions, socket_mode_listener
+from bot.actions.service import ActionService
+from bot.actions.verify import SlackRequestVerifier
 from bot.config import ConfigError, LiveConfig, LoadedConfig, ReloadResult, read_if_changed
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Clock, system_clock
@@ -255,7 +257,7 @@ def build_app(
     app.cleanup_ctx.extend([slack_client, store, dispatcher, config_watcher, socket_mode])
     app.router.add_get("/webhook", webhook.handle_handshake)
     app.router.add_post("/webhook", webhook.handle_delivery)
-    app.router.add_post("/slack/actions", actions.handle_actions)
+    app.router.add_post("/slack/actions", handle_actions)
     app.router.add_get("/healthz", handle_health)
     app.router.add_get("/readyz", handle_ready)
     app.router.add_get("/metrics", handle_metrics)

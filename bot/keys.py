@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:  # the adapters import this module: name their types without importing them
-    from bot.actions import ActionService, SlackRequestVerifier
+    from bot.actions.service import ActionService
+    from bot.actions.verify import SlackRequestVerifier
     from bot.app import SocketModeLink
     from bot.config import LiveConfig
     from bot.dispatcher import Dispatcher

@@ -1,0 +1,1 @@
+"""Slack interactivity: verify a request, parse it, check who sent it, and apply it."""

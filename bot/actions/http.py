@@ -1,0 +1,63 @@
+"""The two transports Slack's interactions arrive by: POST /slack/actions and Socket Mode."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+
+from bot import keys
+from bot.actions.payloads import MalformedInteraction, parse_interaction, parse_socket_payload
+from bot.actions.service import ActionService
+from bot.actions.verify import RequestRefused
+from bot.store import StoreError
+
+log = logging.getLogger(__name__)
+
+
+def socket_mode_listener(
+    actions: ActionService,
+) -> Callable[[AsyncBaseSocketModeClient, SocketModeRequest], Awaitable[None]]:
+    """Socket Mode's transport: the connection is authenticated by the app token, so there is
+    no signature to check; everything after that is the same path as POST /slack/actions."""
+
+    async def listener(client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+        # Acknowledge first: Slack retries an envelope that is not acked within 3 seconds.
+        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
+        if request.type != "interactive":
+            return
+        try:
+            actions.submit(parse_socket_payload(request.payload))
+        except MalformedInteraction as exc:
+            log.warning("socket mode: %s", exc)
+
+    return listener
+
+
+async def handle_actions(request: web.Request) -> web.Response:
+    app = request.app
+    body = await request.read()
+    try:
+        await app[keys.SLACK_VERIFIER].verify(
+            body,
+            request.headers.get("X-Slack-Request-Timestamp"),
+            request.headers.get("X-Slack-Signature"),
+            store=app[keys.STORE],
+        )
+    except RequestRefused as exc:
+        log.warning("slack actions: refused from %s: %s", request.remote, exc)
+        return web.Response(status=401, text=str(exc))
+    except StoreError as exc:
+        # Slack shows the clicker an error and the click can be made again: nothing is lost.
+        log.error("slack actions: store unavailable, answered 503: %s", exc)
+        return web.Response(status=503, text="store unavailable, try again")
+    try:
+        clicks = parse_interaction(body)
+    except MalformedInteraction as exc:
+        return web.Response(status=400, text=str(exc))
+    app[keys.ACTIONS].submit(clicks)
+    return web.Response()
