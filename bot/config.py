@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +34,7 @@ _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
 _CHANNEL_NAME = re.compile(r"^#[a-z0-9][a-z0-9_\-]{0,79}$")
 _USER_OR_GROUP = re.compile(r"^[SUW][A-Z0-9]{2,}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 def parse_duration(value: object) -> float:
@@ -152,6 +153,38 @@ def _severity(value: object) -> Severity:
     raise ValueError(f"{value!r} is not a severity: use critical, high, info or off")
 
 
+def _looks_like_a_key(text: str) -> bool:
+    """PagerDuty's integration keys are 32 letters and digits; a variable's name has words."""
+    return (
+        len(text) >= 20
+        and text.isascii()
+        and text.isalnum()
+        and any(ch.isdigit() for ch in text)
+        and any(ch.isalpha() for ch in text)
+    )
+
+
+def _env_name(value: object) -> str:
+    """The name of the environment variable holding a secret: never the secret itself, and
+    never quoted back when it may be one."""
+    if not isinstance(value, str):
+        raise ValueError("expected the name of an environment variable, such as PD_PAYMENTS_KEY")
+    if _looks_like_a_key(value.strip()):
+        raise ValueError(
+            "this looks like a PagerDuty routing key, not the name of the environment variable "
+            "holding it (the value is not shown here): put the key in the environment, e.g. "
+            "PD_PAYMENTS_KEY=…, write that name here, and rotate the key if this file was shared"
+        )
+    if _ENV_NAME.match(value):
+        return value
+    shown = repr(value) if len(value) <= 40 else f"a value of {len(value)} characters"
+    hint = " without the $" if value.startswith("$") else ""
+    raise ValueError(
+        f"{shown} is not an environment variable name: write the name{hint} in letters, digits "
+        "and _, not starting with a digit"
+    )
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Channel = Annotated[str, BeforeValidator(_channel)]
 Mention = Annotated[str, BeforeValidator(_mention)]
@@ -161,6 +194,7 @@ PhoneDigits = Annotated[str, BeforeValidator(_phone)]
 EventName = Annotated[str, BeforeValidator(_event_name)]
 FieldName = Annotated[str, BeforeValidator(_field_name)]
 AlertSeverity = Annotated[Severity, BeforeValidator(_severity)]
+EnvName = Annotated[str, BeforeValidator(_env_name)]
 
 
 class _Strict(BaseModel):
@@ -168,9 +202,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PagerDuty(_Strict):
+    """Where an escalation also pages: a PagerDuty service's Events API v2 integration."""
+
+    # The key is a secret: the routing file names the variable holding it, never the key.
+    routing_key_env: EnvName
+
+
 class Escalation(_Strict):
     channel: Channel
     mention: list[Mention] = Field(default_factory=list)
+    pagerduty: PagerDuty | None = None
 
 
 class Storm(_Strict):
@@ -519,16 +561,65 @@ def _read_yaml(text: str, source: str) -> tuple[_Document, dict[str, Any], list[
         raise ConfigError([_yaml_problem(exc, source)]) from exc
 
 
-def parse_config(text: str, *, source: str) -> LoadedConfig:
-    """Validate the routing file's text; raise ConfigError listing every problem found."""
+_ROUTING_KEY_ENV = ("escalation", "pagerduty", "routing_key_env")
+
+
+def routing_key_envs(config: Config) -> dict[str, list[tuple[str, ...]]]:
+    """Each environment variable the file names for a PagerDuty routing key → where it does
+    (``("teams", "payments", "escalation", "pagerduty", "routing_key_env")``), in file order."""
+    named: dict[str, list[tuple[str, ...]]] = {}
+    escalations = [(("defaults",), config.defaults.escalation)] + [
+        (("teams", name), team.escalation) for name, team in config.teams.items()
+    ]
+    for loc, escalation in escalations:
+        if escalation is not None and escalation.pagerduty is not None:
+            named.setdefault(escalation.pagerduty.routing_key_env, []).append(
+                (*loc, *_ROUTING_KEY_ENV)
+            )
+    return named
+
+
+def missing_routing_keys(config: Config, environ: Mapping[str, str]) -> list[str]:
+    """The variables the file names for PagerDuty routing keys that are unset or empty."""
+    return [name for name in routing_key_envs(config) if not environ.get(name, "").strip()]
+
+
+def _missing_key_problems(
+    config: Config, environ: Mapping[str, str], document: _Document, source: str
+) -> Iterator[ConfigProblem]:
+    missing = set(missing_routing_keys(config, environ))
+    for name, places in routing_key_envs(config).items():
+        for loc in places if name in missing else []:
+            whose = "the defaults'" if loc[0] == "defaults" else f"team {loc[1]}'s"
+            yield ConfigProblem(
+                source,
+                document.line_of(loc),
+                _where(loc),
+                f"environment variable {name} is not set: it must hold {whose} PagerDuty "
+                "routing key",
+            )
+
+
+def parse_config(
+    text: str, *, source: str, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Validate the routing file's text; raise ConfigError listing every problem found.
+
+    With ``environ``, a PagerDuty routing key variable it does not set is a problem too: the
+    service must not start, or take a new version, that would page nobody.
+    """
     document, data, problems = _read_yaml(text, source)
+    config: Config | None = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         problems.extend(_validation_problems(exc, document, source))
     problems.extend(_unknown_teams(data, document, source))
+    if config is not None and environ is not None:
+        problems.extend(_missing_key_problems(config, environ, document, source))
     if problems:
         raise ConfigError(problems)
+    assert config is not None
     return LoadedConfig(config=config, source=source, digest=digest_of(text))
 
 
@@ -543,16 +634,18 @@ def _read_text(path: Path) -> str:
         raise ConfigError([ConfigProblem(str(path), 1, "file", str(exc))]) from exc
 
 
-def load_config(path: Path) -> LoadedConfig:
-    return parse_config(_read_text(path), source=str(path))
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    return parse_config(_read_text(path), source=str(path), environ=environ)
 
 
-def read_if_changed(source: str, *, digest: str) -> LoadedConfig | None:
+def read_if_changed(
+    source: str, *, digest: str, environ: Mapping[str, str] | None = None
+) -> LoadedConfig | None:
     """The file as it is now, or None if its text is still version ``digest``."""
     text = _read_text(Path(source))
     if digest_of(text) == digest:
         return None  # touched or signalled, not edited: no need to parse it again
-    return parse_config(text, source=source)
+    return parse_config(text, source=source, environ=environ)
 
 
 class ReloadResult(StrEnum):

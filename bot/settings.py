@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
 from yarl import URL
 
+from bot.pagerduty.client import PAGERDUTY_EVENTS_URL
 from bot.slack import SLACK_API_URL
 from bot.store import is_database_url
 from bot.store.postgres import SECRET_QUERY_KEYS
@@ -18,8 +19,8 @@ class SettingsError(Exception):
 
 
 def split_secrets(value: str) -> list[str]:
-    """META_APP_SECRET's secrets in the order given: separated by commas, each without the
-    whitespace around it."""
+    """META_APP_SECRET's (or PAGERDUTY_WEBHOOK_SECRET's) secrets in the order given: separated
+    by commas, each without the whitespace around it."""
     return checked_secrets(value.split(","))
 
 
@@ -56,10 +57,14 @@ class Settings(BaseModel):
     slack_api_url: str = SLACK_API_URL
     database_url: SecretStr | None = None  # set: the store is PostgreSQL, store.path is unused
     metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a Bearer token
+    pagerduty_events_url: str = PAGERDUTY_EVENTS_URL
+    # The webhook subscriptions' signing secrets, any of which may sign a delivery (a secret
+    # being rotated, or several subscriptions); none: every PagerDuty webhook is refused.
+    pagerduty_webhook_secrets: tuple[SecretStr, ...] = ()
 
-    @field_validator("meta_app_secrets", mode="before")
+    @field_validator("meta_app_secrets", "pagerduty_webhook_secrets", mode="before")
     @classmethod
-    def _meta_app_secrets(cls, value: Any) -> Any:
+    def _secret_lists(cls, value: Any) -> Any:
         """The variable's text is split at commas; a sequence (from code) is taken as it is."""
         if isinstance(value, str):
             return split_secrets(value)
@@ -107,7 +112,7 @@ class Settings(BaseModel):
             raise ValueError("names no host")
         return value
 
-    @field_validator("slack_api_url")
+    @field_validator("slack_api_url", "pagerduty_events_url")
     @classmethod
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
@@ -117,6 +122,7 @@ class Settings(BaseModel):
     def secret_values(self) -> list[str]:
         secrets = [
             *self.meta_app_secrets,
+            *self.pagerduty_webhook_secrets,
             self.meta_verify_token,
             self.slack_signing_secret,
             self.slack_bot_token,
@@ -145,6 +151,8 @@ class Settings(BaseModel):
             "slack_api_url": "SLACK_API_URL",
             "database_url": "DATABASE_URL",
             "metrics_token": "METRICS_TOKEN",
+            "pagerduty_events_url": "PAGERDUTY_EVENTS_URL",
+            "pagerduty_webhook_secrets": "PAGERDUTY_WEBHOOK_SECRET",
         }
         values = {field: environ[var] for field, var in names.items() if environ.get(var)}
         try:
