@@ -11,7 +11,7 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -146,7 +146,11 @@ def _retry_after(exc: Exception) -> float:
 
 
 def build_app(
-    settings: Settings, config: LoadedConfig, *, tuning: Tuning | None = None
+    settings: Settings,
+    config: LoadedConfig,
+    *,
+    tuning: Tuning | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> web.Application:
     tuning = tuning or Tuning()
     app = web.Application(
@@ -157,6 +161,8 @@ def build_app(
         handler_args={"lingering_time": 0},
     )
     app[keys.SECRETS] = settings
+    if environ is not None:  # where the routing file's PagerDuty routing keys are read from
+        app[keys.ENVIRON] = dict(environ)
     app[keys.META_SECRETS] = tuple(s.get_secret_value().encode() for s in settings.meta_app_secrets)
     app[keys.CLOCK] = tuning.clock
     app[keys.CONFIG] = LiveConfig(config, loaded_at=tuning.clock())
@@ -283,7 +289,9 @@ async def reload_config(app: web.Application) -> ReloadResult:
     """Apply the routing file as it is now on disk, or keep the version in force and say why."""
     live = app[keys.CONFIG]
     before = live.current
-    read = functools.partial(read_if_changed, before.source, digest=before.digest)
+    # A new version naming a PagerDuty routing key variable that is not set is refused.
+    environ = app.get(keys.ENVIRON)
+    read = functools.partial(read_if_changed, before.source, digest=before.digest, environ=environ)
     try:
         # In a process of its own, not a thread: parsing a large file holds the GIL for long
         # spells (and its garbage collections stop every thread), which webhooks would wait for.

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from bot.catalog import (
     EventType,
     Severity,
 )
-from bot.config import Config, ConfigError, LoadedConfig, load_config
+from bot.config import Config, ConfigError, LoadedConfig, load_config, routing_key_envs
 from bot.events import SecurityEvent
 from bot.render import readable_phone
 from bot.routing import Destination, route, severity_of
@@ -128,9 +128,9 @@ class ConfigRefused(Exception):
         self.error = error
 
 
-def _load(path: Path) -> LoadedConfig:
+def _load(path: Path, *, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     try:
-        return load_config(path)
+        return load_config(path, environ=environ)
     except ConfigError as exc:
         raise ConfigRefused(exc) from None
 
@@ -161,7 +161,17 @@ def check_config(args: argparse.Namespace) -> int:
         )
     else:
         print(loaded.summary())
+    _warn_of_unset_routing_keys(loaded)
     return 0
+
+
+def _warn_of_unset_routing_keys(loaded: LoadedConfig) -> None:
+    """The file is valid wherever it is checked; the keys are only where it is served."""
+    try:
+        load_config(Path(loaded.source), environ=os.environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{problem} (here; serve refuses to start where it is not set)", file=sys.stderr)
 
 
 def destination_of(config: Config, *, waba: str, phone: str, event: str) -> Destination:
@@ -313,14 +323,18 @@ def serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"pinwatch: cannot start: {exc}", file=sys.stderr)
         return 1
-    loaded = _load(args.config)
-    logs.configure(json_format=args.log_format == "json", secrets=settings.secret_values())
+    # A routing key the file names and the environment lacks would page nobody: refused here.
+    loaded = _load(args.config, environ=os.environ)
+    routing_keys = [os.environ[name] for name in routing_key_envs(loaded.config)]
+    logs.configure(
+        json_format=args.log_format == "json", secrets=[*settings.secret_values(), *routing_keys]
+    )
     log = logging.getLogger("bot")
     log.info("config %s version %s in force", loaded.source, loaded.digest)
     if settings.dry_run:
         log.warning("no SLACK_BOT_TOKEN: dry run, Slack calls are printed instead of sent")
     try:
-        app = build_app(settings, loaded)
+        app = build_app(settings, loaded, environ=os.environ)
         # What is alive now lives for the whole run: keep the collector from walking it again
         # and again, which showed as pauses of tens of milliseconds under load.
         gc.collect()

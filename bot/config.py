@@ -590,13 +590,13 @@ def _missing_key_problems(
     missing = set(missing_routing_keys(config, environ))
     for name, places in routing_key_envs(config).items():
         for loc in places if name in missing else []:
-            whose = "the defaults'" if loc[0] == "defaults" else f"team {loc[1]}'s"
+            whose = "the defaults" if loc[0] == "defaults" else f"team {loc[1]}"
             yield ConfigProblem(
                 source,
                 document.line_of(loc),
                 _where(loc),
-                f"environment variable {name} is not set: it must hold {whose} PagerDuty "
-                "routing key",
+                f"environment variable {name} is not set: it must hold the PagerDuty routing key "
+                f"of {whose}",
             )
 
 

@@ -31,3 +31,5 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 SLACK_VERIFIER: web.AppKey[SlackRequestVerifier] = web.AppKey("slack_verifier")
 ACTIONS: web.AppKey[ActionService] = web.AppKey("actions")
 SOCKET_MODE: web.AppKey[SocketModeLink] = web.AppKey("socket_mode")
+# The environment serve started with: the PagerDuty routing keys the routing file names.
+ENVIRON: web.AppKey[dict[str, str]] = web.AppKey("environ")
