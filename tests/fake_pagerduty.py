@@ -244,7 +244,9 @@ def _scripted_answer(scripted: _Scripted) -> web.Response:
             "errors": ["Invalid routing key"],
         }
         return web.json_response(body, status=400, headers=headers)
-    return web.Response(status=scripted.status, text="fake PagerDuty: scripted failure")
+    return web.Response(
+        status=scripted.status, text="fake PagerDuty: scripted failure", headers=headers
+    )
 
 
 def _string(value: Any, name: str, *, limit: int | None = None) -> list[str]:
