@@ -177,12 +177,12 @@ def _env_name(value: object) -> str:
         )
     if _ENV_NAME.match(value):
         return value
-    shown = repr(value) if len(value) <= 40 else f"a value of {len(value)} characters"
-    hint = " without the $" if value.startswith("$") else ""
-    raise ValueError(
-        f"{shown} is not an environment variable name: write the name{hint} in letters, digits "
-        "and _, not starting with a digit"
-    )
+    # A long one may be a secret of another shape: not quoted either.
+    shown = repr(value) if len(value) < 20 else f"a value of {len(value)} characters"
+    how = "letters, digits and _, not starting with a digit"
+    if value.startswith("$"):
+        how = f"the name alone, without the $ ({how})"
+    raise ValueError(f"{shown} is not an environment variable name: write {how}")
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

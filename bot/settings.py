@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from yarl import URL
 
 from bot.pagerduty.client import PAGERDUTY_EVENTS_URL
@@ -57,7 +57,7 @@ class Settings(BaseModel):
     slack_api_url: str = SLACK_API_URL
     database_url: SecretStr | None = None  # set: the store is PostgreSQL, store.path is unused
     metrics_token: SecretStr | None = None  # set: GET /metrics needs it as a Bearer token
-    pagerduty_events_url: str = PAGERDUTY_EVENTS_URL
+    pagerduty_events_url: str = Field(default=PAGERDUTY_EVENTS_URL, validate_default=True)
     # The webhook subscriptions' signing secrets, any of which may sign a delivery (a secret
     # being rotated, or several subscriptions); none: every PagerDuty webhook is refused.
     pagerduty_webhook_secrets: tuple[SecretStr, ...] = ()
