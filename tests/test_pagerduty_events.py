@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.config import Escalation, PagerDuty
 from bot.events import Actor, Alert, EscalationKind, SecurityEvent, Severity
 from bot.pagerduty.events import (
     DEDUP_KEY_MAX,
@@ -21,6 +22,7 @@ from bot.pagerduty.events import (
     dedup_key,
     pagerduty_severity,
     resolve_event,
+    routing_key_of,
     trigger_event,
 )
 from tests.test_core_purity import FORBIDDEN, imports_of, is_within
@@ -323,3 +325,13 @@ def test_the_pure_pagerduty_modules_do_no_io(module: str) -> None:
         if any(bad and is_within(name, bad) for bad in forbidden)
     )
     assert offending == []
+
+
+def test_the_routing_key_is_read_from_the_variable_the_escalation_names() -> None:
+    paged = Escalation(channel="#leads", pagerduty=PagerDuty(routing_key_env="PD_KEY"))
+    assert routing_key_of(paged, {"PD_KEY": " 0123456789abcdef0123456789abcdef\n"}) == (
+        "0123456789abcdef0123456789abcdef"
+    )
+    assert routing_key_of(paged, {"PD_KEY": "  "}) is None
+    assert routing_key_of(paged, {}) is None
+    assert routing_key_of(Escalation(channel="#leads"), {"PD_KEY": "x"}) is None

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from bot.catalog import TAKEOVER_SUMMARY
+from bot.config import Escalation
 from bot.events import Actor, Alert, EscalationKind, Severity
 from bot.render import _title as plain_title  # the plain words the Slack header shows
 from bot.render import actor_plain, clip, readable_phone
@@ -75,6 +77,14 @@ def alert_id_of(key: str | None) -> int | None:
     with ``dedup_key(alert) == key`` once the alert is read."""
     match = _DEDUP_KEY.match(key or "")
     return int(match.group(1)) if match else None
+
+
+def routing_key_of(escalation: Escalation, environ: Mapping[str, str]) -> str | None:
+    """The routing key this escalation pages with, from the variable the routing file names;
+    None when it names none (or, though serve and a reload refuse that, the variable is unset)."""
+    if escalation.pagerduty is None:
+        return None
+    return environ.get(escalation.pagerduty.routing_key_env, "").strip() or None
 
 
 def pagerduty_severity(severity: Severity) -> str:
