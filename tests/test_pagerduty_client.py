@@ -69,7 +69,8 @@ async def test_a_page_is_accepted_and_opens_an_incident_with_what_was_sent(
     assert incident.custom_details["waba_id"] == "102290129340398"
     assert incident.links == [{"href": PERMALINK, "text": "The alert in Slack"}]
     [call] = fake.calls
-    assert call.body is not None and call.body["routing_key"] == ROUTING_KEY
+    assert call.body is not None
+    assert call.body["routing_key"] == ROUTING_KEY
 
 
 async def test_every_event_pinwatch_builds_passes_the_documented_schema(
@@ -148,7 +149,8 @@ async def test_a_retry_after_given_as_a_date_is_read_against_the_clock(
     fake, _ = pagerduty
     fake.fail(429, retry_after=formatdate(NOW + 120, usegmt=True))
     result = await client.send(page(), routing_key=ROUTING_KEY)
-    assert isinstance(result, RetryLater) and result.retry_after == 120.0
+    assert isinstance(result, RetryLater)
+    assert result.retry_after == 120.0
 
 
 def test_retry_after_is_kept_within_bounds() -> None:
@@ -259,7 +261,8 @@ async def test_taken_then_cut_off_is_tried_again_and_opens_no_second_incident(
     fake, _ = pagerduty
     fake.accept_then_drop()
     first = await client.send(page(), routing_key=ROUTING_KEY)
-    assert isinstance(first, RetryLater) and first.status is None
+    assert isinstance(first, RetryLater)
+    assert first.status is None
     assert first.reason.startswith("could not reach PagerDuty")
     assert len(fake.incidents) == 1  # PagerDuty has it; the sender does not know
     assert isinstance(await client.send(page(), routing_key=ROUTING_KEY), Accepted)
@@ -273,7 +276,8 @@ async def test_nobody_listening_is_tried_later(session: aiohttp.ClientSession) -
         port = probe.getsockname()[1]
     client = PagerDutyEvents(session, base_url=f"http://127.0.0.1:{port}")
     result = await client.send(page(), routing_key=ROUTING_KEY)
-    assert isinstance(result, RetryLater) and result.status is None
+    assert isinstance(result, RetryLater)
+    assert result.status is None
     assert result.reason == "could not reach PagerDuty: ClientConnectorError"
 
 
@@ -308,7 +312,8 @@ async def test_a_redirect_is_not_followed(
     server = await aiohttp_server(elsewhere)
     client = PagerDutyEvents(session, base_url=str(server.make_url("/")))
     result = await client.send(page(), routing_key=ROUTING_KEY)
-    assert isinstance(result, Refused) and result.status == 307
+    assert isinstance(result, Refused)
+    assert result.status == 307
     assert pagerduty[0].calls == []  # the routing key went nowhere else
 
 
@@ -325,4 +330,5 @@ async def test_the_routing_key_is_never_logged_nor_shown(
     results.append(await client.send(page(), routing_key="0" * 32))
     assert [type(r) for r in results] == [RetryLater, RetryLater, Accepted, Refused]
     shown = caplog.text + "".join(repr(r) for r in results)
-    assert ROUTING_KEY not in shown and "0" * 32 not in shown
+    assert ROUTING_KEY not in shown
+    assert "0" * 32 not in shown

@@ -228,7 +228,11 @@ def test_pagerduty_events_url_and_several_webhook_secrets_are_read() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("PAGERDUTY_EVENTS_URL", "events.pagerduty.com", "PAGERDUTY_EVENTS_URL must be an http(s) URL"),
+        (
+            "PAGERDUTY_EVENTS_URL",
+            "events.pagerduty.com",
+            "PAGERDUTY_EVENTS_URL must be an http(s) URL",
+        ),
         (
             "PAGERDUTY_WEBHOOK_SECRET",
             "pd-secret-one,,pd-secret-one",
@@ -275,11 +279,14 @@ def serve_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]
 
 
 def run(argv: Sequence[str]) -> int:
+    """main() as the console script would end: a SystemExit counts as its exit code."""
     try:
         return main(list(argv))
     except SystemExit as exit_:
-        assert isinstance(exit_.code, int)
-        return exit_.code
+        code = exit_.code
+    if not isinstance(code, int):
+        raise TypeError(f"exit code {code!r} is not a number")
+    return code
 
 
 def test_serve_refuses_to_start_when_a_named_routing_key_is_not_set(
@@ -295,7 +302,8 @@ def test_serve_refuses_to_start_when_a_named_routing_key_is_not_set(
         f"{paged_config}:5: defaults.escalation.pagerduty.routing_key_env: environment variable "
         "PD_DEFAULT_KEY is not set: it must hold the PagerDuty routing key of the defaults\n"
     )
-    assert out == "" and serve_env == []
+    assert out == ""
+    assert serve_env == []
 
 
 def test_serve_starts_with_the_keys_set_and_never_logs_one(
@@ -361,7 +369,8 @@ async def test_a_reload_naming_an_unset_routing_key_is_refused_and_the_old_versi
     paged_config.write_text(paged_config.read_text().replace("PD_NEW_KEY\n", "PD_DEFAULT_KEY\n"))
     assert await reload_config(app) is ReloadResult.APPLIED
     payments = app[keys.CONFIG].config.teams["payments"].escalation
-    assert payments is not None and payments.pagerduty is not None
+    assert payments is not None
+    assert payments.pagerduty is not None
     assert payments.pagerduty.routing_key_env == "PD_DEFAULT_KEY"
 
 

@@ -209,12 +209,15 @@ def test_an_account_event_without_a_number_is_named_by_its_waba_in_plain_words()
     assert payload["summary"] == (
         "Not acknowledged in time: WhatsApp Business Account disabled for WABA 102290129340398"
     )
-    assert "*" not in payload["summary"] and "<" not in payload["summary"]  # no Slack mrkdwn
+    assert "*" not in payload["summary"]
+    assert "<" not in payload["summary"]
     assert payload["severity"] == "critical"
     assert payload["component"] == "WABA 102290129340398"
     assert "group" not in payload
     details = payload["custom_details"]
-    assert "phone_number" not in details and "requester" not in details and "team" not in details
+    assert "phone_number" not in details
+    assert "requester" not in details
+    assert "team" not in details
 
 
 @pytest.mark.parametrize(
@@ -247,7 +250,8 @@ def test_a_verdict_note_is_passed_on_in_the_details_cut_to_size() -> None:
 
 def test_without_a_permalink_there_is_no_link() -> None:
     body = trigger_event(alert_of(), reason=PageReason.MANUAL)
-    assert "links" not in body and "client_url" not in body
+    assert "links" not in body
+    assert "client_url" not in body
 
 
 @pytest.mark.parametrize("link", ["javascript:alert(1)", "slack.com/archives/C1", ""])
