@@ -126,6 +126,7 @@ class FakeSlack:
         # Socket Mode: the open connection, and every ack (envelope_id) the client sent back.
         self.socket: web.WebSocketResponse | None = None
         self.socket_acks: list[str] = []
+        self.socket_payloads: dict[str, Any] = {}  # envelope_id → the payload its ack carried
         self.socket_url = ""  # set by start_fake_slack
         self.channels: dict[str, str] = dict(channels or {})
         self.missing_channels: set[str] = set(missing_channels or ())
@@ -355,6 +356,7 @@ class FakeSlack:
                 envelope = json.loads(message.data)
                 async with self._changed:
                     self.socket_acks.append(str(envelope.get("envelope_id")))
+                    self.socket_payloads[str(envelope.get("envelope_id"))] = envelope.get("payload")
                     self._changed.notify_all()
         return socket
 

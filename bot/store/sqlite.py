@@ -571,7 +571,7 @@ class SqliteStore:
 
     async def mark_paged(
         self,
-        paged: Sequence[tuple[int, float]],
+        paged: Sequence[tuple[int, EscalationKind]],
         *,
         channel: str,
         ts: str,
@@ -580,11 +580,11 @@ class SqliteStore:
     ) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
             done = []
-            for alert_id, escalated_at in paged:
+            for alert_id, kind in paged:
                 async with db.execute(
                     "UPDATE alerts SET escalation_channel = ?, escalation_ts = ?"
-                    " WHERE id = ? AND escalated_at = ?",
-                    (channel, ts, alert_id, escalated_at),
+                    " WHERE id = ? AND escalation_kind = ?",
+                    (channel, ts, alert_id, kind.value),
                 ) as cursor:
                     if cursor.rowcount == 1:
                         done.append(alert_id)
