@@ -83,6 +83,21 @@ class Message:
             out["metadata"] = self.metadata
         return out
 
+    def transcript(self) -> str:
+        """The message as a reader sees it, roughly: the fallback, each block's text, buttons."""
+        lines = [self.text]
+        for block in self.blocks:
+            texts = [block.get("text"), *block.get("fields", []), *block.get("elements", [])]
+            for item in texts:
+                if isinstance(item, dict) and isinstance(item.get("text"), str):
+                    lines += [f"> {line}" for line in item["text"].splitlines()]
+            buttons = [e for e in block.get("elements", []) if e.get("type") == "button"]
+            if accessory := block.get("accessory"):
+                buttons.append(accessory)
+            if buttons:
+                lines.append("> [buttons: " + ", ".join(b["text"]["text"] for b in buttons) + "]")
+        return "\n".join(lines)
+
     @property
     def in_channel_history(self) -> bool:
         """Top-level messages and broadcast replies; other thread replies are in the thread."""

@@ -436,3 +436,37 @@ async def test_two_replicas_remind_once_per_interval(start_pinwatch: StartPinwat
         audit = [e.action for e in await first.store.audit_log(1)]
         assert audit.count("reminded") == interval
         assert len(reminders(first, original)) == interval
+
+
+async def test_a_full_incident_as_the_channel_sees_it(pinwatch: Pinwatch) -> None:
+    """Alert, acknowledge, reminder, resolve as an expected change (run with -s to read it)."""
+    alert_message = await posted_request(pinwatch)
+    story = [("alert", alert_message.transcript())]
+    pinwatch.clock.advance(5 * 60)
+    await acknowledge(pinwatch, 1)
+    await pinwatch.slack.wait_for(
+        lambda s: "Acknowledged by" in shown(s.message("C0PAYMENTS", alert_message.ts))
+    )
+    story.append(
+        ("acknowledged", pinwatch.slack.message("C0PAYMENTS", alert_message.ts).transcript())
+    )
+    pinwatch.clock.advance(4 * HOUR)
+    [reminder] = await _reminded(pinwatch, alert_message, 1)
+    story.append(("reminder, in the thread", reminder.transcript()))
+    pinwatch.clock.advance(20 * 60)
+    view = await open_form(pinwatch)
+    note = "Alice rotated the PIN for the yearly audit; ticket SEC-1234."
+    assert await pinwatch.submit_view(view, verdict_values("expected_change", note)) == (200, "")
+    await pinwatch.slack.wait_for(
+        lambda s: "Resolved by" in shown(s.message("C0PAYMENTS", alert_message.ts))
+    )
+    final = pinwatch.slack.message("C0PAYMENTS", alert_message.ts)
+    story.append(("resolved as an expected change", final.transcript()))
+
+    assert "[buttons: Acknowledge, Escalate, Resolve]" in story[0][1]
+    assert "[buttons: Escalate, Resolve]" in story[1][1]
+    assert "Reminder: acknowledged by <@U0ALICE>" in story[2][1]
+    assert "*Expected change*" in story[3][1]
+    assert note in story[3][1]
+    assert "[buttons" not in story[3][1]
+    print("\n\n".join(f"### {title}\n{text}" for title, text in story))
