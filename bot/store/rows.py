@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from bot.events import Actor, Alert, EscalationKind, Responders, SecurityEvent, Severity
+from bot.events import (
+    Actor,
+    Alert,
+    EscalationKind,
+    Responders,
+    SecurityEvent,
+    Severity,
+    Verdict,
+)
 
 
 class Row(Protocol):
@@ -44,6 +52,11 @@ def event_value_column(event: SecurityEvent) -> str:
     return json.dumps(event.value, ensure_ascii=False, sort_keys=True)
 
 
+def audit_detail(*parts: str | None) -> str | None:
+    """An audit row's detail made of the parts given (a note, the responders that applied)."""
+    return "; ".join(p for p in parts if p) or None
+
+
 def alert_from_row(row: Row) -> Alert:
     event = SecurityEvent(
         waba_id=row["waba_id"],
@@ -56,6 +69,7 @@ def alert_from_row(row: Row) -> Alert:
     )
     kind = row["escalation_kind"]
     severity = row["severity"]
+    verdict = row["verdict"]
     return Alert(
         id=row["id"],
         event=event,
@@ -80,4 +94,8 @@ def alert_from_row(row: Row) -> Alert:
         grouped=bool(row["grouped"]),
         responders=_responders_from_column(row["responders"]),
         assigned_severity=Severity(severity) if severity else None,
+        resolved=_actor(row["resolved_by"], row["resolved_name"], row["resolved_at"]),
+        verdict=Verdict(verdict) if verdict else None,
+        resolution_note=row["resolution_note"],
+        next_reminder_at=row["next_reminder_at"],
     )

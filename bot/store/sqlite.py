@@ -25,6 +25,7 @@ from bot.events import (
     EscalationKind,
     EventType,
     SecurityEvent,
+    Verdict,
 )
 from bot.store.group_commit import GroupCommit, PendingInsert
 from bot.store.interface import (
@@ -36,6 +37,7 @@ from bot.store.interface import (
 )
 from bot.store.rows import (
     alert_from_row,
+    audit_detail,
     event_value_column,
     mentions_to_column,
     responders_to_column,
@@ -146,6 +148,18 @@ MIGRATIONS: tuple[str, ...] = (
     # once as a possible takeover.
     """
     ALTER TABLE alerts ADD COLUMN takeover_at REAL;
+    """,
+    # 8: how an incident ended (who resolved it, when, the verdict and a note), and when an
+    # acknowledged, unresolved alert is next reminded of in its thread.
+    """
+    ALTER TABLE alerts ADD COLUMN resolved_by TEXT;
+    ALTER TABLE alerts ADD COLUMN resolved_name TEXT;
+    ALTER TABLE alerts ADD COLUMN resolved_at REAL;
+    ALTER TABLE alerts ADD COLUMN verdict TEXT;
+    ALTER TABLE alerts ADD COLUMN resolution_note TEXT;
+    ALTER TABLE alerts ADD COLUMN next_reminder_at REAL;
+    CREATE INDEX alerts_reminders ON alerts (next_reminder_at)
+        WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL;
     """,
 )
 
@@ -385,8 +399,18 @@ class SqliteStore:
             """SELECT * FROM alerts
                WHERE acknowledged_at IS NULL AND escalated_at IS NULL
                  AND ack_deadline IS NOT NULL AND ack_deadline <= ?
-                 AND slack_ts IS NOT NULL AND thread_ts IS NULL
+                 AND slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL
                ORDER BY ack_deadline LIMIT ?""",
+            (now, limit),
+        ) as cursor:
+            return [alert_from_row(row) async for row in cursor]
+
+    async def due_reminders(self, now: float, *, limit: int = 100) -> list[Alert]:
+        async with self._reader.execute(
+            """SELECT * FROM alerts
+               WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL
+                 AND next_reminder_at <= ?
+               ORDER BY next_reminder_at LIMIT ?""",
             (now, limit),
         ) as cursor:
             return [alert_from_row(row) async for row in cursor]
@@ -547,7 +571,7 @@ class SqliteStore:
 
     async def mark_paged(
         self,
-        alert_ids: Sequence[int],
+        paged: Sequence[tuple[int, EscalationKind]],
         *,
         channel: str,
         ts: str,
@@ -555,13 +579,33 @@ class SqliteStore:
         send: str | None,
     ) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
-            await db.executemany(
-                "UPDATE alerts SET escalation_channel = ?, escalation_ts = ? WHERE id = ?",
-                [(channel, ts, alert_id) for alert_id in alert_ids],
+            done = await _updated_each(
+                db,
+                "UPDATE alerts SET escalation_channel = ?, escalation_ts = ?"
+                " WHERE id = ? AND escalation_kind = ?",
+                [(alert_id, (channel, ts, alert_id, kind.value)) for alert_id, kind in paged],
             )
-            await self._audit_all(db, alert_ids, "paged", actor, f"{channel} {ts}")
+            await self._audit_all(db, done, "paged", actor, f"{channel} {ts}")
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
+
+    async def mark_reminded(
+        self,
+        reminded: Sequence[tuple[int, float]],
+        *,
+        next_at: float,
+        actor: Actor,
+        send: str,
+    ) -> None:
+        async with self._transaction(Writer.OUTBOX) as db:
+            done = await _updated_each(
+                db,
+                "UPDATE alerts SET next_reminder_at = ?"
+                " WHERE id = ? AND next_reminder_at = ? AND resolved_at IS NULL",
+                [(alert_id, (next_at, alert_id, due)) for alert_id, due in reminded],
+            )
+            await self._audit_all(db, done, "reminded", actor, None)
+            await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
         async with self._transaction(Writer.OUTBOX) as db:
@@ -698,15 +742,21 @@ class SqliteStore:
             await self._audit_all(db, [alert_id], action, actor, detail)
 
     async def acknowledge(
-        self, alert_id: int, actor: Actor, *, detail: str | None = None
+        self,
+        alert_id: int,
+        actor: Actor,
+        *,
+        detail: str | None = None,
+        remind_at: float | None = None,
     ) -> Transition:
         return await self._transition(
             alert_id,
             "acknowledged",
             actor,
-            "UPDATE alerts SET acknowledged_by = ?, acknowledged_name = ?, acknowledged_at = ?"
-            " WHERE id = ? AND acknowledged_at IS NULL",
-            (actor.user_id, actor.name, actor.at, alert_id),
+            "UPDATE alerts SET acknowledged_by = ?, acknowledged_name = ?, acknowledged_at = ?,"
+            " next_reminder_at = ?"
+            " WHERE id = ? AND acknowledged_at IS NULL AND resolved_at IS NULL",
+            (actor.user_id, actor.name, actor.at, remind_at, alert_id),
             detail,
         )
 
@@ -718,10 +768,42 @@ class SqliteStore:
             f"escalated ({kind.value})",
             actor,
             "UPDATE alerts SET escalated_by = ?, escalated_name = ?, escalated_at = ?,"
-            " escalation_kind = ? WHERE id = ? AND escalated_at IS NULL",
+            " escalation_kind = ? WHERE id = ? AND escalated_at IS NULL AND resolved_at IS NULL",
             (actor.user_id, actor.name, actor.at, kind.value, alert_id),
             detail,
         )
+
+    async def resolve(
+        self,
+        alert_id: int,
+        actor: Actor,
+        verdict: Verdict,
+        *,
+        note: str | None,
+        detail: str | None = None,
+    ) -> Transition:
+        async with self._transaction(Writer.PEOPLE) as db:
+            async with db.execute(
+                "UPDATE alerts SET resolved_by = ?, resolved_name = ?, resolved_at = ?,"
+                " verdict = ?, resolution_note = ?, next_reminder_at = NULL"
+                " WHERE id = ? AND resolved_at IS NULL",
+                (actor.user_id, actor.name, actor.at, verdict.value, note, alert_id),
+            ) as cursor:
+                changed = cursor.rowcount == 1
+            if changed:
+                await self._audit_all(
+                    db, [alert_id], f"resolved ({verdict.value})", actor, audit_detail(note, detail)
+                )
+                if verdict is Verdict.CONFIRMED_TAKEOVER:
+                    # Paged again, whatever was paged before: the outbox sends it.
+                    await db.execute(_RE_ESCALATE, _re_escalation(actor, alert_id))
+                    await self._audit_all(
+                        db, [alert_id], f"escalated ({EscalationKind.CONFIRMED.value})", actor, None
+                    )
+        alert = await self.get(alert_id)
+        if alert is None:
+            raise StoreError(f"alert {alert_id} does not exist")
+        return Transition(alert=alert, changed=changed)
 
     async def _transition(
         self,
@@ -742,6 +824,28 @@ class SqliteStore:
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")
         return Transition(alert=alert, changed=changed)
+
+
+async def _updated_each(
+    db: aiosqlite.Connection, sql: str, updates: Sequence[tuple[int, tuple[Any, ...]]]
+) -> list[int]:
+    """Run a guarded UPDATE for each alert: the ids of those it changed (the guard held)."""
+    done = []
+    for alert_id, params in updates:
+        async with db.execute(sql, params) as cursor:
+            if cursor.rowcount == 1:
+                done.append(alert_id)
+    return done
+
+
+_RE_ESCALATE = (
+    "UPDATE alerts SET escalated_by = ?, escalated_name = ?, escalated_at = ?,"
+    " escalation_kind = ?, escalation_channel = NULL, escalation_ts = NULL WHERE id = ?"
+)
+
+
+def _re_escalation(actor: Actor, alert_id: int) -> tuple[Any, ...]:
+    return (actor.user_id, actor.name, actor.at, EscalationKind.CONFIRMED.value, alert_id)
 
 
 def _root_scope(follow_up: Alert) -> tuple[str, tuple[str, ...]]:
