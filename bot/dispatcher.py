@@ -30,6 +30,7 @@ from bot.events import (
 )
 from bot.logs import for_alert
 from bot.metrics import Metrics
+from bot.pagerduty.outbox import PagerDutyOutbox
 from bot.render import (
     STORM_MAX_ROWS,
     Message,
@@ -125,8 +126,10 @@ class Dispatcher:
         pass_gap: float = 0.01,
         storm_update_gap: float = 2.0,
         lease_ttl: float = LEASE_TTL,
+        pagerduty: PagerDutyOutbox | None = None,
     ) -> None:
         self._store = store
+        self._pagerduty = pagerduty
         self._slack = slack
         self._config = config
         self._metrics = metrics
@@ -173,6 +176,7 @@ class Dispatcher:
                     await self._start_deliveries()
                     await self._start_pages()
                     await self._start_reminders()
+                    await self._start_pagerduty()
                 except Exception:  # the outbox must keep draining whatever one pass hit
                     log.exception("dispatcher: delivery pass failed; retrying")
                 await self._sleep()
@@ -278,6 +282,24 @@ class Dispatcher:
             self._start_lane(
                 f"reminders {channel}", [partial(self._remind, i) for i in groups.values()]
             )
+
+    async def _start_pagerduty(self) -> None:
+        """PagerDuty hears of escalations, acknowledgements and resolutions in a lane per team:
+        its lease makes each event one replica's, and a team's in order."""
+        if self._pagerduty is None:
+            return
+        by_team: dict[str, list[int]] = {}
+        for alert in await self._store.pagerduty_due():
+            by_team.setdefault(alert.team or "", []).append(alert.id)
+        for team, alert_ids in by_team.items():
+            self._start_lane(
+                f"pagerduty {team}", [partial(self._sync_pagerduty, i) for i in alert_ids]
+            )
+
+    async def _sync_pagerduty(self, alert_id: int) -> _Outcome | _Failed:
+        assert self._pagerduty is not None
+        later = await self._pagerduty.sync(alert_id, keep=self._keep)
+        return _Outcome.DONE if later is None else _Failed(later.retry_after)
 
     def _lane_free(self, key: str) -> bool:
         backoff = self._backoff.get(key)

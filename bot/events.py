@@ -39,6 +39,16 @@ class EscalationKind(StrEnum):
     CONFIRMED = "confirmed"  # resolved as a confirmed takeover: paged at once, with the note
 
 
+class PagerDutyState(StrEnum):
+    """What PagerDuty has of an alert's latest escalation (Alert.pagerduty_kind)."""
+
+    TRIGGERED = "triggered"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    REFUSED = "refused"  # PagerDuty said 400: never sent again
+    NONE = "none"  # the team's escalation names no PagerDuty service
+
+
 class Verdict(StrEnum):
     """How an incident ended, as the responder who resolved it judged it."""
 
@@ -183,6 +193,9 @@ class Alert:
     resolution_note: str | None = None
     # When the next reminder of an acknowledged, unresolved alert is due; None: none is.
     next_reminder_at: float | None = None
+    # The escalation PagerDuty was last told of, and what it has of it; None: nothing yet.
+    pagerduty_kind: EscalationKind | None = None
+    pagerduty_state: PagerDutyState | None = None
 
     @property
     def needs_acknowledgement(self) -> bool:

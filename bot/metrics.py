@@ -119,6 +119,24 @@ class Metrics:
             ["verdict"],
             registry=r,
         )
+        self.pagerduty_events = Counter(
+            "pinwatch_pagerduty_events",
+            "Events API v2 events sent, by action and outcome (accepted, retrylater, refused)",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.pagerduty_refused = Counter(
+            "pinwatch_pagerduty_refused",
+            "Events PagerDuty refused for good (HTTP 400: a bad routing key, most likely), by team",
+            ["team"],
+            registry=r,
+        )
+        self.pagerduty_webhooks = Counter(
+            "pinwatch_pagerduty_webhooks",
+            "PagerDuty v3 webhooks received, by result",
+            ["result"],
+            registry=r,
+        )
         self.store_write_retries = Counter(
             "pinwatch_store_write_retries",
             "Store writes retried after Slack had accepted a call (its answer is kept meanwhile)",

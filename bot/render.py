@@ -478,6 +478,19 @@ def render_escalation_note(alert: Alert, *, channel: str) -> Message:
     return Message(text=fallback, blocks=_to_dicts(list(blocks)))
 
 
+def render_pagerduty_refused(alert: Alert, *, step: str, why: str) -> Message:
+    """The thread reply saying PagerDuty would not take the alert's page: nobody was paged."""
+    what = "the page" if step == "trigger" else f"the {step}"
+    text = (
+        f":warning: PagerDuty refused {what}: {safe(why)}. Nobody was paged through PagerDuty;"
+        " check the routing key of this team's escalation (the variable the routing file names)."
+    )
+    blocks = [SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)))]
+    return Message(
+        text=_plain_fallback(f"PagerDuty refused {what}: {why}"), blocks=_to_dicts(list(blocks))
+    )
+
+
 def render_reminder(alerts: Sequence[Alert]) -> Message:
     """A reply in the thread of an acknowledged alert (or a storm summary's acknowledged rows)
     that nobody has resolved: naming who acknowledged it, so they hear of it."""

@@ -98,6 +98,10 @@ class SendKey:
         return cls(f"{_PAGE_PREFIX.get(kind, '')}note:{alert_id}", alert_id)
 
     @classmethod
+    def pagerduty_refused(cls, alert_id: int, kind: EscalationKind) -> SendKey:
+        return cls(f"pagerduty-refused:{alert_id}:{kind.value}", alert_id)
+
+    @classmethod
     def reminder(cls, alert_id: int, due: float) -> SendKey:
         # One per interval: the time it was due names it.
         return cls(f"reminder:{alert_id}:{due:.0f}", alert_id)

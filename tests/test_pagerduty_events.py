@@ -21,6 +21,7 @@ from bot.pagerduty.events import (
     check_event,
     dedup_key,
     pagerduty_severity,
+    reason_of,
     resolve_event,
     routing_key_of,
     trigger_event,
@@ -93,10 +94,27 @@ def test_dedup_key_is_the_same_whatever_happens_to_the_alert() -> None:
     )
     assert dedup_key(later) == dedup_key(alert)
     assert dedup_key(redelivered) == dedup_key(same)
-    assert [trigger_event(later, reason=r)["dedup_key"] for r in PageReason] == [
-        dedup_key(alert)
-    ] * 4
-    assert acknowledge_event(later)["dedup_key"] == resolve_event(later)["dedup_key"]
+    # An ordinary escalation, manual or automatic, is one incident; a takeover, suspected or
+    # confirmed, opens one of its own (an acknowledged incident would take it silently).
+    keys = [trigger_event(later, reason=r)["dedup_key"] for r in PageReason]
+    assert keys == [
+        dedup_key(alert),
+        dedup_key(alert),
+        dedup_key(alert) + ":takeover",
+        dedup_key(alert) + ":confirmed",
+    ]
+    assert [reason_of(key, alert) for key in keys] == [
+        PageReason.MANUAL,
+        PageReason.MANUAL,
+        PageReason.TAKEOVER,
+        PageReason.CONFIRMED_TAKEOVER,
+    ]
+    assert [alert_id_of(key) for key in keys] == [7] * 4
+    assert reason_of(dedup_key(alert_of(alert_id=8)), alert) is None
+    for reason in PageReason:
+        acknowledged = acknowledge_event(later, reason)["dedup_key"]
+        assert acknowledged == resolve_event(later, reason)["dedup_key"]
+        assert acknowledged == trigger_event(later, reason=reason)["dedup_key"]
 
 
 def test_dedup_key_differs_for_another_alert_or_another_deployments_alert() -> None:
@@ -192,6 +210,7 @@ def test_page_reason_follows_the_escalation_kind() -> None:
         PageReason.MANUAL,
         PageReason.AUTOMATIC,
         PageReason.TAKEOVER,
+        PageReason.CONFIRMED_TAKEOVER,
     ]
 
 

@@ -40,7 +40,7 @@ _SEVERITY = {
     Severity.OFF: "info",  # never posted, so never paged: here so that each has one
 }
 
-_DEDUP_KEY = re.compile(r"^pinwatch:alert:([0-9]{1,18}):([0-9a-f]{20})$")
+_DEDUP_KEY = re.compile(r"^pinwatch:alert:([0-9]{1,18}):([0-9a-f]{20})(?::(takeover|confirmed))?$")
 
 
 class EventError(ValueError):
@@ -57,11 +57,21 @@ class PageReason(StrEnum):
 
     @classmethod
     def of(cls, kind: EscalationKind | None) -> PageReason:
-        return cls(kind.value) if kind is not None else cls.MANUAL
+        return _REASONS[kind] if kind is not None else cls.MANUAL
 
 
-def dedup_key(alert: Alert) -> str:
-    """``pinwatch:alert:<alert id>:<first 20 hex of the event's dedup hash>``.
+_REASONS = {
+    EscalationKind.MANUAL: PageReason.MANUAL,
+    EscalationKind.AUTOMATIC: PageReason.AUTOMATIC,
+    EscalationKind.TAKEOVER: PageReason.TAKEOVER,
+    EscalationKind.CONFIRMED: PageReason.CONFIRMED_TAKEOVER,
+}
+
+
+def dedup_key(alert: Alert, reason: PageReason = PageReason.MANUAL) -> str:
+    """``pinwatch:alert:<alert id>:<first 20 hex of the event's dedup hash>``, and ``:takeover``
+    or ``:confirmed`` for a takeover's page: a takeover opens an incident of its own, since one
+    already acknowledged for the alert would take its trigger without notifying anyone.
 
     The same for every replica and every resend (PagerDuty then adds to the open incident instead
     of opening a second one), and for the trigger, acknowledge and resolve of one alert. The hash
@@ -69,7 +79,11 @@ def dedup_key(alert: Alert) -> str:
     takeover chain with its root reset request, a storm summary with its first row: their
     acknowledgement and resolution are that alert's.
     """
-    return f"pinwatch:alert:{alert.id}:{alert.event.dedup_key[:20]}"
+    own = _OWN_INCIDENT.get(reason)
+    return f"pinwatch:alert:{alert.id}:{alert.event.dedup_key[:20]}" + (f":{own}" if own else "")
+
+
+_OWN_INCIDENT = {PageReason.TAKEOVER: "takeover", PageReason.CONFIRMED_TAKEOVER: "confirmed"}
 
 
 def alert_id_of(key: str | None) -> int | None:
@@ -77,6 +91,15 @@ def alert_id_of(key: str | None) -> int | None:
     with ``dedup_key(alert) == key`` once the alert is read."""
     match = _DEDUP_KEY.match(key or "")
     return int(match.group(1)) if match else None
+
+
+def reason_of(key: str, alert: Alert) -> PageReason | None:
+    """Which of the alert's incidents a dedup key names (MANUAL: the ordinary escalation's,
+    manual or automatic), or None if it is not one of the alert's."""
+    for reason in (PageReason.MANUAL, PageReason.TAKEOVER, PageReason.CONFIRMED_TAKEOVER):
+        if dedup_key(alert, reason) == key:
+            return reason
+    return None
 
 
 def routing_key_of(escalation: Escalation, environ: Mapping[str, str]) -> str | None:
@@ -191,7 +214,7 @@ def trigger_event(
         payload["timestamp"] = at
     body: dict[str, Any] = {
         "event_action": "trigger",
-        "dedup_key": dedup_key(alert),
+        "dedup_key": dedup_key(alert, reason),
         "payload": payload,
         "client": CLIENT,
     }
@@ -202,16 +225,16 @@ def trigger_event(
     return body
 
 
-def acknowledge_event(alert: Alert) -> dict[str, Any]:
+def acknowledge_event(alert: Alert, reason: PageReason = PageReason.MANUAL) -> dict[str, Any]:
     """Someone acknowledged it in Slack: PagerDuty stops notifying, the incident stays open."""
-    body = {"event_action": "acknowledge", "dedup_key": dedup_key(alert)}
+    body = {"event_action": "acknowledge", "dedup_key": dedup_key(alert, reason)}
     check_event(body)
     return body
 
 
-def resolve_event(alert: Alert) -> dict[str, Any]:
+def resolve_event(alert: Alert, reason: PageReason = PageReason.MANUAL) -> dict[str, Any]:
     """Resolved in Slack: the incident is resolved. PagerDuty drops it if none is open."""
-    body = {"event_action": "resolve", "dedup_key": dedup_key(alert)}
+    body = {"event_action": "resolve", "dedup_key": dedup_key(alert, reason)}
     check_event(body)
     return body
 

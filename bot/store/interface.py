@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.events import Actor, Alert, EscalationKind, SecurityEvent, Verdict
+from bot.events import Actor, Alert, EscalationKind, PagerDutyState, SecurityEvent, Verdict
 
 
 class StoreError(Exception):
@@ -96,6 +96,11 @@ class Store(Protocol):
         """Acknowledged, unresolved alerts whose reminder is due, the longest due first."""
         ...
 
+    async def pagerduty_due(self, *, limit: int = 100) -> list[Alert]:
+        """Escalated alerts PagerDuty has to hear of: an escalation not yet sent (or decided
+        not to be), or an acknowledgement or resolution since. Oldest first."""
+        ...
+
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts whose page has not reached Slack yet."""
         ...
@@ -166,6 +171,21 @@ class Store(Protocol):
         kind of the escalation paged (an alert has each kind at most once): one escalated
         again since (a takeover, suspected or confirmed) keeps waiting for its own page. One
         transaction."""
+        ...
+
+    async def mark_pagerduty(
+        self,
+        alert_id: int,
+        *,
+        kind: EscalationKind,
+        state: PagerDutyState,
+        was: tuple[EscalationKind | None, PagerDutyState | None],
+        actor: Actor,
+        detail: str | None = None,
+    ) -> bool:
+        """PagerDuty has this of the alert's escalation of `kind` now, if it still had `was`
+        (another replica, or a webhook, may have moved it on): whether it changed. Audited,
+        unless `state` is NONE."""
         ...
 
     async def mark_reminded(
@@ -250,11 +270,12 @@ class Store(Protocol):
         self,
         alert_id: int,
         actor: Actor,
-        verdict: Verdict,
+        verdict: Verdict | None,
         *,
         note: str | None,
         detail: str | None = None,
     ) -> Transition:
-        """Resolved once, with its verdict and note: no more reminders or escalations. A
+        """Resolved once, with its verdict (None: resolved in PagerDuty, which gives none) and
+        note: no more reminders or escalations. A
         confirmed takeover is escalated (CONFIRMED) and due for a page in the same commit."""
         ...

@@ -19,6 +19,7 @@ from bot.events import (
     Alert,
     EscalationKind,
     EventType,
+    PagerDutyState,
     SecurityEvent,
     Verdict,
 )
@@ -35,6 +36,7 @@ from bot.store.rows import (
     audit_detail,
     event_value_column,
     mentions_to_column,
+    resolved_action,
     responders_to_column,
     severity_column,
 )
@@ -151,10 +153,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_reminders ON alerts (next_reminder_at)
         WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL;
     """,
+    # 6: what PagerDuty was last told of an alert's escalation (its kind) and what it has of it
+    # (triggered, acknowledged, resolved, refused; none: the team pages no PagerDuty).
+    """
+    ALTER TABLE alerts ADD COLUMN pagerduty_kind TEXT;
+    ALTER TABLE alerts ADD COLUMN pagerduty_state TEXT;
+    -- Escalations from before are history: none is sent to PagerDuty on upgrade.
+    UPDATE alerts SET pagerduty_kind = escalation_kind, pagerduty_state = 'none'
+        WHERE escalation_kind IS NOT NULL;
+    CREATE INDEX alerts_pagerduty ON alerts (id) WHERE escalation_kind IS NOT NULL
+        AND (pagerduty_kind IS DISTINCT FROM escalation_kind
+             OR pagerduty_state IN ('triggered', 'acknowledged'));
+    """,
 )
 
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
 _WAITING = "slack_ts IS NULL AND severity IS DISTINCT FROM 'off'"
+
+_PAGERDUTY_DUE = """
+    escalation_kind IS NOT NULL AND slack_ts IS NOT NULL
+    AND (pagerduty_kind IS DISTINCT FROM escalation_kind
+         OR (escalation_kind <> 'confirmed'
+             AND pagerduty_state IN ('triggered', 'acknowledged')
+             AND (resolved_at IS NOT NULL
+                  OR (pagerduty_state = 'triggered' AND acknowledged_at >= escalated_at))))
+"""
 
 # Replicas starting at once on an empty database take turns on this lock: one migrates.
 _MIGRATION_LOCK = 0x70696E7761746368  # "pinwatch"
@@ -480,6 +503,11 @@ class PostgresStore:
             limit,
         )
 
+    async def pagerduty_due(self, *, limit: int = 100) -> list[Alert]:
+        return await self._alerts(
+            f"SELECT * FROM alerts WHERE {_PAGERDUTY_DUE} ORDER BY id LIMIT $1", limit
+        )
+
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         return await self._alerts(
             "SELECT * FROM alerts WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL"
@@ -661,6 +689,37 @@ class PostgresStore:
             await self._audit(db, [row[0] for row in done], "paged", actor, f"{channel} {ts}")
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = $1", send)
+
+    async def mark_pagerduty(
+        self,
+        alert_id: int,
+        *,
+        kind: EscalationKind,
+        state: PagerDutyState,
+        was: tuple[EscalationKind | None, PagerDutyState | None],
+        actor: Actor,
+        detail: str | None = None,
+    ) -> bool:
+        async with self._transaction() as db:
+            changed = (
+                _changed(
+                    await db.execute(
+                        "UPDATE alerts SET pagerduty_kind = $1, pagerduty_state = $2"
+                        " WHERE id = $3 AND pagerduty_kind IS NOT DISTINCT FROM $4"
+                        " AND pagerduty_state IS NOT DISTINCT FROM $5",
+                        kind.value,
+                        state.value,
+                        alert_id,
+                        *(v.value if v else None for v in was),
+                    )
+                )
+                == 1
+            )
+            if changed and state is not PagerDutyState.NONE:
+                await self._audit(
+                    db, [alert_id], f"pagerduty {state.value} ({kind.value})", actor, detail
+                )
+        return changed
 
     async def mark_reminded(
         self,
@@ -846,7 +905,7 @@ class PostgresStore:
         self,
         alert_id: int,
         actor: Actor,
-        verdict: Verdict,
+        verdict: Verdict | None,
         *,
         note: str | None,
         detail: str | None = None,
@@ -861,7 +920,7 @@ class PostgresStore:
                         actor.user_id,
                         _text(actor.name),
                         actor.at,
-                        verdict.value,
+                        verdict and verdict.value,
                         _text(note),
                         alert_id,
                     )
@@ -870,7 +929,7 @@ class PostgresStore:
             )
             if changed:
                 await self._audit(
-                    db, [alert_id], f"resolved ({verdict.value})", actor, audit_detail(note, detail)
+                    db, [alert_id], resolved_action(verdict), actor, audit_detail(note, detail)
                 )
                 if verdict is Verdict.CONFIRMED_TAKEOVER:
                     # Paged again, whatever was paged before: the outbox sends it.

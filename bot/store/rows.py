@@ -9,6 +9,7 @@ from bot.events import (
     Actor,
     Alert,
     EscalationKind,
+    PagerDutyState,
     Responders,
     SecurityEvent,
     Severity,
@@ -57,6 +58,11 @@ def audit_detail(*parts: str | None) -> str | None:
     return "; ".join(p for p in parts if p) or None
 
 
+def resolved_action(verdict: Verdict | None) -> str:
+    """The audit's name of a resolution: with its verdict, or none (resolved in PagerDuty)."""
+    return f"resolved ({verdict.value})" if verdict else "resolved"
+
+
 def alert_from_row(row: Row) -> Alert:
     event = SecurityEvent(
         waba_id=row["waba_id"],
@@ -70,6 +76,8 @@ def alert_from_row(row: Row) -> Alert:
     kind = row["escalation_kind"]
     severity = row["severity"]
     verdict = row["verdict"]
+    paged_kind = row["pagerduty_kind"]
+    paged_state = row["pagerduty_state"]
     return Alert(
         id=row["id"],
         event=event,
@@ -98,4 +106,6 @@ def alert_from_row(row: Row) -> Alert:
         verdict=Verdict(verdict) if verdict else None,
         resolution_note=row["resolution_note"],
         next_reminder_at=row["next_reminder_at"],
+        pagerduty_kind=EscalationKind(paged_kind) if paged_kind else None,
+        pagerduty_state=PagerDutyState(paged_state) if paged_state else None,
     )

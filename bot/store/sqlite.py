@@ -24,6 +24,7 @@ from bot.events import (
     Alert,
     EscalationKind,
     EventType,
+    PagerDutyState,
     SecurityEvent,
     Verdict,
 )
@@ -40,6 +41,7 @@ from bot.store.rows import (
     audit_detail,
     event_value_column,
     mentions_to_column,
+    resolved_action,
     responders_to_column,
     severity_column,
 )
@@ -161,10 +163,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_reminders ON alerts (next_reminder_at)
         WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL;
     """,
+    # 9: what PagerDuty was last told of an alert's escalation (its kind) and what it has of it
+    # (triggered, acknowledged, resolved, refused; none: the team pages no PagerDuty).
+    """
+    ALTER TABLE alerts ADD COLUMN pagerduty_kind TEXT;
+    ALTER TABLE alerts ADD COLUMN pagerduty_state TEXT;
+    -- Escalations from before are history: none is sent to PagerDuty on upgrade.
+    UPDATE alerts SET pagerduty_kind = escalation_kind, pagerduty_state = 'none'
+        WHERE escalation_kind IS NOT NULL;
+    CREATE INDEX alerts_pagerduty ON alerts (id) WHERE escalation_kind IS NOT NULL
+        AND (pagerduty_kind IS NOT escalation_kind
+             OR pagerduty_state IN ('triggered', 'acknowledged'));
+    """,
 )
 
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
 _WAITING = "slack_ts IS NULL AND severity IS NOT 'off'"
+
+_PAGERDUTY_DUE = """
+    escalation_kind IS NOT NULL AND slack_ts IS NOT NULL
+    AND (pagerduty_kind IS NOT escalation_kind
+         OR (escalation_kind <> 'confirmed'
+             AND pagerduty_state IN ('triggered', 'acknowledged')
+             AND (resolved_at IS NOT NULL
+                  OR (pagerduty_state = 'triggered' AND acknowledged_at >= escalated_at))))
+"""
 
 _INSERT_EVENT = """
     INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event, event_time,
@@ -415,6 +438,12 @@ class SqliteStore:
         ) as cursor:
             return [alert_from_row(row) async for row in cursor]
 
+    async def pagerduty_due(self, *, limit: int = 100) -> list[Alert]:
+        async with self._reader.execute(
+            f"SELECT * FROM alerts WHERE {_PAGERDUTY_DUE} ORDER BY id LIMIT ?", (limit,)
+        ) as cursor:
+            return [alert_from_row(row) async for row in cursor]
+
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts whose page has not reached Slack yet."""
         async with self._reader.execute(
@@ -588,6 +617,29 @@ class SqliteStore:
             await self._audit_all(db, done, "paged", actor, f"{channel} {ts}")
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
+
+    async def mark_pagerduty(
+        self,
+        alert_id: int,
+        *,
+        kind: EscalationKind,
+        state: PagerDutyState,
+        was: tuple[EscalationKind | None, PagerDutyState | None],
+        actor: Actor,
+        detail: str | None = None,
+    ) -> bool:
+        async with self._transaction(Writer.OUTBOX) as db:
+            async with db.execute(
+                "UPDATE alerts SET pagerduty_kind = ?, pagerduty_state = ?"
+                " WHERE id = ? AND pagerduty_kind IS ? AND pagerduty_state IS ?",
+                (kind.value, state.value, alert_id, *(v.value if v else None for v in was)),
+            ) as cursor:
+                changed = cursor.rowcount == 1
+            if changed and state is not PagerDutyState.NONE:
+                await self._audit_all(
+                    db, [alert_id], f"pagerduty {state.value} ({kind.value})", actor, detail
+                )
+        return changed
 
     async def mark_reminded(
         self,
@@ -777,7 +829,7 @@ class SqliteStore:
         self,
         alert_id: int,
         actor: Actor,
-        verdict: Verdict,
+        verdict: Verdict | None,
         *,
         note: str | None,
         detail: str | None = None,
@@ -787,12 +839,12 @@ class SqliteStore:
                 "UPDATE alerts SET resolved_by = ?, resolved_name = ?, resolved_at = ?,"
                 " verdict = ?, resolution_note = ?, next_reminder_at = NULL"
                 " WHERE id = ? AND resolved_at IS NULL",
-                (actor.user_id, actor.name, actor.at, verdict.value, note, alert_id),
+                (actor.user_id, actor.name, actor.at, verdict and verdict.value, note, alert_id),
             ) as cursor:
                 changed = cursor.rowcount == 1
             if changed:
                 await self._audit_all(
-                    db, [alert_id], f"resolved ({verdict.value})", actor, audit_detail(note, detail)
+                    db, [alert_id], resolved_action(verdict), actor, audit_detail(note, detail)
                 )
                 if verdict is Verdict.CONFIRMED_TAKEOVER:
                     # Paged again, whatever was paged before: the outbox sends it.
