@@ -188,11 +188,11 @@ def test_pinwatchs_own_escalation_is_not_said_to_be_by_someone() -> None:
 
 
 def test_page_reason_follows_the_escalation_kind() -> None:
-    assert [PageReason.of(kind) for kind in EscalationKind] == [
-        PageReason.MANUAL,
-        PageReason.AUTOMATIC,
-        PageReason.TAKEOVER,
+    assert [PageReason.of(kind).value for kind in EscalationKind] == [
+        kind.value for kind in EscalationKind
     ]
+    assert PageReason.of(EscalationKind.TAKEOVER) is PageReason.TAKEOVER
+    assert PageReason.of(None) is PageReason.MANUAL
 
 
 def test_an_account_event_without_a_number_is_named_by_its_waba_in_plain_words() -> None:
