@@ -212,6 +212,8 @@ def test_page_reason_follows_the_escalation_kind() -> None:
         PageReason.TAKEOVER,
         PageReason.CONFIRMED_TAKEOVER,
     ]
+    assert PageReason.of(EscalationKind.TAKEOVER) is PageReason.TAKEOVER
+    assert PageReason.of(None) is PageReason.MANUAL
 
 
 def test_an_account_event_without_a_number_is_named_by_its_waba_in_plain_words() -> None:

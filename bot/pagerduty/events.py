@@ -48,12 +48,13 @@ class EventError(ValueError):
 
 
 class PageReason(StrEnum):
-    """Why pinwatch pages: the three escalation kinds, and a takeover a responder confirmed."""
+    """Why pinwatch pages: the escalation kinds, and a takeover a responder confirmed. The
+    values are EscalationKind's (main's has CONFIRMED = "confirmed" too)."""
 
     MANUAL = "manual"
     AUTOMATIC = "automatic"
     TAKEOVER = "takeover"
-    CONFIRMED_TAKEOVER = "confirmed_takeover"
+    CONFIRMED_TAKEOVER = "confirmed"
 
     @classmethod
     def of(cls, kind: EscalationKind | None) -> PageReason:
