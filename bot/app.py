@@ -32,8 +32,12 @@ from bot.actions.service import ActionService
 from bot.actions.verify import SlackRequestVerifier
 from bot.config import ConfigError, LiveConfig, LoadedConfig, ReloadResult, read_if_changed
 from bot.dispatcher import Dispatcher, RetryPolicy
-from bot.events import Clock, system_clock
+from bot.events import Alert, Clock, system_clock
 from bot.metrics import Backlog, Metrics
+from bot.pagerduty.client import PagerDutyEvents
+from bot.pagerduty.http import handle_webhook as handle_pagerduty_webhook
+from bot.pagerduty.inbox import PagerDutyInbox
+from bot.pagerduty.outbox import PagerDutyOutbox
 from bot.settings import Settings
 from bot.slack import DryRunClient, SlackGateway, web_client
 from bot.store import open_store
@@ -164,6 +168,9 @@ def build_app(
     if environ is not None:  # where the routing file's PagerDuty routing keys are read from
         app[keys.ENVIRON] = dict(environ)
     app[keys.META_SECRETS] = tuple(s.get_secret_value().encode() for s in settings.meta_app_secrets)
+    app[keys.PAGERDUTY_SECRETS] = tuple(
+        s.get_secret_value().encode() for s in settings.pagerduty_webhook_secrets
+    )
     app[keys.CLOCK] = tuning.clock
     app[keys.CONFIG] = LiveConfig(config, loaded_at=tuning.clock())
     app[keys.METRICS] = Metrics(meta_secrets=len(settings.meta_app_secrets))
@@ -188,6 +195,13 @@ def build_app(
             app[keys.SLACK] = SlackGateway(client, app[keys.METRICS])
             yield
 
+    async def pagerduty_client(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as session:
+            app[keys.PAGERDUTY_EVENTS] = PagerDutyEvents(
+                session, base_url=settings.pagerduty_events_url, clock=tuning.clock
+            )
+            yield
+
     async def store(app: web.Application) -> AsyncIterator[None]:
         target = settings.database_url or config.config.store.path
         app[keys.STORE] = await open_store(
@@ -198,6 +212,8 @@ def build_app(
         await app[keys.STORE].close()
 
     async def dispatcher(app: web.Application) -> AsyncIterator[None]:
+        # The routing keys: serve passes its environment, a test what it pages with.
+        routing_keys: dict[str, str] = app.get(keys.ENVIRON, {})
         app[keys.DISPATCHER] = Dispatcher(
             store=app[keys.STORE],
             slack=app[keys.SLACK],
@@ -207,6 +223,15 @@ def build_app(
             retry=tuning.retry,
             poll_interval=tuning.poll_interval,
             storm_update_gap=tuning.storm_update_gap,
+            pagerduty=PagerDutyOutbox(
+                store=app[keys.STORE],
+                slack=app[keys.SLACK],
+                events=app[keys.PAGERDUTY_EVENTS],
+                config=app[keys.CONFIG],
+                environ=routing_keys,
+                metrics=app[keys.METRICS],
+                clock=tuning.clock,
+            ),
         )
         app[keys.STORE].on_change(app[keys.DISPATCHER].wake)
         app[keys.ACTIONS] = ActionService(
@@ -216,6 +241,14 @@ def build_app(
             dispatcher=app[keys.DISPATCHER],
             metrics=app[keys.METRICS],
             clock=tuning.clock,
+        )
+
+        def refresh(alert: Alert) -> None:
+            work = app[keys.DISPATCHER].refresh_message(alert)
+            app[keys.ACTIONS].spawn(work, f"refresh {alert.id} after PagerDuty")
+
+        app[keys.PAGERDUTY_INBOX] = PagerDutyInbox(
+            store=app[keys.STORE], config=app[keys.CONFIG], clock=tuning.clock, refresh=refresh
         )
         task = asyncio.create_task(app[keys.DISPATCHER].run(), name="dispatcher")
         yield
@@ -260,10 +293,13 @@ def build_app(
             await task
         await client.close()  # type: ignore[no-untyped-call]
 
-    app.cleanup_ctx.extend([slack_client, store, dispatcher, config_watcher, socket_mode])
+    app.cleanup_ctx.extend(
+        [slack_client, pagerduty_client, store, dispatcher, config_watcher, socket_mode]
+    )
     app.router.add_get("/webhook", webhook.handle_handshake)
     app.router.add_post("/webhook", webhook.handle_delivery)
     app.router.add_post("/slack/actions", handle_actions)
+    app.router.add_post("/pagerduty/webhook", handle_pagerduty_webhook)
     app.router.add_get("/healthz", handle_health)
     app.router.add_get("/readyz", handle_ready)
     app.router.add_get("/metrics", handle_metrics)

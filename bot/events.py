@@ -145,8 +145,14 @@ class Actor:
     def is_pinwatch(self) -> bool:
         return self.user_id == PINWATCH_ACTOR_ID
 
+    @property
+    def in_pagerduty(self) -> bool:
+        """Someone who acted in PagerDuty (a v3 webhook said so), not in Slack."""
+        return self.user_id.startswith(PAGERDUTY_ACTOR_PREFIX)
+
 
 PINWATCH_ACTOR_ID = "pinwatch"
+PAGERDUTY_ACTOR_PREFIX = "pagerduty:"  # then PagerDuty's ID of the user, or of the service
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +202,7 @@ class Alert:
     # The escalation PagerDuty was last told of, and what it has of it; None: nothing yet.
     pagerduty_kind: EscalationKind | None = None
     pagerduty_state: PagerDutyState | None = None
+    pagerduty_key_env: str | None = None  # the routing key's variable its trigger went through
 
     @property
     def needs_acknowledgement(self) -> bool:

@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # the adapters import this module: name their types without i
     from bot.dispatcher import Dispatcher
     from bot.events import Clock
     from bot.metrics import Backlog, Metrics
+    from bot.pagerduty.client import PagerDutyEvents
+    from bot.pagerduty.inbox import PagerDutyInbox
     from bot.settings import Settings
     from bot.slack import SlackGateway
     from bot.store import Store
@@ -33,3 +35,7 @@ ACTIONS: web.AppKey[ActionService] = web.AppKey("actions")
 SOCKET_MODE: web.AppKey[SocketModeLink] = web.AppKey("socket_mode")
 # The environment serve started with: the PagerDuty routing keys the routing file names.
 ENVIRON: web.AppKey[dict[str, str]] = web.AppKey("environ")
+# PAGERDUTY_WEBHOOK_SECRET's secrets as HMAC keys, encoded once.
+PAGERDUTY_SECRETS: web.AppKey[tuple[bytes, ...]] = web.AppKey("pagerduty_secrets")
+PAGERDUTY_EVENTS: web.AppKey[PagerDutyEvents] = web.AppKey("pagerduty_events")
+PAGERDUTY_INBOX: web.AppKey[PagerDutyInbox] = web.AppKey("pagerduty_inbox")

@@ -113,6 +113,12 @@ def actor_text(actor: Actor) -> str:
     return safe(actor.name or actor.user_id)
 
 
+def done_by(done: str, actor: Actor) -> str:
+    """'Acknowledged by <@U0ALICE>', or 'Acknowledged in PagerDuty by Jane Doe'."""
+    where = " in PagerDuty" if actor.in_pagerduty else ""
+    return f"{done}{where} by {actor_text(actor)}"
+
+
 def actor_plain(actor: Actor) -> str:
     return "pinwatch" if actor.is_pinwatch else (actor.name or actor.user_id)
 
@@ -122,7 +128,8 @@ def _story(alert: Alert) -> Story | None:
     return None if alert.event.field == SECURITY_FIELD else story_of(alert.event)
 
 
-def _title(alert: Alert) -> str:
+def plain_title(alert: Alert) -> str:
+    """The alert's title in plain words (the Slack header's; PagerDuty's summary)."""
     if (story := _story(alert)) is not None:
         return story.title
     event = alert.event.event
@@ -149,7 +156,7 @@ def _subject(alert: Alert) -> str:
 
 def alert_heading(alert: Alert) -> str:
     """What the alert is and what about, in one line of mrkdwn."""
-    return f"*{safe(_title(alert))}* for {_subject(alert)}"
+    return f"*{safe(plain_title(alert))}* for {_subject(alert)}"
 
 
 def _subject_plain(alert: Alert) -> str:
@@ -230,12 +237,9 @@ def _fields(alert: Alert) -> list[MarkdownTextObject]:
 def resolution_text(alert: Alert) -> str:
     """Who resolved it, when and how, as mrkdwn (the note quoted: it is outside input)."""
     assert alert.resolved is not None
-    verdict = alert.verdict.label if alert.verdict else "resolved"
     icon = ":rotating_light:" if alert.verdict is Verdict.CONFIRMED_TAKEOVER else ":checkered_flag:"
-    text = (
-        f"{icon} Resolved by {actor_text(alert.resolved)} {slack_date(alert.resolved.at)}:"
-        f" *{verdict}*."
-    )
+    text = f"{icon} {done_by('Resolved', alert.resolved)} {slack_date(alert.resolved.at)}"
+    text += f": *{alert.verdict.label}*." if alert.verdict else "."
     if alert.resolution_note:
         text += "\n" + "\n".join(f">{safe(line)}" for line in alert.resolution_note.splitlines())
     return text
@@ -267,7 +271,7 @@ def _status_lines(alert: Alert) -> list[str]:
         lines.append(f":mega: {how} {slack_date(alert.escalated.at)}.")
     if alert.acknowledged is not None:
         lines.append(
-            f":white_check_mark: Acknowledged by {actor_text(alert.acknowledged)} "
+            f":white_check_mark: {done_by('Acknowledged', alert.acknowledged)} "
             f"{slack_date(alert.acknowledged.at)}."
         )
     elif (
@@ -335,7 +339,7 @@ def _unknown_details(alert: Alert) -> SectionBlock:
 
 def _fallback(alert: Alert) -> str:
     event = alert.event
-    parts = [f"[{alert.severity.value.upper()}] {_title(alert)}: {_subject_plain(alert)}"]
+    parts = [f"[{alert.severity.value.upper()}] {plain_title(alert)}: {_subject_plain(alert)}"]
     if _shows_number(alert):
         parts.append(f"WABA {event.waba_id}")
     if event.requester:
@@ -374,7 +378,7 @@ def render_alert(alert: Alert) -> Message:
     if alert.mentions:
         summary = " ".join(mention(m) for m in alert.mentions) + "\n" + summary
     blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=clip(_title(alert), HEADER_MAX), emoji=True)),
+        HeaderBlock(text=PlainTextObject(text=clip(plain_title(alert), HEADER_MAX), emoji=True)),
         SectionBlock(text=MarkdownTextObject(text=clip(summary, SECTION_TEXT_MAX))),
         SectionBlock(fields=_fields(alert)),
     ]
@@ -455,7 +459,9 @@ def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence
     # A notification shows the fallback alone: a takeover must say so there too.
     heading, tag = _PAGE_HEADINGS.get(alert.escalation_kind, ("Escalated", "[ESCALATED] "))
     blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=clip(f"{heading}: {_title(alert)}", HEADER_MAX))),
+        HeaderBlock(
+            text=PlainTextObject(text=clip(f"{heading}: {plain_title(alert)}", HEADER_MAX))
+        ),
         SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX))),
         SectionBlock(fields=_fields(alert)),
     ]
@@ -508,7 +514,7 @@ def render_reminder(alerts: Sequence[Alert]) -> Message:
             f":bell: Reminder: acknowledged by {who}{since}, not resolved yet. Once it is"
             " settled, press *Resolve* on the alert and give the verdict."
         )
-        fallback = f"Reminder: {_title(alert)} is acknowledged but not resolved"
+        fallback = f"Reminder: {plain_title(alert)} is acknowledged but not resolved"
     else:
         text = (
             f":bell: Reminder: {len(alerts)} alerts in this summary were acknowledged (by {who})"
@@ -528,7 +534,7 @@ STORM_MAX_ROWS = 45  # with the header, context and actions: within Slack's 50 b
 
 def _storm_row(alert: Alert) -> SectionBlock:
     event = alert.event
-    parts = [f"*{safe(_title(alert))}*"]
+    parts = [f"*{safe(plain_title(alert))}*"]
     if _shows_number(alert):
         parts.append(safe(readable_phone(event.phone_number)))
     parts += [

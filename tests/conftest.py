@@ -9,7 +9,7 @@ import hmac
 import io
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,8 +312,13 @@ def settings(
     app_token: str | None = None,
     database_url: str | None = None,
     meta_app_secrets: Sequence[str] = (META_APP_SECRET,),
+    pagerduty_events_url: str | None = None,
+    pagerduty_webhook_secrets: Sequence[str] = (),
 ) -> Settings:
+    pagerduty: dict[str, Any] = {"pagerduty_events_url": pagerduty_events_url}
     return Settings(
+        **{k: v for k, v in pagerduty.items() if v is not None},
+        pagerduty_webhook_secrets=tuple(map(SecretStr, pagerduty_webhook_secrets)),
         database_url=SecretStr(database_url) if database_url else None,
         meta_app_secrets=tuple(map(SecretStr, meta_app_secrets)),
         meta_verify_token=SecretStr(META_VERIFY_TOKEN),
@@ -380,9 +385,13 @@ async def start_pinwatch(
         *,
         app_token: str | None = None,
         meta_app_secrets: Sequence[str] = (META_APP_SECRET,),
+        pagerduty_url: str | None = None,
+        pagerduty_secrets: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
         **tuning: Any,
     ) -> Pinwatch:
-        """`tuning` overrides fields of the tests' Tuning."""
+        """`tuning` overrides fields of the tests' Tuning; `environ` holds the PagerDuty
+        routing keys the routing file names."""
         fake, url = slack or await start_fake_slack(
             aiohttp_server, channels=SLACK_CHANNELS, usergroups=SLACK_USERGROUPS, clock=clock
         )
@@ -392,9 +401,12 @@ async def start_pinwatch(
                 app_token=app_token,
                 database_url=database_url,
                 meta_app_secrets=meta_app_secrets,
+                pagerduty_events_url=pagerduty_url,
+                pagerduty_webhook_secrets=pagerduty_secrets,
             ),
-            load_config(config_path),
+            load_config(config_path, environ=environ),
             tuning=dataclasses.replace(tuning_for(clock), **tuning),
+            environ=environ,
         )
         client = TestClient(TestServer(app))
         await client.start_server()

@@ -341,7 +341,7 @@ def test_check_event_refuses_what_pagerduty_would(change: dict[str, Any], messag
         check_event(body)
 
 
-@pytest.mark.parametrize("module", ["pagerduty/events", "pagerduty/webhook"])
+@pytest.mark.parametrize("module", ["pagerduty/events", "pagerduty/webhook", "pagerduty/sync"])
 def test_the_pure_pagerduty_modules_do_no_io(module: str) -> None:
     forbidden = [*FORBIDDEN, "bot.pagerduty.client", "hmac" if module.endswith("events") else ""]
     offending = sorted(

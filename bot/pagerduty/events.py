@@ -17,8 +17,7 @@ from typing import Any
 from bot.catalog import TAKEOVER_SUMMARY
 from bot.config import Escalation
 from bot.events import Actor, Alert, EscalationKind, Severity
-from bot.render import _title as plain_title  # the plain words the Slack header shows
-from bot.render import actor_plain, clip, readable_phone
+from bot.render import actor_plain, clip, plain_title, readable_phone
 
 # PagerDuty's documented limits.
 SUMMARY_MAX = 1024

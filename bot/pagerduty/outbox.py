@@ -18,7 +18,6 @@ from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EscalationKind, P
 from bot.logs import for_alert
 from bot.metrics import Metrics
 from bot.pagerduty.client import Accepted, PagerDutyEvents, Refused, RetryLater
-from bot.pagerduty.events import routing_key_of
 from bot.pagerduty.sync import NextStep, Step, events_for, next_step, shared_incident_settled
 from bot.render import render_pagerduty_refused
 from bot.routing import team_destination
@@ -69,9 +68,11 @@ class PagerDutyOutbox:
         if alert is None or (step := next_step(alert)) is None:
             return None
         was = (alert.pagerduty_kind, alert.pagerduty_state)
-        escalation = team_destination(alert.team, self._config.config).escalation
-        routing_key = routing_key_of(escalation, self._environ)
-        if routing_key is None or self._events is None:
+        key_env = self._key_env(alert, step)
+        routing_key = self._environ.get(key_env, "").strip() if key_env else ""
+        if not routing_key or self._events is None:
+            if key_env:  # named, then unset (serve and reloads refuse that): said, not sent
+                for_alert(log, alert).error("PagerDuty: %s is not set; not sent", key_env)
             await keep("pagerduty", lambda: self._mark(alert, step, PagerDutyState.NONE, was))
             return None
         incident = alert
@@ -97,7 +98,10 @@ class PagerDutyOutbox:
                 return None
             assert isinstance(result, Accepted)
         key = str(body["dedup_key"])
-        await keep("pagerduty", lambda: self._mark(alert, step, step.state_after, was, detail=key))
+        await keep(
+            "pagerduty",
+            lambda: self._mark(alert, step, step.state_after, was, detail=key, key_env=key_env),
+        )
         for_alert(log, alert).info("PagerDuty %s sent (%s)", step.step, key)
         return None
 
@@ -109,10 +113,25 @@ class PagerDutyOutbox:
         was: tuple[EscalationKind | None, PagerDutyState | None],
         *,
         detail: str | None = None,
+        key_env: str | None = None,
     ) -> bool:
         return await self._store.mark_pagerduty(
-            alert.id, kind=step.kind, state=state, was=was, actor=self._pinwatch, detail=detail
+            alert.id,
+            kind=step.kind,
+            state=state,
+            was=was,
+            actor=self._pinwatch,
+            detail=detail,
+            key_env=key_env,
         )
+
+    def _key_env(self, alert: Alert, step: NextStep) -> str | None:
+        """A trigger goes through the team's routing key as the file names it now; what follows
+        through the one its trigger went through."""
+        if step.step is not Step.TRIGGER:
+            return alert.pagerduty_key_env
+        escalation = team_destination(alert.team, self._config.config).escalation
+        return escalation.pagerduty.routing_key_env if escalation.pagerduty else None
 
     async def _refused(
         self,

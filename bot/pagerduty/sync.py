@@ -59,7 +59,7 @@ def next_step(alert: Alert) -> NextStep | None:
     if (
         alert.pagerduty_state is PagerDutyState.TRIGGERED
         and acknowledged is not None
-        and acknowledged.at >= alert.escalated.at
+        and acknowledged.at > alert.escalated.at
     ):
         return NextStep(Step.ACKNOWLEDGE, kind)
     return None

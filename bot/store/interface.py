@@ -182,10 +182,12 @@ class Store(Protocol):
         was: tuple[EscalationKind | None, PagerDutyState | None],
         actor: Actor,
         detail: str | None = None,
+        key_env: str | None = None,
     ) -> bool:
         """PagerDuty has this of the alert's escalation of `kind` now, if it still had `was`
         (another replica, or a webhook, may have moved it on): whether it changed. Audited,
-        unless `state` is NONE."""
+        unless `state` is NONE. `key_env`: the routing key's variable a trigger went through,
+        which its acknowledgement and resolution must use too (PagerDuty drops them if not)."""
         ...
 
     async def mark_reminded(

@@ -158,6 +158,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE alerts ADD COLUMN pagerduty_kind TEXT;
     ALTER TABLE alerts ADD COLUMN pagerduty_state TEXT;
+    ALTER TABLE alerts ADD COLUMN pagerduty_key_env TEXT;
     -- Escalations from before are history: none is sent to PagerDuty on upgrade.
     UPDATE alerts SET pagerduty_kind = escalation_kind, pagerduty_state = 'none'
         WHERE escalation_kind IS NOT NULL;
@@ -176,7 +177,7 @@ _PAGERDUTY_DUE = """
          OR (escalation_kind <> 'confirmed'
              AND pagerduty_state IN ('triggered', 'acknowledged')
              AND (resolved_at IS NOT NULL
-                  OR (pagerduty_state = 'triggered' AND acknowledged_at >= escalated_at))))
+                  OR (pagerduty_state = 'triggered' AND acknowledged_at > escalated_at))))
 """
 
 # Replicas starting at once on an empty database take turns on this lock: one migrates.
@@ -699,18 +700,21 @@ class PostgresStore:
         was: tuple[EscalationKind | None, PagerDutyState | None],
         actor: Actor,
         detail: str | None = None,
+        key_env: str | None = None,
     ) -> bool:
         async with self._transaction() as db:
             changed = (
                 _changed(
                     await db.execute(
-                        "UPDATE alerts SET pagerduty_kind = $1, pagerduty_state = $2"
+                        "UPDATE alerts SET pagerduty_kind = $1, pagerduty_state = $2,"
+                        " pagerduty_key_env = coalesce($6, pagerduty_key_env)"
                         " WHERE id = $3 AND pagerduty_kind IS NOT DISTINCT FROM $4"
                         " AND pagerduty_state IS NOT DISTINCT FROM $5",
                         kind.value,
                         state.value,
                         alert_id,
                         *(v.value if v else None for v in was),
+                        key_env,
                     )
                 )
                 == 1

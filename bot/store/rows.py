@@ -108,4 +108,5 @@ def alert_from_row(row: Row) -> Alert:
         next_reminder_at=row["next_reminder_at"],
         pagerduty_kind=EscalationKind(paged_kind) if paged_kind else None,
         pagerduty_state=PagerDutyState(paged_state) if paged_state else None,
+        pagerduty_key_env=row["pagerduty_key_env"],
     )

@@ -168,6 +168,7 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE alerts ADD COLUMN pagerduty_kind TEXT;
     ALTER TABLE alerts ADD COLUMN pagerduty_state TEXT;
+    ALTER TABLE alerts ADD COLUMN pagerduty_key_env TEXT;
     -- Escalations from before are history: none is sent to PagerDuty on upgrade.
     UPDATE alerts SET pagerduty_kind = escalation_kind, pagerduty_state = 'none'
         WHERE escalation_kind IS NOT NULL;
@@ -186,7 +187,7 @@ _PAGERDUTY_DUE = """
          OR (escalation_kind <> 'confirmed'
              AND pagerduty_state IN ('triggered', 'acknowledged')
              AND (resolved_at IS NOT NULL
-                  OR (pagerduty_state = 'triggered' AND acknowledged_at >= escalated_at))))
+                  OR (pagerduty_state = 'triggered' AND acknowledged_at > escalated_at))))
 """
 
 _INSERT_EVENT = """
@@ -627,12 +628,20 @@ class SqliteStore:
         was: tuple[EscalationKind | None, PagerDutyState | None],
         actor: Actor,
         detail: str | None = None,
+        key_env: str | None = None,
     ) -> bool:
         async with self._transaction(Writer.OUTBOX) as db:
             async with db.execute(
-                "UPDATE alerts SET pagerduty_kind = ?, pagerduty_state = ?"
+                "UPDATE alerts SET pagerduty_kind = ?, pagerduty_state = ?,"
+                " pagerduty_key_env = coalesce(?, pagerduty_key_env)"
                 " WHERE id = ? AND pagerduty_kind IS ? AND pagerduty_state IS ?",
-                (kind.value, state.value, alert_id, *(v.value if v else None for v in was)),
+                (
+                    kind.value,
+                    state.value,
+                    key_env,
+                    alert_id,
+                    *(v.value if v else None for v in was),
+                ),
             ) as cursor:
                 changed = cursor.rowcount == 1
             if changed and state is not PagerDutyState.NONE:
