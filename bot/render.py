@@ -26,6 +26,7 @@ from slack_sdk.models.blocks import (
 from bot.account_text import Moment, Story, Value, story_of
 from bot.catalog import TAKEOVER_SUMMARY
 from bot.events import SECURITY_FIELD, Actor, Alert, EscalationKind, EventType, Severity
+from bot.windows import TargetKind, Window
 
 ACKNOWLEDGE_ACTION = "pinwatch.acknowledge"
 ESCALATE_ACTION = "pinwatch.escalate"
@@ -243,6 +244,18 @@ def _status_lines(alert: Alert) -> list[str]:
         )
     if alert.delivery_note:
         lines.append(f":warning: {alert.delivery_note}")  # our words, not outside input
+    if (expected := alert.expected) is not None:
+        who = f"{actor_text(expected.announced_by)} ({safe(expected.reason)})"
+        if alert.takeover_at is None:
+            lines.append(
+                f":calendar: Expected: announced by {who}, window #{expected.window_id} until "
+                f"{slack_date(expected.until)}. No mentions, no automatic escalation."
+            )
+        else:
+            lines.append(
+                f":warning: Announced as expected by {who}, window #{expected.window_id}; "
+                "a takeover chain is escalated all the same."
+            )
     return lines
 
 
@@ -304,6 +317,11 @@ def _fallback(alert: Alert) -> str:
         parts.append(f"acknowledged by {actor_plain(alert.acknowledged)}")
     if alert.escalated is not None:
         parts.append(f"escalated by {actor_plain(alert.escalated)}")
+    if alert.expected is not None:
+        parts.append(
+            f"expected: announced by {actor_plain(alert.expected.announced_by)}"
+            f" ({alert.expected.reason}), window #{alert.expected.window_id}"
+        )
     # The fallback is plain text, but Slack still parses <…> in it: escape those too.
     text = " · ".join(parts)
     return clip(
@@ -462,3 +480,88 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
     team = f" for team {first.team}" if first.team else ""
     text = f"[STORM] {len(rows)} WhatsApp security events{team}; first: {_fallback(first)}"
     return Message(text=clip(text, FALLBACK_TEXT_MAX), blocks=_to_dicts(blocks))
+
+
+# --- announced expected changes (`/pinwatch expect`) -------------------------------------------
+
+
+def window_subject(window: Window) -> str:
+    """What a window covers, as plain text: the number in readable form, or the WABA."""
+    target = window.target
+    if target.kind is TargetKind.PHONE:
+        return readable_phone(target.value)
+    return f"WABA {target.value}"
+
+
+def _window_facts(window: Window) -> str:
+    return (
+        f"*Covers* {safe(window_subject(window))} · *Events* {safe(', '.join(window.events))}"
+        + (f" · *Team* {safe(window.team)}" if window.team else "")
+        + f" · *Window* #{window.id}"
+    )
+
+
+def render_window_announcement(window: Window) -> Message:
+    """Posted in the team channel, for all to see, before a window counts."""
+    by = actor_text(window.opened_by)
+    if window.cancelled is not None:
+        status = (
+            f":stop_sign: Ended early by {actor_text(window.cancelled)} "
+            f"{slack_date(window.cancelled.at)}: alerts are handled as usual again."
+        )
+    else:
+        status = (
+            f"Until {slack_date(window.until)}, matching alerts are posted marked as expected,"
+            " without mentions or automatic escalation; a takeover chain is escalated all the"
+            f" same. End it early with `/pinwatch cancel {window.id}`."
+        )
+    text = (
+        f":calendar: {by} announced an expected change for *{safe(window_subject(window))}*: "
+        f"{safe(window.reason)}\n{status}"
+    )
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text="Expected change announced", emoji=True)),
+        SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX))),
+        ContextBlock(elements=[MarkdownTextObject(text=clip(_window_facts(window), 2000))]),
+    ]
+    ended = " (ended early)" if window.cancelled is not None else ""
+    fallback = (
+        f"Expected change announced by {actor_plain(window.opened_by)} for "
+        f"{window_subject(window)} until {_utc(window.until)}{ended}: {window.reason}"
+        f" (window #{window.id})"
+    )
+    return Message(text=_plain_fallback(fallback), blocks=_to_dicts(blocks))
+
+
+def render_window_cancelled(window: Window) -> Message:
+    """The reply under the announcement, broadcast to the channel, when a window ends early."""
+    assert window.cancelled is not None
+    text = (
+        f":stop_sign: {actor_text(window.cancelled)} ended window #{window.id} for "
+        f"*{safe(window_subject(window))}* early: alerts are handled as usual again."
+    )
+    blocks = [SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)))]
+    fallback = (
+        f"{actor_plain(window.cancelled)} ended window #{window.id} for "
+        f"{window_subject(window)} early"
+    )
+    return Message(text=_plain_fallback(fallback), blocks=_to_dicts(list(blocks)))
+
+
+def window_line(window: Window) -> str:
+    """One open window, as a line of an ephemeral answer (mrkdwn)."""
+    return (
+        f"#{window.id} {safe(window_subject(window))} ({safe(', '.join(window.events))}) until "
+        f"{slack_date(window.until)}, announced by {actor_text(window.opened_by)}: "
+        f"{safe(window.reason)}"
+    )
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _plain_fallback(text: str) -> str:
+    return clip(
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), FALLBACK_TEXT_MAX
+    )

@@ -26,6 +26,8 @@ def socket_mode_listener(
     no signature to check; everything after that is the same path as POST /slack/actions."""
 
     async def listener(client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+        if request.type == "slash_commands":
+            return  # bot.commands acknowledges those itself: its answer rides on the ack
         # Acknowledge first: Slack retries an envelope that is not acked within 3 seconds.
         await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
         if request.type != "interactive":
