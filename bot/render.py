@@ -493,9 +493,14 @@ def window_subject(window: Window) -> str:
     return f"WABA {target.value}"
 
 
+def _event_names(window: Window) -> str:
+    """Known event names only (checked when the window was opened): shown as code."""
+    return ", ".join(f"`{name}`" for name in window.events)
+
+
 def _window_facts(window: Window) -> str:
     return (
-        f"*Covers* {safe(window_subject(window))} · *Events* {safe(', '.join(window.events))}"
+        f"*Covers* {safe(window_subject(window))} · *Events* {_event_names(window)}"
         + (f" · *Team* {safe(window.team)}" if window.team else "")
         + f" · *Window* #{window.id}"
     )
@@ -551,7 +556,7 @@ def render_window_cancelled(window: Window) -> Message:
 def window_line(window: Window) -> str:
     """One open window, as a line of an ephemeral answer (mrkdwn)."""
     return (
-        f"#{window.id} {safe(window_subject(window))} ({safe(', '.join(window.events))}) until "
+        f"#{window.id} {safe(window_subject(window))} ({_event_names(window)}) until "
         f"{slack_date(window.until)}, announced by {actor_text(window.opened_by)}: "
         f"{safe(window.reason)}"
     )

@@ -99,7 +99,7 @@ def window_from_row(row: Row) -> Window:
         team=row["team"],
         channel=row["channel"],
         opened_by=opened_by,
-        until=row["until"],
+        until=row["expires_at"],
         announced_channel=row["announced_channel"],
         announced_ts=row["announced_ts"],
         cancelled=_actor(row["cancelled_by"], row["cancelled_name"], row["cancelled_at"]),
