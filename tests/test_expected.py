@@ -88,11 +88,14 @@ async def test_window_opened_announced_matched_and_never_escalated(pinwatch: Pin
     [_, message] = pinwatch.slack.top_level("C0PAYMENTS")
     text = shown(message)
     assert "Expected: announced by <@U0ALICE> (PIN rotation by the on-call), window #1" in text
-    assert "subteam" not in text and "S0PAYSEC" not in text  # no mentions
+    assert "subteam" not in text
+    assert "S0PAYSEC" not in text
     assert "Escalates automatically" not in text
     assert "expected: announced by u0alice (PIN rotation by the on-call), window #1" in message.text
-    assert alert.expected is not None and alert.expected.window_id == 1
-    assert alert.ack_deadline is None and alert.mentions == ()
+    assert alert.expected is not None
+    assert alert.expected.window_id == 1
+    assert alert.ack_deadline is None
+    assert alert.mentions == ()
     [(window_id,)] = await pinwatch.query("SELECT window_id FROM alerts WHERE id = 1")
     assert window_id == 1
     audit = await pinwatch.store.audit_log(1)
@@ -140,7 +143,7 @@ async def test_a_cancelled_window_is_announced_and_matches_nothing_after(
     [(cancelled_by,)] = await pinwatch.query("SELECT cancelled_by FROM expected_windows")
     assert cancelled_by == "U0CAROL"
 
-    again, url = await command(pinwatch, "cancel 1")
+    _again, url = await command(pinwatch, "cancel 1")
     assert await later(pinwatch, url) == "Window #1 had already ended."
     listed, _ = await command(pinwatch, "expected")
     assert listed == "No announced window is open."
@@ -171,7 +174,8 @@ async def test_a_takeover_chain_inside_a_window_is_still_paged(pinwatch: Pinwatc
     assert "Possible takeover" in shown(page)
     assert "<@U0BOB>" in shown(page)
     request = await pinwatch.alert(1)
-    assert request.takeover_at is not None and request.escalated is not None
+    assert request.takeover_at is not None
+    assert request.escalated is not None
 
     async def updated() -> bool:
         return "escalated all the same" in shown(
@@ -195,7 +199,8 @@ async def test_a_success_after_a_request_inside_the_window_is_expected(
     await pinwatch.wait_posted(2)
     await send(pinwatch, delivery(security("PIN_REQUEST_SUCCESS"), time=start + 20))
     success = await pinwatch.wait_posted(3)
-    assert success.expected is not None and success.expected.window_id == 1
+    assert success.expected is not None
+    assert success.expected.window_id == 1
     reply = pinwatch.slack.message("C0PAYMENTS", success.slack_ts or "")
     assert "subteam" not in shown(reply)
 
@@ -207,7 +212,7 @@ async def test_a_non_responder_cannot_open_a_window(pinwatch: Pinwatch) -> None:
     assert await pinwatch.query("SELECT id FROM expected_windows") == []
 
     await open_window(pinwatch, f"expect {PAYMENTS_NUMBER} 1h rotation")
-    first, url = await command(pinwatch, "cancel 1", user="U0MALLORY")
+    _first, url = await command(pinwatch, "cancel 1", user="U0MALLORY")
     assert await later(pinwatch, url) == (
         "Only the responders of team payments can announce or end its expected changes."
     )
