@@ -53,10 +53,21 @@ def window(target: Target, *, team: str | None = "payments", **kwargs: object) -
     return Window(**fields)  # type: ignore[arg-type]
 
 
-def event(
-    name: str = "PIN_RESET_REQUEST", *, phone: str = "15550783881", **kwargs: str
-) -> SecurityEvent:
-    return SecurityEvent(waba_id=WABA, phone_number=phone, event=name, time=None, **kwargs)
+def event(name: str = "PIN_RESET_REQUEST", *, phone: str = "15550783881") -> SecurityEvent:
+    return SecurityEvent(waba_id=WABA, phone_number=phone, event=name, time=None)
+
+
+def match(
+    seen: SecurityEvent,
+    windows: list[Window],
+    happened: float = 2000.0,
+    *,
+    team: str = "payments",
+    requests: set[tuple[int, str]] | None = None,
+) -> Window | None:
+    return window_for(
+        seen, team=team, happened=happened, windows=windows, requests_in=requests or set()
+    )
 
 
 @pytest.mark.parametrize(
