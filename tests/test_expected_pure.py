@@ -18,6 +18,7 @@ from bot.windows import (
     TargetKind,
     Window,
     team_of,
+    window_for,
 )
 from tests.conftest import TEST_CONFIG
 from tests.fake_slack import block_errors
