@@ -3,10 +3,12 @@ every bad input answered with one ephemeral line, Slack's signature and replay r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import yaml
 
 from tests.conftest import SLACK_SIGNING_SECRET, Pinwatch, StartPinwatch
 from tests.fake_slack import SlashAnswer
@@ -168,3 +170,13 @@ async def test_slash_commands_over_socket_mode(start_pinwatch: StartPinwatch) ->
     assert reply["text"].startswith("Window #1 is open until")
     # One ack per envelope: the interactivity listener leaves slash commands alone.
     assert pinwatch.slack.socket_acks.count("env-expect") == 1
+
+
+def test_the_manifest_declares_the_command_and_its_scope() -> None:
+    manifest = yaml.safe_load(
+        (Path(__file__).parent.parent / "slack-app-manifest.yaml").read_text()
+    )
+    [command] = manifest["features"]["slash_commands"]
+    assert command["command"] == "/pinwatch"
+    assert command["url"].endswith("/slack/commands")
+    assert "commands" in manifest["oauth_config"]["scopes"]["bot"]

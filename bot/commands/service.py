@@ -125,6 +125,9 @@ class CommandService:
         except StoreError as exc:
             log.error("/pinwatch: store unavailable: %s", exc)
             return ephemeral("pinwatch's store is unavailable right now; try again in a minute.")
+        except Exception:  # the caller gets a line, never a trace; the log gets the trace
+            log.exception("/pinwatch by %s failed", command.user_id)
+            return ephemeral("pinwatch could not do that; the error is in its log.")
         raise AssertionError(asked)  # every kind of command is answered above
 
     async def close(self, *, grace: float) -> None:
