@@ -241,3 +241,13 @@ async def test_expected_lists_the_open_windows(pinwatch: Pinwatch) -> None:
     assert lines[1].startswith("• #1 +1 555-078-3881 (`PIN_RESET_REQUEST`, `PIN_REQUEST_SUCCESS`")
     assert lines[1].endswith("announced by <@U0ALICE>: rotating &amp; testing")
     assert lines[2].startswith("• #2 WABA 102290129340398 (`PIN_CHANGED`) until <!date^")
+
+
+async def test_an_announcement_whose_answer_was_lost_opens_the_window(pinwatch: Pinwatch) -> None:
+    """Slack posted it but its answer never came: the channel saw it, so the window is open."""
+    pinwatch.slack.fail("chat.postMessage", drop=True)
+    reply = await open_window(pinwatch, f"expect {PAYMENTS_NUMBER} 1h rotation")
+    assert reply.startswith("Window #1 is open until")
+    [announcement] = pinwatch.slack.top_level("C0PAYMENTS")
+    [(announced_ts,)] = await pinwatch.query("SELECT announced_ts FROM expected_windows")
+    assert announced_ts == announcement.ts

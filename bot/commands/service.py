@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable
 from typing import Any
 
@@ -38,13 +39,14 @@ from bot.render import (
 )
 from bot.route_report import route_report
 from bot.routing import team_destination
-from bot.slack import SendKey, SlackCallError, SlackGateway
+from bot.slack import Posted, SendKey, SlackCallError, SlackGateway
 from bot.store import Store, StoreError
 from bot.windows import SeveralTeams, Window, team_of
 
 log = logging.getLogger(__name__)
 
 SLACK_HOOKS_HOST = "hooks.slack.com"
+_CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
 
 
 def ephemeral(text: str) -> dict[str, Any]:
@@ -235,12 +237,14 @@ class CommandService:
                 channel, render_window_announcement(window), send=_window_send(window)
             )
         except SlackCallError as exc:
-            await self._store.drop_window(window.id)
-            log.warning("window %d: announcement refused in %s: %s", window.id, channel, exc)
-            return (
-                f"The announcement could not be posted in {channel_text(channel)}"
-                f" ({exc.error}), so no window is open."
-            )
+            if (found := await self._found(window, exc)) is None:
+                await self._store.drop_window(window.id)
+                log.warning("window %d: announcement refused in %s: %s", window.id, channel, exc)
+                return (
+                    f"The announcement could not be posted in {channel_text(channel)}"
+                    f" ({exc.error}), so no window is open."
+                )
+            posted = found
         announced = await self._store.announce_window(
             window.id, channel=posted.channel, ts=posted.ts
         )
@@ -250,6 +254,19 @@ class CommandService:
             f"Window #{window.id} is open until {slack_date(until)}, announced in "
             f"<#{posted.channel}>. End it early with /pinwatch cancel {window.id}."
         )
+
+    async def _found(self, window: Window, exc: SlackCallError) -> Posted | None:
+        """An announcement whose answer was lost may be in the channel all the same: then the
+        window is open (everyone saw it announced), else it must not be."""
+        if exc.surely_not_sent or not _CHANNEL_ID.match(window.channel):
+            return None  # a #name: conversations.history takes IDs, and Slack said nothing
+        try:
+            return await self._slack.find_sent(
+                window.channel, _window_send(window), since=window.opened_at
+            )
+        except SlackCallError as lookup:
+            log.warning("window %d: announcement not looked for: %s", window.id, lookup)
+            return None
 
     async def _cancel(self, command: SlashCommand, window_id: int) -> str:
         window = await self._store.window(window_id)
