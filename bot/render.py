@@ -465,8 +465,9 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
         f"More than {threshold} alerts for this channel within {window:g}s: they are grouped "
         "here so that none is held up by Slack's rate limit. Each can be acknowledged below."
     )
-    if first.mentions:
-        intro = " ".join(mention(m) for m in first.mentions) + " " + intro
+    # Every row's, not the first's alone: a first row inside an announced window has none.
+    if mentions := list(dict.fromkeys(m for alert in rows for m in alert.mentions)):
+        intro = " ".join(mention(m) for m in mentions) + " " + intro
     blocks: list[Block] = [
         HeaderBlock(
             text=PlainTextObject(text=f"Storm: {len(rows)} WhatsApp security events", emoji=True)

@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 
 from bot.config import Config, load_config
-from bot.events import Actor, SecurityEvent
-from bot.render import render_window_announcement, render_window_cancelled
+from bot.events import Actor, Alert, Expectation, SecurityEvent
+from bot.render import (
+    render_alert,
+    render_storm,
+    render_window_announcement,
+    render_window_cancelled,
+)
 from bot.windows import (
     PIN_EVENTS,
     SeveralTeams,
@@ -139,3 +144,34 @@ def test_announcement_and_its_end_are_valid_block_kit() -> None:
     notice = render_window_cancelled(ended)
     assert block_errors(notice.blocks) == []
     assert notice.text == "carol ended window #7 for WABA 102290129340398 early"
+
+
+def expected_alert(alert_id: int, *, window_id: int | None = 7, **fields: object) -> Alert:
+    seen = SecurityEvent(
+        waba_id=WABA, phone_number="15550783881", event="PIN_RESET_REQUEST", time=1
+    )
+    expected = (
+        Expectation(window_id=window_id, announced_by=ALICE, reason="<b>rotation</b>", until=4600.0)
+        if window_id is not None
+        else None
+    )
+    return Alert(id=alert_id, event=seen, received_at=1.0, expected=expected, **fields)  # type: ignore[arg-type]
+
+
+def test_an_expected_alert_says_who_announced_it_and_why() -> None:
+    message = render_alert(expected_alert(1, team="payments"))
+    shown = json.dumps(message.blocks)
+    assert (
+        "Expected: announced by <@U0ALICE> (&lt;b&gt;rotation&lt;/b&gt;), window #7 until" in shown
+    )
+    assert block_errors(message.blocks) == []
+    assert "expected: announced by alice (&lt;b&gt;rotation&lt;/b&gt;), window #7" in message.text
+    chain = json.dumps(render_alert(expected_alert(1, takeover_at=2.0)).blocks)
+    assert "Expected:" not in chain
+    assert "a takeover chain is escalated all the same" in chain
+
+
+def test_a_storm_mentions_every_rows_team_even_when_the_first_was_expected() -> None:
+    rows = [expected_alert(1), expected_alert(2, window_id=None, mentions=("S0PAYSEC",))]
+    intro = json.dumps(render_storm(rows, threshold=1, window=60).blocks)
+    assert "<!subteam^S0PAYSEC>" in intro
