@@ -52,6 +52,17 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+# A reminder more often than this is noise that teaches people to ignore pinwatch.
+MIN_REMIND_EVERY = 60.0
+
+
+def _reminder_interval(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds < MIN_REMIND_EVERY:
+        raise ValueError(f"{value!r} is too often for reminders: at least every 1m")
+    return seconds
+
+
 def _channel(value: object) -> str:
     if not isinstance(value, str) or not (_CHANNEL_ID.match(value) or _CHANNEL_NAME.match(value)):
         raise ValueError(
@@ -153,6 +164,7 @@ def _severity(value: object) -> Severity:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+ReminderInterval = Annotated[float, BeforeValidator(_reminder_interval)]
 Channel = Annotated[str, BeforeValidator(_channel)]
 Mention = Annotated[str, BeforeValidator(_mention)]
 Responder = Annotated[str, BeforeValidator(_responder)]
@@ -189,6 +201,8 @@ class Defaults(_Strict):
     # How recent a reset request must be for a success on the same WABA and route to thread under
     # it; an older request is another story, so the success stands on its own.
     correlation_window: Duration = 24 * 3600.0
+    # An acknowledged alert not yet resolved is reminded of in its thread this often.
+    remind_every: ReminderInterval = 4 * 3600.0
     escalation: Escalation
     storm: Storm = Field(default_factory=Storm)
 
@@ -199,6 +213,7 @@ class Team(_Strict):
     responders: list[Responder] | None = None
     ack_timeout: Duration | None = None
     correlation_window: Duration | None = None
+    remind_every: ReminderInterval | None = None
     escalation: Escalation | None = None
 
 

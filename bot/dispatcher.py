@@ -39,6 +39,7 @@ from bot.render import (
     render_escalation,
     render_escalation_note,
     render_follow_up,
+    render_reminder,
     render_storm,
 )
 from bot.routing import route, severity_of, team_destination
@@ -98,6 +99,15 @@ class _Backoff:
 def _happened(alert: Alert) -> float:
     """When Meta says the event happened; a redelivery days later still happened then."""
     return float(alert.event.time) if alert.event.time is not None else alert.received_at
+
+
+_PAGED_ALONE = (EscalationKind.TAKEOVER, EscalationKind.CONFIRMED)
+
+
+def _escalations(alerts: list[Alert]) -> list[tuple[int, float]]:
+    """Each alert with the time of the escalation being paged: the store records the page
+    only for that escalation, not for one made since."""
+    return [(alert.id, alert.escalated.at) for alert in alerts if alert.escalated is not None]
 
 
 def _regardless(message: Message) -> Callable[[str | None], Message]:
@@ -166,6 +176,7 @@ class Dispatcher:
                     await self._escalate_overdue()
                     await self._start_deliveries()
                     await self._start_pages()
+                    await self._start_reminders()
                 except Exception:  # the outbox must keep draining whatever one pass hit
                     log.exception("dispatcher: delivery pass failed; retrying")
                 await self._sleep()
@@ -260,6 +271,22 @@ class Dispatcher:
         for channel, groups in pages.items():
             self._start_lane(
                 f"escalation {channel}", [partial(self._page, ids) for ids in groups.values()]
+            )
+
+    async def _start_reminders(self) -> None:
+        """One reminder per acknowledged, unresolved alert (or storm summary) that is due, in
+        its channel's reminder lane: its lease makes it one replica's, once per interval."""
+        reminders: dict[str, dict[tuple[str, str] | int, int]] = {}
+        for alert in await self._store.due_reminders(self._clock()):
+            if alert.slack_channel is None or alert.slack_ts is None:
+                continue
+            group: tuple[str, str] | int = alert.id
+            if alert.grouped:
+                group = (alert.slack_channel, alert.slack_ts)
+            reminders.setdefault(alert.slack_channel, {}).setdefault(group, alert.id)
+        for channel, groups in reminders.items():
+            self._start_lane(
+                f"reminders {channel}", [partial(self._remind, i) for i in groups.values()]
             )
 
     def _lane_free(self, key: str) -> bool:
@@ -672,14 +699,15 @@ class Dispatcher:
         alert = unpaged[0]
         assert alert.slack_channel is not None
         assert alert.slack_ts is not None
-        if alert.grouped:
+        # A takeover, suspected or confirmed, is paged on its own even in a paged summary.
+        if alert.grouped and alert.escalation_kind not in _PAGED_ALONE:
             shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
             if (earlier := next((a for a in shown if a.escalation_ts), None)) is not None:
                 # The summary already paged someone: say nothing twice, record where it went.
                 assert earlier.escalation_channel is not None
                 assert earlier.escalation_ts is not None
                 await self._store.mark_paged(
-                    [each.id for each in unpaged],
+                    _escalations(unpaged),
                     channel=earlier.escalation_channel,
                     ts=earlier.escalation_ts,
                     actor=self._pinwatch,
@@ -693,12 +721,12 @@ class Dispatcher:
             page = render_escalation(
                 alert, permalink=await self._permalink(alert), mentions=escalation.mention
             )
-            send = SendKey.page(alert.id, takeover=alert.takeover_at is not None)
+            send = SendKey.page(alert.id, alert.escalation_kind)
             posted, _ = await self._post_or_fall_back(escalation.channel, _regardless(page), send)
             await self._keep(
                 "page",
                 lambda: self._store.mark_paged(
-                    [each.id for each in unpaged],
+                    _escalations(unpaged),
                     channel=posted.channel,
                     ts=posted.ts,
                     actor=self._pinwatch,
@@ -715,12 +743,44 @@ class Dispatcher:
             await self._slack.post(
                 alert.slack_channel,
                 note,
-                send=SendKey.note(alert.id, takeover=alert.takeover_at is not None),
+                send=SendKey.note(alert.id, alert.escalation_kind),
                 thread_ts=alert.slack_ts,
             )
         except SlackCallError as exc:
             for_alert(log, alert).warning("escalation note not posted: %s", exc)
         await self.refresh_message(alert)
+        return _Outcome.DONE
+
+    async def _remind(self, alert_id: int) -> _Outcome | _Failed:
+        """A reply in the alert's thread naming who acknowledged it; for a storm summary, one
+        reply for all its acknowledged, unresolved rows."""
+        alert = await self._store.get(alert_id)  # read again inside the lane, as in _deliver
+        now = self._clock()
+        if alert is None or alert.next_reminder_at is None or alert.next_reminder_at > now:
+            return _Outcome.DONE
+        if alert.resolved is not None or alert.slack_channel is None or alert.slack_ts is None:
+            return _Outcome.DONE
+        rows = [alert]
+        if alert.grouped:
+            shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
+            rows = [a for a in shown if a.next_reminder_at is not None and a.resolved is None]
+        due = [(row.id, row.next_reminder_at) for row in rows if row.next_reminder_at is not None]
+        every = team_destination(alert.team, self._config.config).remind_every
+        send = SendKey.reminder(alert.id, alert.next_reminder_at)
+        try:
+            await self._send(
+                alert.slack_channel, render_reminder(rows), send, thread_ts=alert.slack_ts
+            )
+        except SlackCallError as exc:
+            for_alert(log, alert).warning("reminder not posted, will retry: %s", exc)
+            return _Failed(exc.retry_after)
+        await self._keep(
+            "reminder",
+            lambda: self._store.mark_reminded(
+                due, next_at=self._clock() + every, actor=self._pinwatch, send=send.key
+            ),
+        )
+        for_alert(log, alert).info("reminded (%d alerts)", len(rows))
         return _Outcome.DONE
 
     async def _keep(self, what: str, write: Callable[[], Awaitable[_T]]) -> _T:

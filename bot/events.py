@@ -36,6 +36,26 @@ class EscalationKind(StrEnum):
     MANUAL = "manual"
     AUTOMATIC = "automatic"
     TAKEOVER = "takeover"  # a completed reset, then a re-registration: paged at once
+    CONFIRMED = "confirmed"  # resolved as a confirmed takeover: paged at once, with the note
+
+
+class Verdict(StrEnum):
+    """How an incident ended, as the responder who resolved it judged it."""
+
+    EXPECTED_CHANGE = "expected_change"
+    FALSE_ALARM = "false_alarm"
+    CONFIRMED_TAKEOVER = "confirmed_takeover"
+
+    @property
+    def label(self) -> str:
+        return _VERDICT_LABELS[self]
+
+
+_VERDICT_LABELS = {
+    Verdict.EXPECTED_CHANGE: "Expected change",
+    Verdict.FALSE_ALARM: "False alarm",
+    Verdict.CONFIRMED_TAKEOVER: "Confirmed takeover",
+}
 
 
 def phone_digits(number: str) -> str:
@@ -170,6 +190,11 @@ class Alert:
     assigned_severity: Severity | None = None
     # Routed inside an announced window: posted without mentions or an ack deadline.
     expected: Expectation | None = None
+    resolved: Actor | None = None
+    verdict: Verdict | None = None
+    resolution_note: str | None = None
+    # When the next reminder of an acknowledged, unresolved alert is due; None: none is.
+    next_reminder_at: float | None = None
 
     @property
     def needs_acknowledgement(self) -> bool:

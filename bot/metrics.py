@@ -109,8 +109,14 @@ class Metrics:
         )
         self.escalations = Counter(
             "pinwatch_escalations",
-            "Escalations by kind (manual, automatic, takeover)",
+            "Escalations by kind (manual, automatic, takeover, confirmed)",
             ["kind"],
+            registry=r,
+        )
+        self.resolutions = Counter(
+            "pinwatch_resolutions",
+            "Alerts resolved, by verdict (expected_change, false_alarm, confirmed_takeover)",
+            ["verdict"],
             registry=r,
         )
         self.store_write_retries = Counter(

@@ -25,11 +25,21 @@ from slack_sdk.models.blocks import (
 
 from bot.account_text import Moment, Story, Value, story_of
 from bot.catalog import TAKEOVER_SUMMARY
-from bot.events import SECURITY_FIELD, Actor, Alert, EscalationKind, EventType, Severity
+from bot.events import (
+    SECURITY_FIELD,
+    Actor,
+    Alert,
+    EscalationKind,
+    EventType,
+    Severity,
+    Verdict,
+)
 from bot.windows import TargetKind, Window
 
 ACKNOWLEDGE_ACTION = "pinwatch.acknowledge"
 ESCALATE_ACTION = "pinwatch.escalate"
+RESOLVE_ACTION = "pinwatch.resolve"
+RESOLVE_STORM_ACTION = "pinwatch.resolve_storm"  # every unresolved row of a storm summary
 
 # Slack's Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 HEADER_MAX = 150
@@ -138,6 +148,11 @@ def _subject(alert: Alert) -> str:
     return f"WABA *{safe(alert.event.waba_id)}*"
 
 
+def alert_heading(alert: Alert) -> str:
+    """What the alert is and what about, in one line of mrkdwn."""
+    return f"*{safe(_title(alert))}* for {_subject(alert)}"
+
+
 def _subject_plain(alert: Alert) -> str:
     if _shows_number(alert):
         return readable_phone(alert.event.phone_number)
@@ -213,8 +228,24 @@ def _fields(alert: Alert) -> list[MarkdownTextObject]:
     return [MarkdownTextObject(text=clip(text, FIELD_MAX)) for text in texts]
 
 
+def resolution_text(alert: Alert) -> str:
+    """Who resolved it, when and how, as mrkdwn (the note quoted: it is outside input)."""
+    assert alert.resolved is not None
+    verdict = alert.verdict.label if alert.verdict else "resolved"
+    icon = ":rotating_light:" if alert.verdict is Verdict.CONFIRMED_TAKEOVER else ":checkered_flag:"
+    text = (
+        f"{icon} Resolved by {actor_text(alert.resolved)} {slack_date(alert.resolved.at)}:"
+        f" *{verdict}*."
+    )
+    if alert.resolution_note:
+        text += "\n" + "\n".join(f">{safe(line)}" for line in alert.resolution_note.splitlines())
+    return text
+
+
 def _status_lines(alert: Alert) -> list[str]:
     lines = []
+    if alert.resolved is not None:
+        lines.append(resolution_text(alert))
     if alert.takeover_at is not None:
         lines.append(
             f":rotating_light: *{TAKEOVER_SUMMARY.capitalize()}* {slack_date(alert.takeover_at)}"
@@ -230,6 +261,8 @@ def _status_lines(alert: Alert) -> list[str]:
             how = "Automatically escalated"
         elif alert.escalation_kind == EscalationKind.TAKEOVER:
             how = "Escalated as a possible takeover"
+        elif alert.escalation_kind == EscalationKind.CONFIRMED:
+            how = f"Paged as a confirmed takeover by {actor_text(alert.escalated)}"
         else:
             how = f"Escalated by {actor_text(alert.escalated)}"
         lines.append(f":mega: {how} {slack_date(alert.escalated.at)}.")
@@ -238,7 +271,12 @@ def _status_lines(alert: Alert) -> list[str]:
             f":white_check_mark: Acknowledged by {actor_text(alert.acknowledged)} "
             f"{slack_date(alert.acknowledged.at)}."
         )
-    elif alert.needs_acknowledgement and alert.ack_deadline is not None and not alert.escalated:
+    elif (
+        alert.needs_acknowledgement
+        and alert.ack_deadline is not None
+        and not alert.escalated
+        and not alert.resolved
+    ):
         lines.append(
             f"Escalates automatically {slack_date(alert.ack_deadline)} unless acknowledged."
         )
@@ -281,12 +319,22 @@ def _escalate_button(alert: Alert) -> ButtonElement:
     )
 
 
+def _resolve_button(alert: Alert, *, action_id: str = RESOLVE_ACTION) -> ButtonElement:
+    # Opens a modal asking for the verdict: no confirm step needed on top of that.
+    text = "Resolve all" if action_id == RESOLVE_STORM_ACTION else "Resolve"
+    return ButtonElement(text=text, action_id=action_id, value=str(alert.id))
+
+
 def _buttons(alert: Alert) -> list[ButtonElement]:
+    """Only what still applies: nothing once resolved."""
+    if alert.resolved is not None:
+        return []
     buttons = []
     if alert.needs_acknowledgement and alert.acknowledged is None:
         buttons.append(_acknowledge_button(alert))
     if alert.escalated is None:
         buttons.append(_escalate_button(alert))
+    buttons.append(_resolve_button(alert))
     return buttons
 
 
@@ -322,11 +370,16 @@ def _fallback(alert: Alert) -> str:
             f"expected: announced by {actor_plain(alert.expected.announced_by)}"
             f" ({alert.expected.reason}), window #{alert.expected.window_id}"
         )
+    if alert.resolved is not None:
+        verdict = f" as {alert.verdict.label.lower()}" if alert.verdict else ""
+        parts.append(f"resolved by {actor_plain(alert.resolved)}{verdict}")
+    return _plain_fallback(" · ".join(parts))
+
+
+def _plain_fallback(text: str) -> str:
     # The fallback is plain text, but Slack still parses <…> in it: escape those too.
-    text = " · ".join(parts)
-    return clip(
-        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), FALLBACK_TEXT_MAX
-    )
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return clip(escaped, FALLBACK_TEXT_MAX)
 
 
 def _to_dicts(blocks: list[Block]) -> list[dict[str, Any]]:
@@ -394,6 +447,11 @@ def _escalation_reason(alert: Alert) -> str:
         return f"Escalated automatically: nobody acknowledged it by {slack_date(deadline)}."
     if alert.escalation_kind == EscalationKind.TAKEOVER:
         return f"Escalated at once, {TAKEOVER_SUMMARY} {slack_date(alert.escalated.at)}."
+    if alert.escalation_kind == EscalationKind.CONFIRMED:
+        return (
+            f"Confirmed as a takeover by {actor_text(alert.escalated)}"
+            f" {slack_date(alert.escalated.at)}."
+        )
     return f"Escalated by {actor_text(alert.escalated)} {slack_date(alert.escalated.at)}."
 
 
@@ -401,7 +459,7 @@ def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence
     """The page sent to the escalation channel, linking back to the alert."""
     lines = [
         " ".join(mention(m) for m in mentions),
-        f"*{safe(_title(alert))}* for {_subject(alert)}"
+        alert_heading(alert)
         + (f" (team {safe(alert.team)})" if alert.team else "")
         + " needs attention.",
         _escalation_reason(alert),
@@ -409,17 +467,23 @@ def render_escalation(alert: Alert, *, permalink: str | None, mentions: Sequence
         if permalink
         else f"The alert is in {channel_text(alert.slack_channel or '')}.",
     ]
+    if alert.escalation_kind == EscalationKind.CONFIRMED and alert.resolution_note:
+        lines.append("\n".join(f">{safe(line)}" for line in alert.resolution_note.splitlines()))
     text = "\n".join(line for line in lines if line)
     # A notification shows the fallback alone: a takeover must say so there too.
-    takeover = alert.escalation_kind == EscalationKind.TAKEOVER
-    heading = "Possible takeover" if takeover else "Escalated"
+    heading, tag = _PAGE_HEADINGS.get(alert.escalation_kind, ("Escalated", "[ESCALATED] "))
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=clip(f"{heading}: {_title(alert)}", HEADER_MAX))),
         SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX))),
         SectionBlock(fields=_fields(alert)),
     ]
-    tag = "[POSSIBLE TAKEOVER] " if takeover else "[ESCALATED] "
     return Message(text=tag + _fallback(alert), blocks=_to_dicts(blocks))
+
+
+_PAGE_HEADINGS: dict[EscalationKind | None, tuple[str, str]] = {
+    EscalationKind.TAKEOVER: ("Possible takeover", "[POSSIBLE TAKEOVER] "),
+    EscalationKind.CONFIRMED: ("Confirmed takeover", "[CONFIRMED TAKEOVER] "),
+}
 
 
 def render_escalation_note(alert: Alert, *, channel: str) -> Message:
@@ -430,6 +494,38 @@ def render_escalation_note(alert: Alert, *, channel: str) -> Message:
         f" by {actor_plain(alert.escalated)}" if alert.escalated else ""
     )
     return Message(text=fallback, blocks=_to_dicts(list(blocks)))
+
+
+def render_reminder(alerts: Sequence[Alert]) -> Message:
+    """A reply in the thread of an acknowledged alert (or a storm summary's acknowledged rows)
+    that nobody has resolved: naming who acknowledged it, so they hear of it."""
+    acknowledgers: list[Actor] = []
+    for alert in alerts:
+        if alert.acknowledged and all(
+            a.user_id != alert.acknowledged.user_id for a in acknowledgers
+        ):
+            acknowledgers.append(alert.acknowledged)
+    who = ", ".join(actor_text(a) for a in acknowledgers) or "nobody"
+    if len(alerts) == 1:
+        [alert] = alerts
+        since = f" {slack_date(alert.acknowledged.at)}" if alert.acknowledged else ""
+        text = (
+            f":bell: Reminder: acknowledged by {who}{since}, not resolved yet. Once it is"
+            " settled, press *Resolve* on the alert and give the verdict."
+        )
+        fallback = f"Reminder: {_title(alert)} is acknowledged but not resolved"
+    else:
+        text = (
+            f":bell: Reminder: {len(alerts)} alerts in this summary were acknowledged (by {who})"
+            " and are not resolved yet. Resolve each row, or all of them with *Resolve all*."
+        )
+        fallback = f"Reminder: {len(alerts)} acknowledged alerts are not resolved"
+    plain = ", ".join(actor_plain(a) for a in acknowledgers)
+    blocks = [SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)))]
+    return Message(
+        text=_plain_fallback(f"{fallback} (acknowledged by {plain})"),
+        blocks=_to_dicts(list(blocks)),
+    )
 
 
 STORM_MAX_ROWS = 45  # with the header, context and actions: within Slack's 50 blocks
@@ -449,12 +545,20 @@ def _storm_row(alert: Alert) -> SectionBlock:
     text = " · ".join(parts)
     if status := _status_lines(alert):
         text += "\n" + " ".join(status)
-    needs_ack = alert.needs_acknowledgement and alert.acknowledged is None
     return SectionBlock(
         block_id=f"pinwatch-{alert.id}",
         text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)),
-        accessory=_acknowledge_button(alert) if needs_ack else None,
+        accessory=_row_button(alert),
     )
+
+
+def _row_button(alert: Alert) -> ButtonElement | None:
+    """A row has room for one button: Acknowledge while it waits for that, then Resolve."""
+    if alert.resolved is not None:
+        return None
+    if alert.needs_acknowledgement and alert.acknowledged is None:
+        return _acknowledge_button(alert)
+    return _resolve_button(alert)
 
 
 def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> Message:
@@ -463,7 +567,8 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
     first = rows[0]
     intro = (
         f"More than {threshold} alerts for this channel within {window:g}s: they are grouped "
-        "here so that none is held up by Slack's rate limit. Each can be acknowledged below."
+        "here so that none is held up by Slack's rate limit. Each can be acknowledged and resolved"
+        " below, or all resolved at once."
     )
     # Every row's, not the first's alone: a first row inside an announced window has none.
     if mentions := list(dict.fromkeys(m for alert in rows for m in alert.mentions)):
@@ -476,8 +581,14 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
         *(_storm_row(alert) for alert in rows),
     ]
     # One Escalate for the whole storm: it pages once for the summary (see the dispatcher).
-    if (target := next((a for a in rows if a.escalated is None), None)) is not None:
-        blocks.append(ActionsBlock(block_id="pinwatch-storm", elements=[_escalate_button(target)]))
+    unresolved = [a for a in rows if a.resolved is None]
+    whole: list[ButtonElement] = []
+    if (target := next((a for a in unresolved if a.escalated is None), None)) is not None:
+        whole.append(_escalate_button(target))
+    if unresolved:
+        whole.append(_resolve_button(unresolved[0], action_id=RESOLVE_STORM_ACTION))
+    if whole:
+        blocks.append(ActionsBlock(block_id="pinwatch-storm", elements=whole))
     team = f" for team {first.team}" if first.team else ""
     text = f"[STORM] {len(rows)} WhatsApp security events{team}; first: {_fallback(first)}"
     return Message(text=clip(text, FALLBACK_TEXT_MAX), blocks=_to_dicts(blocks))
@@ -565,9 +676,3 @@ def window_line(window: Window) -> str:
 
 def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _plain_fallback(text: str) -> str:
-    return clip(
-        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"), FALLBACK_TEXT_MAX
-    )

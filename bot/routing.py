@@ -17,6 +17,7 @@ class Destination:
     responders: tuple[str, ...] | None  # None: anyone in the channel may act
     ack_timeout: float
     correlation_window: float
+    remind_every: float
     escalation: Escalation
 
 
@@ -56,6 +57,7 @@ def team_destination(team: str | None, config: Config) -> Destination:
             responders=None,
             ack_timeout=defaults.ack_timeout,
             correlation_window=defaults.correlation_window,
+            remind_every=defaults.remind_every,
             escalation=defaults.escalation,
         )
     return Destination(
@@ -65,6 +67,7 @@ def team_destination(team: str | None, config: Config) -> Destination:
         responders=tuple(settings.responders) if settings.responders is not None else None,
         ack_timeout=settings.ack_timeout or defaults.ack_timeout,
         correlation_window=settings.correlation_window or defaults.correlation_window,
+        remind_every=settings.remind_every or defaults.remind_every,
         escalation=settings.escalation or defaults.escalation,
     )
 

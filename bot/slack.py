@@ -24,6 +24,7 @@ from slack_sdk.models.metadata import Metadata
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
+from bot.events import EscalationKind
 from bot.metrics import Metrics
 from bot.render import Message
 
@@ -84,17 +85,28 @@ class SendKey:
         return cls(f"alert:{alert_id}", alert_id)
 
     @classmethod
-    def page(cls, alert_id: int, *, takeover: bool = False) -> SendKey:
-        # A takeover pages again an alert that an earlier escalation paged already.
-        return cls(f"{'takeover-page' if takeover else 'page'}:{alert_id}", alert_id)
+    def page(cls, alert_id: int, kind: EscalationKind | None) -> SendKey:
+        # A takeover, suspected then confirmed, pages again an alert paged already.
+        return cls(f"{_PAGE_PREFIX.get(kind, '')}page:{alert_id}", alert_id)
 
     @classmethod
     def storm(cls, alert_id: int) -> SendKey:
         return cls(f"storm:{alert_id}", alert_id)
 
     @classmethod
-    def note(cls, alert_id: int, *, takeover: bool = False) -> SendKey:
-        return cls(f"{'takeover-note' if takeover else 'note'}:{alert_id}", alert_id)
+    def note(cls, alert_id: int, kind: EscalationKind | None) -> SendKey:
+        return cls(f"{_PAGE_PREFIX.get(kind, '')}note:{alert_id}", alert_id)
+
+    @classmethod
+    def reminder(cls, alert_id: int, due: float) -> SendKey:
+        # One per interval: the time it was due names it.
+        return cls(f"reminder:{alert_id}:{due:.0f}", alert_id)
+
+
+_PAGE_PREFIX: dict[EscalationKind | None, str] = {
+    EscalationKind.TAKEOVER: "takeover-",
+    EscalationKind.CONFIRMED: "confirmed-",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +305,9 @@ class SlackGateway:
             "chat.postEphemeral",
             self._client.chat_postEphemeral(channel=channel, user=user, text=text),
         )
+
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        await self._call("views.open", self._client.views_open(trigger_id=trigger_id, view=view))
 
     async def usergroup_members(self, usergroup: str) -> list[str]:
         response = await self._call(

@@ -133,10 +133,18 @@ def slack_signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def block_actions_body(
-    action_id: str, alert_id: int, *, user: str, name: str | None, alert: Alert
+    action_id: str,
+    alert_id: int,
+    *,
+    user: str,
+    name: str | None,
+    alert: Alert,
+    trigger: str | None = None,
 ) -> bytes:
     """A block_actions payload shaped like the one Slack sends (tests/data holds a real one)."""
     payload = json.loads((DATA / "slack_block_actions.json").read_text())
+    if trigger is not None:
+        payload["trigger_id"] = trigger
     payload["user"] = {"id": user, "username": name or user.lower(), "team_id": "T0FAKE"}
     if name is not None:
         payload["user"]["name"] = name
@@ -147,6 +155,37 @@ def block_actions_body(
     payload["actions"][0]["action_id"] = action_id
     payload["actions"][0]["value"] = str(alert_id)
     return urlencode({"payload": json.dumps(payload)}).encode()
+
+
+def view_submission_body(
+    view: dict[str, Any], values: dict[str, dict[str, Any]], *, user: str, name: str | None
+) -> bytes:
+    """A view_submission payload shaped like Slack's, for a view pinwatch opened."""
+    payload = json.loads((DATA / "slack_view_submission.json").read_text())
+    payload["user"] = {"id": user, "username": name or user.lower(), "team_id": "T0FAKE"}
+    if name is not None:
+        payload["user"]["name"] = name
+    payload["view"].update(
+        blocks=view["blocks"],
+        callback_id=view.get("callback_id", ""),
+        private_metadata=view.get("private_metadata", ""),
+        state={"values": values},
+    )
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
+def verdict_values(verdict: str | None, note: str | None = None) -> dict[str, dict[str, Any]]:
+    """The resolve modal's inputs as Slack states them on submission."""
+    chosen: dict[str, Any] = {"type": "radio_buttons", "selected_option": None}
+    if verdict is not None:
+        chosen["selected_option"] = {
+            "text": {"type": "plain_text", "text": verdict},
+            "value": verdict,
+        }
+    return {
+        "verdict": {"verdict": chosen},
+        "note": {"note": {"type": "plain_text_input", "value": note}},
+    }
 
 
 @dataclass
@@ -206,8 +245,20 @@ class Pinwatch:
         """Press a button on an alert, as Slack posts it: form-encoded, signed, timestamped."""
         alert = await self.alert(alert_id)
         body = body or block_actions_body(
-            f"pinwatch.{action}", alert_id, user=user, name=name, alert=alert
+            f"pinwatch.{action}",
+            alert_id,
+            user=user,
+            name=name,
+            alert=alert,
+            trigger=self.slack.new_trigger(),
         )
+        status, _ = await self.post_slack_actions(body, timestamp=timestamp, secret=secret)
+        return status
+
+    async def post_slack_actions(
+        self, body: bytes, *, timestamp: int | None = None, secret: str = SLACK_SIGNING_SECRET
+    ) -> tuple[int, str]:
+        """Post a signed interaction as Slack does: form-encoded, signed, timestamped."""
         stamp = str(int(self.clock()) if timestamp is None else timestamp)
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
@@ -215,7 +266,19 @@ class Pinwatch:
             "X-Slack-Signature": slack_signature(secret, stamp, body),
         }
         async with self.client.post("/slack/actions", data=body, headers=headers) as response:
-            return response.status
+            return response.status, await response.text()
+
+    async def submit_view(
+        self,
+        view: dict[str, Any],
+        values: dict[str, dict[str, Any]],
+        *,
+        user: str = "U0ALICE",
+        name: str | None = "alice",
+    ) -> tuple[int, str]:
+        """Submit a modal that views.open showed, with the inputs given as Slack states them."""
+        body = view_submission_body(view, values, user=user, name=name)
+        return await self.post_slack_actions(body)
 
     async def stop(self) -> None:
         await self.client.close()

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import time
@@ -30,6 +31,7 @@ PERMALINK_BASE = "https://fake.slack.test/archives"
 
 _ID_RE = re.compile(r"^[CGD][A-Z0-9]+$")
 _MAX_TEXT = 40_000
+TRIGGER_SECONDS = 3.0  # how long Slack lets a trigger_id open a modal
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,11 @@ class FakeSlack(SlashCommands):
         self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
         self.calls: list[RecordedCall] = []
         self.ephemerals: list[dict[str, Any]] = []
+        # Modals: each trigger_id an interaction carried (a test issues them), and every view
+        # views.open showed, newest last.
+        self._triggers: dict[str, float] = {}
+        self._trigger_numbers = itertools.count(1)
+        self.views: list[dict[str, Any]] = []
         self._messages: list[Message] = []
         self._failures: dict[str, deque[_Failure]] = {}
         # Awaited after a method has done its work and before Slack's answer is sent: a test can
@@ -279,6 +286,7 @@ class FakeSlack(SlashCommands):
             "apps.connections.open": self._connections_open,
             "conversations.history": self._history,
             "conversations.list": self._list,
+            "views.open": self._open_view,
         }
         self.app = web.Application()
         self.app.router.add_get("/api/{method}", self._handle)
@@ -310,6 +318,15 @@ class FakeSlack(SlashCommands):
             _Failure(status, error, retry_after, delay, drop, accept_first or drop)
             for _ in range(times)
         )
+
+    def new_trigger(self) -> str:
+        """A trigger_id, as Slack puts in an interaction: it opens one modal, within 3 s."""
+        self._seq += 1
+        trigger = (
+            f"{self._seq}.{TEAM_ID}.{hashlib.sha256(str(self._seq).encode()).hexdigest()[:16]}"
+        )
+        self._triggers[trigger] = time.monotonic() + TRIGGER_SECONDS
+        return trigger
 
     def calls_to(self, method: str) -> list[RecordedCall]:
         return [c for c in self.calls if c.method == method]
@@ -593,6 +610,23 @@ class FakeSlack(SlashCommands):
         )
         return {"message_ts": ts}
 
+    def _open_view(self, params: dict[str, Any]) -> dict[str, Any]:
+        trigger = params.get("trigger_id")
+        if not isinstance(trigger, str) or trigger not in self._triggers:
+            raise SlackError("invalid_trigger_id")
+        if self._triggers.pop(trigger) < time.monotonic():  # and a trigger opens one view
+            raise SlackError("expired_trigger_id")
+        view = params.get("view")
+        if isinstance(view, str):
+            with contextlib.suppress(ValueError):
+                view = json.loads(view)
+        errors = view_errors(view)
+        if errors:
+            raise SlackError("invalid_arguments", response_metadata={"messages": errors})
+        assert isinstance(view, dict)
+        self.views.append(view)
+        return {"view": {"id": f"V{len(self.views):08d}", **view}}
+
     def _get_permalink(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._resolve(params.get("channel"))
         message = self._find(channel, str(params.get("message_ts", "")))
@@ -689,6 +723,31 @@ def _content(params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     return text, blocks
 
 
+def view_errors(view: Any) -> list[str]:
+    """A modal's limits, as documented for views.open."""
+    v = _Validator()
+    if not isinstance(view, dict) or view.get("type") != "modal":
+        v.add("/view/type", "must be modal")
+        return v.errors
+    v.text(view.get("title"), 24, "/view/title", plain=True)
+    for button in ("submit", "close"):
+        if button in view:
+            v.text(view[button], 24, f"/view/{button}", plain=True)
+    v.length(view.get("callback_id"), 255, "/view/callback_id")
+    v.length(view.get("private_metadata"), 3000, "/view/private_metadata")
+    blocks = view.get("blocks")
+    if not isinstance(blocks, list) or len(blocks) > 100:
+        v.add("/view/blocks", "must be an array of no more than 100 items")
+        return v.errors
+    for i, block in enumerate(blocks):
+        v.block(block, f"/view/blocks/{i}")
+    if any(b.get("type") == "input" for b in blocks if isinstance(b, dict)) and not view.get(
+        "submit"
+    ):
+        v.add("/view/submit", "a modal with inputs needs a submit button")
+    return v.errors
+
+
 def block_errors(blocks: Any) -> list[str]:
     """Slack's Block Kit limits (the ones our messages can hit), as Slack words its errors."""
     v = _Validator()
@@ -757,6 +816,13 @@ class _Validator:
             for j, el in enumerate(elements):
                 if isinstance(el, dict) and el.get("type") in ("plain_text", "mrkdwn"):
                     self.length(el.get("text"), 2000, f"{at}/elements/{j}/text")
+        elif kind == "input":
+            self.text(block.get("label"), 2000, f"{at}/label", plain=True)
+            element = block.get("element")
+            if not isinstance(element, dict) or not isinstance(element.get("type"), str):
+                self.add(f"{at}/element", "missing required field: element")
+            else:
+                self.input_element(element, f"{at}/element")
         elif kind == "actions":
             elements = block.get("elements", [])
             if len(elements) > 25:
@@ -764,6 +830,23 @@ class _Validator:
             for j, el in enumerate(elements):
                 self.element(el, f"{at}/elements/{j}")
         # divider, image, rich_text, ...: not checked
+
+    def input_element(self, el: dict[str, Any], at: str) -> None:
+        if el["type"] == "radio_buttons":
+            options = el.get("options")
+            if not isinstance(options, list) or not 1 <= len(options) <= 10:
+                self.add(f"{at}/options", "must hold 1 to 10 items")
+                return
+            for j, option in enumerate(options):
+                self.text(option.get("text"), 75, f"{at}/options/{j}/text")
+                self.length(option.get("value"), 150, f"{at}/options/{j}/value")
+                if "description" in option:
+                    self.text(option["description"], 75, f"{at}/options/{j}/description")
+        elif el["type"] == "plain_text_input":
+            if not isinstance(el.get("max_length", 3000), int) or el.get("max_length", 0) > 3000:
+                self.add(f"{at}/max_length", "must be at most 3000")
+        else:
+            self.add(f"{at}/type", f"{el['type']} is not an input this fake knows")
 
     def element(self, el: Any, at: str) -> None:
         if not isinstance(el, dict):

@@ -14,11 +14,9 @@ outside the change; here it is inside, where every delivery has it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from tests.conftest import (
@@ -29,13 +27,13 @@ from tests.conftest import (
     eventually,
     security,
 )
-from tests.store_failure import store_path
+from tests.schema_history import downgrade
 from tests.test_metrics_hardening import scrape, series
 
 ACCOUNT = Path(__file__).parent / "data" / "account"
 PAYMENTS_WABA = "102290129340398"
-BOTH = ["pinwatch.acknowledge", "pinwatch.escalate"]
-ESCALATE = ["pinwatch.escalate"]
+ALL_BUTTONS = ["pinwatch.acknowledge", "pinwatch.escalate", "pinwatch.resolve"]
+NO_ACKNOWLEDGE = ["pinwatch.escalate", "pinwatch.resolve"]
 
 
 def payload(name: str) -> dict[str, Any]:
@@ -67,91 +65,91 @@ CASES = [
         "C0PAYMENTS",
         "CRITICAL",
         ["WhatsApp Business Account disabled", PAYMENTS_WABA, "DISABLE", "April 17, 2025"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "disabled_update_schedule",
         "C0PAYMENTS",
         "CRITICAL",
         ["scheduled to be disabled", PAYMENTS_WABA, "SCHEDULE_FOR_DISABLE", "May 2, 2025"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "disabled_update_reinstate",
         "C0PAYMENTS",
         "INFO",
         ["WhatsApp Business Account reinstated", PAYMENTS_WABA, "REINSTATE"],
-        ESCALATE,
+        NO_ACKNOWLEDGE,
     ),
     (
         "account_restriction",
         "C0PAYMENTS",
         "HIGH",
         ["WhatsApp Business Account restricted", PAYMENTS_WABA, "restrictions 3"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "account_violation",
         "C0PAYMENTS",
         "HIGH",
         ["Policy violation", PAYMENTS_WABA, "violation ADULT"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "account_deleted",
         "C0PAYMENTS",
         "CRITICAL",
         ["WhatsApp Business Account deleted", PAYMENTS_WABA],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "partner_added",
         "C0WASEC",
         "HIGH",
         ["Partner added", "980198427658004", "2329417887457253", "1715120619246906"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "partner_removed",
         "C0PAYMENTS",
         "HIGH",
         ["Partner removed", PAYMENTS_WABA, "initiated by USER", "ACCOUNT_DISCONNECTED"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "partner_app_installed",
         "C0WASEC",
         "HIGH",
         ["App given access", "1191624265890717", "partner app 5731794616896507"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "partner_app_uninstalled",
         "C0WASEC",
         "INFO",
         ["access to the WhatsApp Business Account removed", "184943124712545", "869361281603019"],
-        ESCALATE,
+        NO_ACKNOWLEDGE,
     ),
     (
         "account_offboarded",
         "C0PAYMENTS",
         "CRITICAL",
         ["Number re-registered: the account was offboarded", PAYMENTS_WABA],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "account_reconnected",
         "C0PAYMENTS",
         "HIGH",
         ["Number reconnected", PAYMENTS_WABA],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "ad_account_linked",
         "C0WASEC",
         "HIGH",
         ["Ad account linked", "980198427658004", "ad account 980198427534243"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "account_alerts",
@@ -163,21 +161,21 @@ CASES = [
             "meta severity WARNING",
             "alert type INCREASED_CAPABILITIES_ELIGIBILITY_DEFERRED",
         ],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "phone_number_name_update",
         "C0PAYMENTS",
         "HIGH",
         ["Display name of a number approved", "+1 555-078-3881", "requested name Lucky Shrub"],
-        BOTH,
+        ALL_BUTTONS,
     ),
     (
         "account_review_update",
         "C0PAYMENTS",
         "HIGH",
         ["rejected in review", PAYMENTS_WABA, "decision REJECTED"],
-        BOTH,
+        ALL_BUTTONS,
     ),
 ]
 
@@ -281,7 +279,7 @@ async def test_unknown_account_update_event_is_stored_and_shown_as_sent(
     blocks = shown(message.blocks)
     assert "*As sent by Meta*" in blocks
     assert "&lt;b&gt;9&lt;/b&gt;" in blocks
-    assert action_ids(message.blocks) == ESCALATE
+    assert action_ids(message.blocks) == NO_ACKNOWLEDGE
     [(field, event, stored)] = await pinwatch.query("SELECT field, event, value FROM alerts")
     assert (field, event, json.loads(stored)) == ("account_update", "SOMETHING_META_ADDS", value)
 
@@ -360,11 +358,11 @@ async def test_the_alerts_map_overrides_severity_and_off_silences(
     await pinwatch.post_webhook(delivery(security("PIN_CHANGED")))
     _, offboarded = await posted(pinwatch, 1)
     assert offboarded.text.startswith("[INFO] Number re-registered")
-    assert action_ids(offboarded.blocks) == ESCALATE
+    assert action_ids(offboarded.blocks) == NO_ACKNOWLEDGE
     assert (await pinwatch.alert(1)).ack_deadline is None
     _, pin = await posted(pinwatch, 3)
     assert pin.text.startswith("[CRITICAL] Two-step verification PIN changed")
-    assert action_ids(pin.blocks) == BOTH
+    assert action_ids(pin.blocks) == ALL_BUTTONS
 
     await settled(pinwatch)
     [(severity, slack_ts, team)] = await pinwatch.query(
@@ -468,23 +466,6 @@ async def test_silenced_events_do_not_make_a_storm(
     assert message.text.startswith("[INFO] Two-step verification PIN changed")
 
 
-# The schema each backend had before account events, as the previous pinwatch left it.
-BEFORE_ACCOUNT_EVENTS = {
-    "sqlite": (
-        "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
-        " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
-        " ALTER TABLE alerts DROP COLUMN field; ALTER TABLE alerts DROP COLUMN severity;"
-        " ALTER TABLE alerts DROP COLUMN takeover_at; PRAGMA user_version = 5;"
-    ),
-    "postgres": (
-        "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
-        " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
-        " ALTER TABLE alerts DROP COLUMN field, DROP COLUMN severity, DROP COLUMN takeover_at;"
-        " UPDATE pinwatch_schema SET version = 2;"
-    ),
-}
-
-
 async def test_a_store_from_before_account_events_is_migrated_and_carries_on(
     start_pinwatch: StartPinwatch,
 ) -> None:
@@ -493,20 +474,13 @@ async def test_a_store_from_before_account_events_is_migrated_and_carries_on(
     await first.post_webhook(delivery(security("PIN_RESET_REQUEST", requester="1")))
     await first.slack.wait_for(lambda s: any(c.failed for c in s.calls))
     await first.stop()
-    if first.database_url is None:
-        db = sqlite3.connect(store_path(first), isolation_level=None)
-        db.executescript(BEFORE_ACCOUNT_EVENTS["sqlite"])
-        db.close()
-    else:
-        conn = await asyncpg.connect(first.database_url)
-        await conn.execute(BEFORE_ACCOUNT_EVENTS["postgres"])
-        await conn.close()
+    await downgrade(first, sqlite=5, postgres=2)  # the schemas before account events
 
     second = await start_pinwatch()
     await second.post_webhook(payload("disabled_update_disable"))
     _, request = await posted(second, 1)  # waiting when the old pinwatch stopped: posted now
     assert request.text.startswith("[HIGH] Two-step verification reset requested")
-    assert action_ids(request.blocks) == BOTH
+    assert action_ids(request.blocks) == ALL_BUTTONS
     _, ban = await posted(second, 2)
     assert ban.text.startswith("[CRITICAL] WhatsApp Business Account disabled")
     rows = await second.query("SELECT id, field, severity FROM alerts ORDER BY id")

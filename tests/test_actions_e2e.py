@@ -15,6 +15,7 @@ from tests.conftest import (
     delivery,
     security,
     slack_signature,
+    view_submission_body,
 )
 from tests.fake_slack import Message
 
@@ -76,12 +77,17 @@ async def test_unreadable_payload_is_400_and_foreign_actions_are_ignored(
     await posted_reset_request(pinwatch)
     assert await pinwatch.click("acknowledge", 1, body=b"payload=%7Bnot+json") == 400
     assert await pinwatch.click("acknowledge", 1, body=b"nothing=here") == 400
+    # A view_submission must say whose and which view; another app's modal is not ours.
     assert (
         await pinwatch.click(
             "acknowledge", 1, body=b"payload=%7B%22type%22%3A%22view_submission%22%7D"
         )
-        == 200
+        == 400
     )
+    foreign = view_submission_body(
+        {"blocks": [], "callback_id": "someone-elses-modal"}, {}, user="U0ALICE", name="alice"
+    )
+    assert await pinwatch.post_slack_actions(foreign) == (200, "")
     assert await pinwatch.click("someone-elses-button", 1) == 200
 
     # Nothing to wait for if they were ignored; carol's acknowledgement, which also asks Slack
@@ -98,7 +104,11 @@ async def test_unreadable_payload_is_400_and_foreign_actions_are_ignored(
 
 async def test_acknowledge_updates_the_message_and_records_who_and_when(pinwatch: Pinwatch) -> None:
     original = await posted_reset_request(pinwatch)
-    assert action_ids(original.blocks) == ["pinwatch.acknowledge", "pinwatch.escalate"]
+    assert action_ids(original.blocks) == [
+        "pinwatch.acknowledge",
+        "pinwatch.escalate",
+        "pinwatch.resolve",
+    ]
 
     pinwatch.clock.advance(42)
     assert await pinwatch.click("acknowledge", 1, user="U0ALICE", name="alice") == 200
@@ -106,7 +116,7 @@ async def test_acknowledge_updates_the_message_and_records_who_and_when(pinwatch
 
     updated = pinwatch.slack.message("C0PAYMENTS", original.ts)
     assert "Acknowledged by <@U0ALICE> <!date^1750000042^" in shown(updated)
-    assert action_ids(updated.blocks) == ["pinwatch.escalate"]
+    assert action_ids(updated.blocks) == ["pinwatch.escalate", "pinwatch.resolve"]
     assert "acknowledged by alice" in updated.text
 
     alert = await pinwatch.alert(1)
@@ -205,7 +215,7 @@ async def test_escalate_pages_the_escalation_channel_and_marks_the_alert(
     assert "#payments-leads" in shown(note)
     updated = pinwatch.slack.message("C0PAYMENTS", original.ts)
     assert "Escalated by <@U0ALICE>" in shown(updated)
-    assert action_ids(updated.blocks) == ["pinwatch.acknowledge"]
+    assert action_ids(updated.blocks) == ["pinwatch.acknowledge", "pinwatch.resolve"]
 
     alert = await pinwatch.alert(1)
     assert alert.escalation_channel == "C0PAYLEADS"
@@ -233,7 +243,7 @@ async def test_an_escalated_alert_can_still_be_acknowledged(pinwatch: Pinwatch) 
     final = pinwatch.slack.message("C0PAYMENTS", original.ts)
     assert "Escalated by <@U0ALICE>" in shown(final)
     assert "Acknowledged by <@U0CAROL>" in shown(final)
-    assert action_ids(final.blocks) == []
+    assert action_ids(final.blocks) == ["pinwatch.resolve"]
 
 
 async def test_escalation_page_waits_out_a_slack_outage(pinwatch: Pinwatch) -> None:
@@ -313,11 +323,15 @@ async def test_success_with_no_request_is_a_standalone_critical_alert(pinwatch: 
     await pinwatch.wait_posted(1)
     [message] = pinwatch.slack.top_level("C0PAYMENTS")
     assert message.text.startswith("[CRITICAL]")
-    assert action_ids(message.blocks) == ["pinwatch.acknowledge", "pinwatch.escalate"]
+    assert action_ids(message.blocks) == [
+        "pinwatch.acknowledge",
+        "pinwatch.escalate",
+        "pinwatch.resolve",
+    ]
 
 
-async def test_pin_changed_carries_escalate_only(pinwatch: Pinwatch) -> None:
+async def test_pin_changed_carries_escalate_and_resolve_only(pinwatch: Pinwatch) -> None:
     await pinwatch.post_webhook(delivery(security("PIN_CHANGED")))
     await pinwatch.wait_posted(1)
     [message] = pinwatch.slack.top_level("C0PAYMENTS")
-    assert action_ids(message.blocks) == ["pinwatch.escalate"]
+    assert action_ids(message.blocks) == ["pinwatch.escalate", "pinwatch.resolve"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import time
 
 import pytest
@@ -19,7 +18,8 @@ from tests.conftest import (
     eventually,
 )
 from tests.fake_slack import RecordedCall
-from tests.store_failure import StoreFailure, store_path
+from tests.schema_history import downgrade
+from tests.store_failure import StoreFailure
 from tests.test_operations import config_version, wait_for_version_change
 from tests.test_storms import THRESHOLD, send_reset_requests, wait_all_posted
 
@@ -236,6 +236,7 @@ async def test_the_storm_escalate_button_escalates_from_the_summary(pinwatch: Pi
         for b in summary.blocks
         if b.get("block_id") == "pinwatch-storm"
         for e in b["elements"]
+        if e["action_id"] == "pinwatch.escalate"
     ]
     assert (await pinwatch.alert(target)).slack_ts == summary.ts
     assert await pinwatch.click("escalate", target, user="U0ALICE") == 200
@@ -256,17 +257,8 @@ async def test_an_alert_of_a_schema_3_store_whose_team_is_gone_fails_closed(
     await posted_reset_request(first)
     await first.stop()
     # Back to schema 3, as a store written by the previous pinwatch: migration 4 runs again
-    # (and 5, 6 and 7 after it).
-    db = sqlite3.connect(store_path(first), isolation_level=None)
-    db.executescript(
-        "DROP INDEX alerts_by_waba; DROP INDEX alerts_unposted;"
-        " CREATE INDEX alerts_unposted ON alerts (id) WHERE slack_ts IS NULL;"
-        " ALTER TABLE alerts DROP COLUMN field; ALTER TABLE alerts DROP COLUMN severity;"
-        " ALTER TABLE alerts DROP COLUMN takeover_at; ALTER TABLE alerts DROP COLUMN responders;"
-        " DROP TABLE slack_signatures; DROP TABLE slack_sends; DROP TABLE slack_channel_ids;"
-        " PRAGMA user_version = 3;"
-    )
-    db.close()
+    # (and every one after it).
+    await downgrade(first, sqlite=3, postgres=0)
     first.config_path.write_text(payments_config(first, name="renamed", responders=""))
 
     second = await start_pinwatch((first.slack, first.slack_url))

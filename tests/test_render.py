@@ -133,7 +133,9 @@ def test_reset_request_has_header_and_fallback() -> None:
 
 def test_reset_request_has_acknowledge_and_confirmed_escalate() -> None:
     message = render_alert(alert())
-    acknowledge, escalate = buttons(message)
+    acknowledge, escalate, resolve = buttons(message)
+    assert resolve["text"]["text"] == "Resolve"
+    assert resolve["value"] == "7"
     assert acknowledge["text"]["text"] == "Acknowledge"
     assert acknowledge["style"] == "primary"
     assert "confirm" not in acknowledge
@@ -149,14 +151,14 @@ def test_pin_changed_is_informational_with_escalate_only() -> None:
     message = render_alert(alert("PIN_CHANGED", requester=None))
     assert header(message) == "Two-step verification PIN changed"
     assert message.text.startswith("[INFO] Two-step verification PIN changed: +1 555-078-3881")
-    assert button_labels(message) == ["Escalate"]
+    assert button_labels(message) == ["Escalate", "Resolve"]
 
 
 def test_standalone_success_is_critical_with_both_buttons() -> None:
     message = render_alert(alert("PIN_REQUEST_SUCCESS", requester=None))
     assert header(message) == "Two-step verification turned off"
     assert message.text.startswith("[CRITICAL] Two-step verification turned off")
-    assert button_labels(message) == ["Acknowledge", "Escalate"]
+    assert button_labels(message) == ["Acknowledge", "Escalate", "Resolve"]
 
 
 def test_unknown_event_is_shown_as_is_with_escalate_only() -> None:
@@ -165,7 +167,7 @@ def test_unknown_event_is_shown_as_is_with_escalate_only() -> None:
     assert "PIN_NEW_THING" in header(message)
     assert "PIN_NEW_THING" in message.text
     assert '"detail": "x-42"' in shown(message)
-    assert button_labels(message) == ["Escalate"]
+    assert button_labels(message) == ["Escalate", "Resolve"]
 
 
 def test_alert_shows_readable_number_waba_time_and_requester() -> None:
@@ -223,7 +225,7 @@ def test_manually_escalated_alert_says_who_and_drops_escalate() -> None:
         line.startswith(f":mega: Escalated by <@U0BOB> <!date^{int(CLICKED)}^") for line in lines
     )
     assert not any("Escalates automatically" in line for line in lines)
-    assert button_labels(message) == ["Acknowledge"]
+    assert button_labels(message) == ["Acknowledge", "Resolve"]
     assert "escalated by Bob" in message.text
 
 
@@ -234,7 +236,7 @@ def test_automatically_escalated_alert_says_so() -> None:
     assert "Escalate" not in button_labels(message)
 
 
-def test_escalated_then_acknowledged_alert_shows_both_and_no_buttons() -> None:
+def test_escalated_then_acknowledged_alert_shows_both_and_resolve_only() -> None:
     bob = Actor(user_id="U0BOB", name="Bob", at=CLICKED)
     alice = Actor(user_id="U0ALICE", name="Alice", at=CLICKED + 60)
     message = render_alert(
@@ -243,7 +245,7 @@ def test_escalated_then_acknowledged_alert_shows_both_and_no_buttons() -> None:
     lines = context_lines(message)
     assert any("Escalated by <@U0BOB>" in line for line in lines)
     assert any("Acknowledged by <@U0ALICE>" in line for line in lines)
-    assert buttons(message) == []
+    assert button_labels(message) == ["Resolve"]
 
 
 def test_actor_name_from_outside_is_escaped() -> None:

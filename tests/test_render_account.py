@@ -97,7 +97,7 @@ def test_a_ban_without_a_ban_state_is_still_critical_and_says_so() -> None:
     message = update({"event": "DISABLED_UPDATE"})
     assert message.text.startswith("[CRITICAL] WhatsApp Business Account disabled")
     assert "*Ban state*\nnot given" in shown(message)
-    assert button_labels(message) == ["Acknowledge", "Escalate"]
+    assert button_labels(message) == ["Acknowledge", "Escalate", "Resolve"]
 
 
 def test_a_restriction_whose_expiry_is_not_a_time_is_shown_as_sent() -> None:

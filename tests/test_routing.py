@@ -102,6 +102,7 @@ def test_unmatched_event_gets_the_defaults(config: Config) -> None:
         responders=None,
         ack_timeout=900,
         correlation_window=24 * 3600,
+        remind_every=4 * 3600,
         escalation=config.defaults.escalation,
     )
 

@@ -92,7 +92,7 @@ async def test_a_row_of_a_storm_is_acknowledged_on_its_own(pinwatch: Pinwatch) -
     )
     blocks = pinwatch.slack.message(summary.channel, summary.ts).blocks
     row = next(b for b in blocks if b.get("block_id") == f"pinwatch-{row_ids[2]}")
-    assert "accessory" not in row
+    assert row["accessory"]["action_id"] == "pinwatch.resolve"  # acknowledged: Resolve is next
     others = [await pinwatch.alert(i) for i in row_ids if i != row_ids[2]]
     assert all(a.acknowledged is None for a in others)
 

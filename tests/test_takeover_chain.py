@@ -80,7 +80,8 @@ async def test_request_success_then_offboarding_is_one_thread_and_one_page(
     reply = next(r for r in replies if r.ts == offboarded.slack_ts)
     assert reply.reply_broadcast is True
     assert reply.text.startswith("[CRITICAL] Number re-registered: the account was offboarded")
-    assert action_ids(reply.blocks) == ["pinwatch.escalate"]  # the request waits for the ack
+    # The request waits for the ack.
+    assert action_ids(reply.blocks) == ["pinwatch.escalate", "pinwatch.resolve"]
     assert len(pinwatch.slack.top_level("C0PAYMENTS")) == 1
 
     # One page, although the request was acknowledged before.

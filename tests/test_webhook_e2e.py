@@ -117,7 +117,11 @@ async def test_reference_example_posts_one_routed_alert_with_both_buttons(
 
     await wait_for_posts(pinwatch.slack, 1)
     [message] = pinwatch.slack.top_level("C0PAYMENTS")
-    assert action_ids(message.blocks) == ["pinwatch.acknowledge", "pinwatch.escalate"]
+    assert action_ids(message.blocks) == [
+        "pinwatch.acknowledge",
+        "pinwatch.escalate",
+        "pinwatch.resolve",
+    ]
     shown = all_text(message.blocks)
     assert "+1 555-078-3881" in shown
     assert "102290129340398" in shown
@@ -153,7 +157,7 @@ async def test_batched_delivery_gives_one_alert_per_security_change(pinwatch: Pi
     assert len(pinwatch.slack.top_level("C0SUPPORT")) == 1
     [unknown] = pinwatch.slack.top_level("C0WASEC")
     assert "SOMETHING_NEW" in unknown.text
-    assert action_ids(unknown.blocks) == ["pinwatch.escalate"]
+    assert action_ids(unknown.blocks) == ["pinwatch.escalate", "pinwatch.resolve"]
 
 
 async def test_duplicate_delivery_gives_one_alert(pinwatch: Pinwatch) -> None:

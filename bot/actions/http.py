@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
@@ -28,14 +29,16 @@ def socket_mode_listener(
     async def listener(client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
         if request.type == "slash_commands":
             return  # bot.commands acknowledges those itself: its answer rides on the ack
-        # Acknowledge first: Slack retries an envelope that is not acked within 3 seconds.
-        await client.send_socket_mode_response(SocketModeResponse(envelope_id=request.envelope_id))
-        if request.type != "interactive":
-            return
-        try:
-            actions.submit(parse_socket_payload(request.payload))
-        except MalformedInteraction as exc:
-            log.warning("socket mode: %s", exc)
+        answer: dict[str, Any] | None = None
+        if request.type == "interactive":
+            try:
+                # No await before the ack: Slack retries an envelope not acked within 3 seconds.
+                answer = actions.receive(parse_socket_payload(request.payload))
+            except MalformedInteraction as exc:
+                log.warning("socket mode: %s", exc)
+        await client.send_socket_mode_response(
+            SocketModeResponse(envelope_id=request.envelope_id, payload=answer)
+        )
 
     return listener
 
@@ -58,8 +61,8 @@ async def handle_actions(request: web.Request) -> web.Response:
         log.error("slack actions: store unavailable, answered 503: %s", exc)
         return web.Response(status=503, text="store unavailable, try again")
     try:
-        clicks = parse_interaction(body)
+        answer = app[keys.ACTIONS].receive(parse_interaction(body))
     except MalformedInteraction as exc:
         return web.Response(status=400, text=str(exc))
-    app[keys.ACTIONS].submit(clicks)
-    return web.Response()
+    # An empty 200 closes a submitted modal; an answer keeps it open to show what is wrong.
+    return web.json_response(answer) if answer is not None else web.Response()

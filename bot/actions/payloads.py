@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.render import ACKNOWLEDGE_ACTION, ESCALATE_ACTION
+from bot.render import ACKNOWLEDGE_ACTION, ESCALATE_ACTION, RESOLVE_ACTION, RESOLVE_STORM_ACTION
 
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,40}$")
 
@@ -18,9 +18,16 @@ _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,40}$")
 class Action(StrEnum):
     ACKNOWLEDGE = "acknowledge"
     ESCALATE = "escalate"
+    RESOLVE = "resolve"  # opens the verdict modal
+    RESOLVE_ALL = "resolve all"  # the same, for every unresolved row of a storm summary
 
 
-_ACTIONS = {ACKNOWLEDGE_ACTION: Action.ACKNOWLEDGE, ESCALATE_ACTION: Action.ESCALATE}
+_ACTIONS = {
+    ACKNOWLEDGE_ACTION: Action.ACKNOWLEDGE,
+    ESCALATE_ACTION: Action.ESCALATE,
+    RESOLVE_ACTION: Action.RESOLVE,
+    RESOLVE_STORM_ACTION: Action.RESOLVE_ALL,
+}
 
 
 class MalformedInteraction(Exception):
@@ -35,6 +42,18 @@ class Click:
     user_name: str | None
     channel_id: str | None
     message_ts: str | None  # the message whose button was clicked
+    trigger_id: str | None = None  # lets a modal open, for 3 seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A submitted pinwatch modal: whose, which, and its inputs (block → action → value)."""
+
+    callback_id: str
+    user_id: str
+    user_name: str | None
+    private_metadata: str
+    values: dict[str, dict[str, str | None]]
 
 
 class _Loose(BaseModel):
@@ -70,32 +89,76 @@ class BlockAction(_Loose):
     value: str | None = None
 
 
+class SelectedOption(_Loose):
+    value: str
+
+
+class InputState(_Loose):
+    """One input of a submitted modal: a text input's value, or a choice's option."""
+
+    value: str | None = None
+    selected_option: SelectedOption | None = None
+
+    @property
+    def given(self) -> str | None:
+        return self.selected_option.value if self.selected_option else self.value
+
+
+class ViewState(_Loose):
+    values: dict[str, dict[str, InputState]] = Field(default_factory=dict)
+
+
+class SubmittedView(_Loose):
+    callback_id: str = ""
+    private_metadata: str = ""
+    state: ViewState = Field(default_factory=ViewState)
+
+
 class Interaction(_Loose):
     type: str
     user: SlackUser | None = None
     channel: SlackChannel | None = None
     container: Container | None = None
     actions: list[BlockAction] = Field(default_factory=list)
+    trigger_id: str | None = None
+    view: SubmittedView | None = None
 
 
-def parse_interaction(body: bytes) -> list[Click]:
-    """The pinwatch clicks in a form-encoded Slack interaction (POST /slack/actions)."""
+def parse_interaction(body: bytes) -> Interaction:
+    """A form-encoded Slack interaction (POST /slack/actions)."""
     try:
         form = parse_qs(body.decode("utf-8"), strict_parsing=False)
         [raw] = form["payload"]
-        interaction = Interaction.model_validate_json(raw)
+        return Interaction.model_validate_json(raw)
     except (UnicodeDecodeError, KeyError, ValueError) as exc:
         raise MalformedInteraction("not a Slack interaction payload") from exc
-    return clicks_in(interaction)
 
 
-def parse_socket_payload(payload: dict[str, Any]) -> list[Click]:
-    """The pinwatch clicks in a Socket Mode envelope's payload: the same JSON, unencoded."""
+def parse_socket_payload(payload: dict[str, Any]) -> Interaction:
+    """A Socket Mode envelope's payload: the same JSON, unencoded."""
     try:
-        interaction = Interaction.model_validate(payload)
+        return Interaction.model_validate(payload)
     except ValidationError as exc:
         raise MalformedInteraction("not a Slack interaction payload") from exc
-    return clicks_in(interaction)
+
+
+def submission_in(interaction: Interaction) -> Submission | None:
+    """A submitted modal, or None for anything else (a click, a closed modal)."""
+    if interaction.type != "view_submission":
+        return None
+    if interaction.user is None or interaction.view is None:
+        raise MalformedInteraction("a view_submission without a user or a view")
+    view = interaction.view
+    return Submission(
+        callback_id=view.callback_id,
+        user_id=interaction.user.id,
+        user_name=interaction.user.name or interaction.user.username,
+        private_metadata=view.private_metadata,
+        values={
+            block: {action: state.given for action, state in inputs.items()}
+            for block, inputs in view.state.values.items()
+        },
+    )
 
 
 def clicks_in(interaction: Interaction) -> list[Click]:
@@ -122,6 +185,7 @@ def clicks_in(interaction: Interaction) -> list[Click]:
                 user_name=interaction.user.name or interaction.user.username,
                 channel_id=channel_id,
                 message_ts=container.message_ts,
+                trigger_id=interaction.trigger_id,
             )
         )
     return clicks

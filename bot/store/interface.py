@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.events import Actor, Alert, EscalationKind, SecurityEvent
+from bot.events import Actor, Alert, EscalationKind, SecurityEvent, Verdict
 from bot.windows import Target, Window
 
 
@@ -100,6 +100,10 @@ class Store(Protocol):
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]: ...
 
+    async def due_reminders(self, now: float, *, limit: int = 100) -> list[Alert]:
+        """Acknowledged, unresolved alerts whose reminder is due, the longest due first."""
+        ...
+
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts whose page has not reached Slack yet."""
         ...
@@ -159,14 +163,28 @@ class Store(Protocol):
 
     async def mark_paged(
         self,
-        alert_ids: Sequence[int],
+        paged: Sequence[tuple[int, float]],
         *,
         channel: str,
         ts: str,
         actor: Actor,
         send: str | None,
     ) -> None:
-        """One page for these alerts (one, or a storm summary's rows): one transaction."""
+        """One page for these alerts (one, or a storm summary's rows), each given with the
+        time of the escalation paged: an alert escalated again since (a takeover, a confirmed
+        one) keeps waiting for its own page. One transaction."""
+        ...
+
+    async def mark_reminded(
+        self,
+        reminded: Sequence[tuple[int, float]],
+        *,
+        next_at: float,
+        actor: Actor,
+        send: str,
+    ) -> None:
+        """A reminder is in Slack for these alerts, each given with the time it was due: the
+        next is due at `next_at` (unless another replica reminded, or someone resolved, since)."""
         ...
 
     async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
@@ -218,12 +236,35 @@ class Store(Protocol):
         ...
 
     async def acknowledge(
-        self, alert_id: int, actor: Actor, *, detail: str | None = None
-    ) -> Transition: ...
+        self,
+        alert_id: int,
+        actor: Actor,
+        *,
+        detail: str | None = None,
+        remind_at: float | None = None,
+    ) -> Transition:
+        """Acknowledged once, and reminded of from `remind_at` until resolved; never once
+        resolved."""
+        ...
 
     async def escalate(
         self, alert_id: int, actor: Actor, kind: EscalationKind, *, detail: str | None = None
-    ) -> Transition: ...
+    ) -> Transition:
+        """Escalated once; never once resolved."""
+        ...
+
+    async def resolve(
+        self,
+        alert_id: int,
+        actor: Actor,
+        verdict: Verdict,
+        *,
+        note: str | None,
+        detail: str | None = None,
+    ) -> Transition:
+        """Resolved once, with its verdict and note: no more reminders or escalations. A
+        confirmed takeover is escalated (CONFIRMED) and due for a page in the same commit."""
+        ...
 
     # --- announced windows (`/pinwatch expect`) -----------------------------------------------
 

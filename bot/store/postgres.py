@@ -21,6 +21,7 @@ from bot.events import (
     EscalationKind,
     EventType,
     SecurityEvent,
+    Verdict,
 )
 from bot.store.group_commit import GroupCommit, PendingInsert
 from bot.store.interface import (
@@ -32,6 +33,7 @@ from bot.store.interface import (
 )
 from bot.store.rows import (
     alert_from_row,
+    audit_detail,
     event_value_column,
     expected_detail,
     expected_to_column,
@@ -142,6 +144,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE alerts ADD COLUMN takeover_at DOUBLE PRECISION;
     """,
+    # 5: how an incident ended (who resolved it, when, the verdict and a note), and when an
+    # acknowledged, unresolved alert is next reminded of in its thread.
+    """
+    ALTER TABLE alerts ADD COLUMN resolved_by TEXT;
+    ALTER TABLE alerts ADD COLUMN resolved_name TEXT;
+    ALTER TABLE alerts ADD COLUMN resolved_at DOUBLE PRECISION;
+    ALTER TABLE alerts ADD COLUMN verdict TEXT;
+    ALTER TABLE alerts ADD COLUMN resolution_note TEXT;
+    ALTER TABLE alerts ADD COLUMN next_reminder_at DOUBLE PRECISION;
+    CREATE INDEX alerts_reminders ON alerts (next_reminder_at)
+        WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL;
+    """,
     # 6: announced expected changes (`/pinwatch expect`): a window counts once its announcement
     # is in Slack (announced_ts); an alert routed inside one keeps its id and what it said.
     """
@@ -165,7 +179,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX expected_windows_by_expiry ON expected_windows (expires_at)
         WHERE announced_ts IS NOT NULL;
-    ALTER TABLE alerts ADD COLUMN window_id BIGINT REFERENCES expected_windows (id);
+    ALTER TABLE alerts ADD COLUMN window_id BIGINT;
     ALTER TABLE alerts ADD COLUMN expected TEXT;
     CREATE INDEX alerts_by_window ON alerts (window_id, event) WHERE window_id IS NOT NULL;
     """,
@@ -482,8 +496,18 @@ class PostgresStore:
             """SELECT * FROM alerts
                WHERE acknowledged_at IS NULL AND escalated_at IS NULL
                  AND ack_deadline IS NOT NULL AND ack_deadline <= $1
-                 AND slack_ts IS NOT NULL AND thread_ts IS NULL
+                 AND slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL
                ORDER BY ack_deadline LIMIT $2""",
+            now,
+            limit,
+        )
+
+    async def due_reminders(self, now: float, *, limit: int = 100) -> list[Alert]:
+        return await self._alerts(
+            """SELECT * FROM alerts
+               WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL
+                 AND next_reminder_at <= $1
+               ORDER BY next_reminder_at LIMIT $2""",
             now,
             limit,
         )
@@ -654,7 +678,7 @@ class PostgresStore:
 
     async def mark_paged(
         self,
-        alert_ids: Sequence[int],
+        paged: Sequence[tuple[int, float]],
         *,
         channel: str,
         ts: str,
@@ -662,16 +686,43 @@ class PostgresStore:
         send: str | None,
     ) -> None:
         async with self._transaction() as db:
-            await db.execute(
+            # Only the escalation that was paged: one re-armed meanwhile waits for its own page.
+            done = await db.fetch(
                 "UPDATE alerts SET escalation_channel = $1, escalation_ts = $2"
-                " WHERE id = ANY($3::bigint[])",
+                " FROM unnest($3::bigint[], $4::double precision[]) AS paged (id, escalated_at)"
+                " WHERE alerts.id = paged.id AND alerts.escalated_at = paged.escalated_at"
+                " RETURNING alerts.id",
                 channel,
                 ts,
-                list(alert_ids),
+                [alert_id for alert_id, _ in paged],
+                [escalated_at for _, escalated_at in paged],
             )
-            await self._audit(db, alert_ids, "paged", actor, f"{channel} {ts}")
+            await self._audit(db, [row[0] for row in done], "paged", actor, f"{channel} {ts}")
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = $1", send)
+
+    async def mark_reminded(
+        self,
+        reminded: Sequence[tuple[int, float]],
+        *,
+        next_at: float,
+        actor: Actor,
+        send: str,
+    ) -> None:
+        async with self._transaction() as db:
+            # Only reminders still due as read: another replica's reminder, or a resolution,
+            # since then wins.
+            done = await db.fetch(
+                "UPDATE alerts SET next_reminder_at = $1"
+                " FROM unnest($2::bigint[], $3::double precision[]) AS due (id, at)"
+                " WHERE alerts.id = due.id AND alerts.next_reminder_at = due.at"
+                " AND alerts.resolved_at IS NULL RETURNING alerts.id",
+                next_at,
+                [alert_id for alert_id, _ in reminded],
+                [at for _, at in reminded],
+            )
+            await self._audit(db, [row[0] for row in done], "reminded", actor, None)
+            await db.execute("DELETE FROM slack_sends WHERE key = $1", send)
 
     async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
         async with self._transaction() as db:
@@ -790,18 +841,25 @@ class PostgresStore:
         )
 
     async def acknowledge(
-        self, alert_id: int, actor: Actor, *, detail: str | None = None
+        self,
+        alert_id: int,
+        actor: Actor,
+        *,
+        detail: str | None = None,
+        remind_at: float | None = None,
     ) -> Transition:
         return await self._transition(
             alert_id,
             "acknowledged",
             actor,
             detail,
-            "UPDATE alerts SET acknowledged_by = $1, acknowledged_name = $2, acknowledged_at = $3"
-            " WHERE id = $4 AND acknowledged_at IS NULL",
+            "UPDATE alerts SET acknowledged_by = $1, acknowledged_name = $2, acknowledged_at = $3,"
+            " next_reminder_at = $4"
+            " WHERE id = $5 AND acknowledged_at IS NULL AND resolved_at IS NULL",
             actor.user_id,
             _text(actor.name),
             actor.at,
+            remind_at,
             alert_id,
         )
 
@@ -814,13 +872,65 @@ class PostgresStore:
             actor,
             detail,
             "UPDATE alerts SET escalated_by = $1, escalated_name = $2, escalated_at = $3,"
-            " escalation_kind = $4 WHERE id = $5 AND escalated_at IS NULL",
+            " escalation_kind = $4"
+            " WHERE id = $5 AND escalated_at IS NULL AND resolved_at IS NULL",
             actor.user_id,
             _text(actor.name),
             actor.at,
             kind.value,
             alert_id,
         )
+
+    async def resolve(
+        self,
+        alert_id: int,
+        actor: Actor,
+        verdict: Verdict,
+        *,
+        note: str | None,
+        detail: str | None = None,
+    ) -> Transition:
+        async with self._transaction() as db:
+            changed = (
+                _changed(
+                    await db.execute(
+                        "UPDATE alerts SET resolved_by = $1, resolved_name = $2, resolved_at = $3,"
+                        " verdict = $4, resolution_note = $5, next_reminder_at = NULL"
+                        " WHERE id = $6 AND resolved_at IS NULL",
+                        actor.user_id,
+                        _text(actor.name),
+                        actor.at,
+                        verdict.value,
+                        _text(note),
+                        alert_id,
+                    )
+                )
+                == 1
+            )
+            if changed:
+                await self._audit(
+                    db, [alert_id], f"resolved ({verdict.value})", actor, audit_detail(note, detail)
+                )
+                if verdict is Verdict.CONFIRMED_TAKEOVER:
+                    # Paged again, whatever was paged before: the outbox sends it.
+                    await db.execute(
+                        "UPDATE alerts SET escalated_by = $1, escalated_name = $2,"
+                        " escalated_at = $3, escalation_kind = $4, escalation_channel = NULL,"
+                        " escalation_ts = NULL WHERE id = $5",
+                        actor.user_id,
+                        _text(actor.name),
+                        actor.at,
+                        EscalationKind.CONFIRMED.value,
+                        alert_id,
+                    )
+                    await self._audit(
+                        db, [alert_id], f"escalated ({EscalationKind.CONFIRMED.value})", actor, None
+                    )
+                await db.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        alert = await self.get(alert_id)
+        if alert is None:
+            raise StoreError(f"alert {alert_id} does not exist")
+        return Transition(alert=alert, changed=changed)
 
     async def _transition(
         self, alert_id: int, action: str, actor: Actor, detail: str | None, sql: str, *args: Any

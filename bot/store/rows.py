@@ -13,6 +13,7 @@ from bot.events import (
     Responders,
     SecurityEvent,
     Severity,
+    Verdict,
 )
 from bot.windows import Target, TargetKind, Window
 
@@ -106,6 +107,11 @@ def window_from_row(row: Row) -> Window:
     )
 
 
+def audit_detail(*parts: str | None) -> str | None:
+    """An audit row's detail made of the parts given (a note, the responders that applied)."""
+    return "; ".join(p for p in parts if p) or None
+
+
 def alert_from_row(row: Row) -> Alert:
     event = SecurityEvent(
         waba_id=row["waba_id"],
@@ -118,6 +124,7 @@ def alert_from_row(row: Row) -> Alert:
     )
     kind = row["escalation_kind"]
     severity = row["severity"]
+    verdict = row["verdict"]
     return Alert(
         id=row["id"],
         event=event,
@@ -143,4 +150,8 @@ def alert_from_row(row: Row) -> Alert:
         responders=_responders_from_column(row["responders"]),
         assigned_severity=Severity(severity) if severity else None,
         expected=_expected_from_column(row["expected"]),
+        resolved=_actor(row["resolved_by"], row["resolved_name"], row["resolved_at"]),
+        verdict=Verdict(verdict) if verdict else None,
+        resolution_note=row["resolution_note"],
+        next_reminder_at=row["next_reminder_at"],
     )

@@ -26,6 +26,7 @@ from bot.events import (
     EscalationKind,
     EventType,
     SecurityEvent,
+    Verdict,
 )
 from bot.store.group_commit import GroupCommit, PendingInsert
 from bot.store.interface import (
@@ -37,6 +38,7 @@ from bot.store.interface import (
 )
 from bot.store.rows import (
     alert_from_row,
+    audit_detail,
     event_value_column,
     expected_detail,
     expected_to_column,
@@ -152,6 +154,18 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE alerts ADD COLUMN takeover_at REAL;
     """,
+    # 8: how an incident ended (who resolved it, when, the verdict and a note), and when an
+    # acknowledged, unresolved alert is next reminded of in its thread.
+    """
+    ALTER TABLE alerts ADD COLUMN resolved_by TEXT;
+    ALTER TABLE alerts ADD COLUMN resolved_name TEXT;
+    ALTER TABLE alerts ADD COLUMN resolved_at REAL;
+    ALTER TABLE alerts ADD COLUMN verdict TEXT;
+    ALTER TABLE alerts ADD COLUMN resolution_note TEXT;
+    ALTER TABLE alerts ADD COLUMN next_reminder_at REAL;
+    CREATE INDEX alerts_reminders ON alerts (next_reminder_at)
+        WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL;
+    """,
     # 9: announced expected changes (`/pinwatch expect`): a window counts once its announcement
     # is in Slack (announced_ts); an alert routed inside one keeps its id and what it said.
     """
@@ -175,7 +189,7 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX expected_windows_by_expiry ON expected_windows (expires_at)
         WHERE announced_ts IS NOT NULL;
-    ALTER TABLE alerts ADD COLUMN window_id INTEGER REFERENCES expected_windows (id);
+    ALTER TABLE alerts ADD COLUMN window_id INTEGER;
     ALTER TABLE alerts ADD COLUMN expected TEXT;
     CREATE INDEX alerts_by_window ON alerts (window_id, event) WHERE window_id IS NOT NULL;
     """,
@@ -417,8 +431,18 @@ class SqliteStore:
             """SELECT * FROM alerts
                WHERE acknowledged_at IS NULL AND escalated_at IS NULL
                  AND ack_deadline IS NOT NULL AND ack_deadline <= ?
-                 AND slack_ts IS NOT NULL AND thread_ts IS NULL
+                 AND slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL
                ORDER BY ack_deadline LIMIT ?""",
+            (now, limit),
+        ) as cursor:
+            return [alert_from_row(row) async for row in cursor]
+
+    async def due_reminders(self, now: float, *, limit: int = 100) -> list[Alert]:
+        async with self._reader.execute(
+            """SELECT * FROM alerts
+               WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL
+                 AND next_reminder_at <= ?
+               ORDER BY next_reminder_at LIMIT ?""",
             (now, limit),
         ) as cursor:
             return [alert_from_row(row) async for row in cursor]
@@ -586,7 +610,7 @@ class SqliteStore:
 
     async def mark_paged(
         self,
-        alert_ids: Sequence[int],
+        paged: Sequence[tuple[int, float]],
         *,
         channel: str,
         ts: str,
@@ -594,13 +618,39 @@ class SqliteStore:
         send: str | None,
     ) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
-            await db.executemany(
-                "UPDATE alerts SET escalation_channel = ?, escalation_ts = ? WHERE id = ?",
-                [(channel, ts, alert_id) for alert_id in alert_ids],
-            )
-            await self._audit_all(db, alert_ids, "paged", actor, f"{channel} {ts}")
+            done = []
+            for alert_id, escalated_at in paged:
+                async with db.execute(
+                    "UPDATE alerts SET escalation_channel = ?, escalation_ts = ?"
+                    " WHERE id = ? AND escalated_at = ?",
+                    (channel, ts, alert_id, escalated_at),
+                ) as cursor:
+                    if cursor.rowcount == 1:
+                        done.append(alert_id)
+            await self._audit_all(db, done, "paged", actor, f"{channel} {ts}")
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
+
+    async def mark_reminded(
+        self,
+        reminded: Sequence[tuple[int, float]],
+        *,
+        next_at: float,
+        actor: Actor,
+        send: str,
+    ) -> None:
+        async with self._transaction(Writer.OUTBOX) as db:
+            done = []
+            for alert_id, due in reminded:
+                async with db.execute(
+                    "UPDATE alerts SET next_reminder_at = ?"
+                    " WHERE id = ? AND next_reminder_at = ? AND resolved_at IS NULL",
+                    (next_at, alert_id, due),
+                ) as cursor:
+                    if cursor.rowcount == 1:
+                        done.append(alert_id)
+            await self._audit_all(db, done, "reminded", actor, None)
+            await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
         async with self._transaction(Writer.OUTBOX) as db:
@@ -838,15 +888,21 @@ class SqliteStore:
             await self._audit_all(db, [alert_id], action, actor, detail)
 
     async def acknowledge(
-        self, alert_id: int, actor: Actor, *, detail: str | None = None
+        self,
+        alert_id: int,
+        actor: Actor,
+        *,
+        detail: str | None = None,
+        remind_at: float | None = None,
     ) -> Transition:
         return await self._transition(
             alert_id,
             "acknowledged",
             actor,
-            "UPDATE alerts SET acknowledged_by = ?, acknowledged_name = ?, acknowledged_at = ?"
-            " WHERE id = ? AND acknowledged_at IS NULL",
-            (actor.user_id, actor.name, actor.at, alert_id),
+            "UPDATE alerts SET acknowledged_by = ?, acknowledged_name = ?, acknowledged_at = ?,"
+            " next_reminder_at = ?"
+            " WHERE id = ? AND acknowledged_at IS NULL AND resolved_at IS NULL",
+            (actor.user_id, actor.name, actor.at, remind_at, alert_id),
             detail,
         )
 
@@ -858,10 +914,42 @@ class SqliteStore:
             f"escalated ({kind.value})",
             actor,
             "UPDATE alerts SET escalated_by = ?, escalated_name = ?, escalated_at = ?,"
-            " escalation_kind = ? WHERE id = ? AND escalated_at IS NULL",
+            " escalation_kind = ? WHERE id = ? AND escalated_at IS NULL AND resolved_at IS NULL",
             (actor.user_id, actor.name, actor.at, kind.value, alert_id),
             detail,
         )
+
+    async def resolve(
+        self,
+        alert_id: int,
+        actor: Actor,
+        verdict: Verdict,
+        *,
+        note: str | None,
+        detail: str | None = None,
+    ) -> Transition:
+        async with self._transaction(Writer.PEOPLE) as db:
+            async with db.execute(
+                "UPDATE alerts SET resolved_by = ?, resolved_name = ?, resolved_at = ?,"
+                " verdict = ?, resolution_note = ?, next_reminder_at = NULL"
+                " WHERE id = ? AND resolved_at IS NULL",
+                (actor.user_id, actor.name, actor.at, verdict.value, note, alert_id),
+            ) as cursor:
+                changed = cursor.rowcount == 1
+            if changed:
+                await self._audit_all(
+                    db, [alert_id], f"resolved ({verdict.value})", actor, audit_detail(note, detail)
+                )
+                if verdict is Verdict.CONFIRMED_TAKEOVER:
+                    # Paged again, whatever was paged before: the outbox sends it.
+                    await db.execute(_RE_ESCALATE, _re_escalation(actor, alert_id))
+                    await self._audit_all(
+                        db, [alert_id], f"escalated ({EscalationKind.CONFIRMED.value})", actor, None
+                    )
+        alert = await self.get(alert_id)
+        if alert is None:
+            raise StoreError(f"alert {alert_id} does not exist")
+        return Transition(alert=alert, changed=changed)
 
     async def _transition(
         self,
@@ -882,6 +970,16 @@ class SqliteStore:
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")
         return Transition(alert=alert, changed=changed)
+
+
+_RE_ESCALATE = (
+    "UPDATE alerts SET escalated_by = ?, escalated_name = ?, escalated_at = ?,"
+    " escalation_kind = ?, escalation_channel = NULL, escalation_ts = NULL WHERE id = ?"
+)
+
+
+def _re_escalation(actor: Actor, alert_id: int) -> tuple[Any, ...]:
+    return (actor.user_id, actor.name, actor.at, EscalationKind.CONFIRMED.value, alert_id)
 
 
 def _root_scope(follow_up: Alert) -> tuple[str, tuple[str, ...]]:
