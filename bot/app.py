@@ -30,6 +30,7 @@ from bot import keys, webhook
 from bot.actions.http import handle_actions, socket_mode_listener
 from bot.actions.service import ActionService
 from bot.actions.verify import SlackRequestVerifier
+from bot.commands.form import EXPECT_CALLBACK
 from bot.commands.http import handle_commands, socket_mode_commands
 from bot.commands.service import CommandService, ResponseUrls
 from bot.config import ConfigError, LiveConfig, LoadedConfig, ReloadResult, read_if_changed
@@ -237,6 +238,7 @@ def build_app(
                 clock=tuning.clock,
                 replies=ResponseUrls(session, slack_api_url=settings.slack_api_url),
             )
+            app[keys.ACTIONS].add_form(EXPECT_CALLBACK, app[keys.COMMANDS].accept_expect)
             yield
             await app[keys.COMMANDS].close(grace=tuning.shutdown_grace)
 

@@ -665,6 +665,27 @@ def render_window_cancelled(window: Window) -> Message:
     return Message(text=_plain_fallback(fallback), blocks=_to_dicts(list(blocks)))
 
 
+def open_line(alert: Alert, permalink: str | None) -> str:
+    """An unresolved alert, as a line of `/pinwatch open` (mrkdwn), linked to its message."""
+    parts = [alert_heading(alert), slack_date(_happened_at(alert))]
+    if alert.team:
+        parts.append(f"team {safe(alert.team)}")
+    if alert.acknowledged is not None:
+        parts.append(f"acknowledged by {actor_text(alert.acknowledged)}")
+    else:
+        parts.append("not acknowledged")
+    if alert.escalated is not None:
+        parts.append("escalated")
+    if alert.expected is not None:
+        parts.append(f"expected (window #{alert.expected.window_id})")
+    link = f"<{permalink}|#{alert.id}>" if permalink else f"#{alert.id}"
+    return f"{link} " + " · ".join(parts)
+
+
+def _happened_at(alert: Alert) -> float:
+    return alert.event.time if alert.event.time is not None else alert.received_at
+
+
 def window_line(window: Window) -> str:
     """One open window, as a line of an ephemeral answer (mrkdwn)."""
     return (

@@ -141,6 +141,7 @@ class SlashCommands:
     socket: web.WebSocketResponse | None
     _changed: asyncio.Condition
     _clock: Callable[[], float]
+    new_trigger: Callable[[], str]
 
     def _init_slash_commands(self) -> None:
         self.base_url = ""  # set by start_fake_slack
@@ -180,7 +181,7 @@ class SlashCommands:
             "text": text,
             "api_app_id": "A0PINWATCH",
             "response_url": response_url or self.response_url(),
-            "trigger_id": f"{self._response_seq}.trigger",
+            "trigger_id": self.new_trigger(),
         }
 
     async def slash_command(

@@ -10,7 +10,16 @@ from urllib.parse import urlencode
 import pytest
 import yaml
 
-from tests.conftest import SLACK_SIGNING_SECRET, Pinwatch, StartPinwatch
+from tests.conftest import (
+    REFERENCE_BODY,
+    SLACK_SIGNING_SECRET,
+    Pinwatch,
+    StartPinwatch,
+    delivery,
+    eventually,
+    security,
+    verdict_values,
+)
 from tests.fake_slack import SlashAnswer
 
 
@@ -63,7 +72,6 @@ async def test_route_says_what_pinwatch_route_says(pinwatch: Pinwatch) -> None:
         ("expect +15550783881 1h PIN_CHANGD oops", "'PIN_CHANGD' is not an event pinwatch"),
         ("expect +15550783881 1h ACCOUNT_OFFBOARDED x", "ACCOUNT_OFFBOARDED cannot be announced"),
         ("expect +15550783881", "Usage: /pinwatch expect +NUMBER|WABA DURATION"),
-        ("expect", "Usage: /pinwatch expect +NUMBER|WABA DURATION"),
         ("cancel", "Usage: /pinwatch cancel ID"),
         ("cancel abc", "'abc' is not a window id. Usage: /pinwatch cancel ID"),
         ("cancel 1 2", "Usage: /pinwatch cancel ID"),
@@ -90,8 +98,54 @@ async def test_cancel_of_an_unknown_window_says_so(pinwatch: Pinwatch) -> None:
     assert reply == {"text": "There is no window #42.", "response_type": "ephemeral"}
 
 
-async def test_open_is_answered(pinwatch: Pinwatch) -> None:
-    assert await answer_text(pinwatch, "open") == "/pinwatch open is not available yet."
+async def test_open_lists_the_callers_teams_unresolved_alerts(pinwatch: Pinwatch) -> None:
+    await pinwatch.post_webhook(REFERENCE_BODY)  # payments
+    await pinwatch.wait_posted(1)
+    await pinwatch.post_webhook(delivery(security("PIN_CHANGED", phone="442079460018")))  # support
+    await pinwatch.wait_posted(2)
+    await pinwatch.post_webhook(delivery(security("PIN_CHANGED"), time=1748811999))  # payments
+    await pinwatch.wait_posted(3)
+    # Resolved: no longer open.
+    assert await pinwatch.click("resolve", 3) == 200
+    await pinwatch.slack.wait_for(lambda s: len(s.views) == 1)
+    assert (await pinwatch.submit_view(pinwatch.slack.views[0], verdict_values("false_alarm")))[
+        0
+    ] == 200
+
+    async def resolved() -> bool:
+        return (await pinwatch.alert(3)).resolved is not None
+
+    await eventually(resolved)
+
+    url = pinwatch.slack.response_url()
+    answer = await ask(pinwatch, "open", response_url=url, user="U0CAROL")  # in S0PAYSEC
+    assert answer.ephemeral_text == "Looking for your teams' unresolved alerts…"
+    [reply] = await pinwatch.slack.wait_response(url)
+    lines = reply["text"].splitlines()
+    assert lines[0] == "Unresolved alerts for payments, support, the default channel, newest first:"
+    request = await pinwatch.alert(1)
+    link = (
+        f"https://fake.slack.test/archives/C0PAYMENTS/p{(request.slack_ts or '').replace('.', '')}"
+    )
+    assert lines[1].startswith("• <https://fake.slack.test/archives/C0SUPPORT/")
+    assert lines[2].startswith(f"• <{link}|#1> *Two-step verification reset requested* for")
+    assert "team payments · not acknowledged" in lines[2]
+    assert len(lines) == 3  # #3 is resolved
+
+    # Someone of no team with responders sees support's alert (anyone may act there) only.
+    url = pinwatch.slack.response_url()
+    await ask(pinwatch, "open", response_url=url, user="U0MALLORY")
+    [reply] = await pinwatch.slack.wait_response(url)
+    lines = reply["text"].splitlines()
+    assert lines[0] == "Unresolved alerts for support, the default channel, newest first:"
+    assert len(lines) == 2
+
+
+async def test_open_with_nothing_open(pinwatch: Pinwatch) -> None:
+    url = pinwatch.slack.response_url()
+    await ask(pinwatch, "open", response_url=url)
+    [reply] = await pinwatch.slack.wait_response(url)
+    assert reply["text"] == "No unresolved alerts for payments, support, the default channel."
 
 
 # --- signatures --------------------------------------------------------------------------

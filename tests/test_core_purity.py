@@ -10,7 +10,7 @@ import pytest
 BOT = Path(__file__).parent.parent / "bot"
 CORE = [
     *("events", "catalog", "account_events", "account_text", "config", "routing", "render"),
-    *("windows", "route_report", "commands/parse", "commands/requests"),
+    *("windows", "route_report", "commands/parse", "commands/requests", "commands/form"),
 ]
 ADAPTERS = ["webhook", "store", "slack", "dispatcher", "app", "actions", "cli"]
 ADAPTERS += ["commands.service", "commands.http"]

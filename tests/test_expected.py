@@ -251,3 +251,72 @@ async def test_an_announcement_whose_answer_was_lost_opens_the_window(pinwatch: 
     [announcement] = pinwatch.slack.top_level("C0PAYMENTS")
     [(announced_ts,)] = await pinwatch.query("SELECT announced_ts FROM expected_windows")
     assert announced_ts == announcement.ts
+
+
+def form_values(**given: str | None) -> dict[str, dict[str, Any]]:
+    """The expect form's inputs, as Slack states them on submission."""
+    return {
+        part: {part: {"type": "plain_text_input", "value": given.get(part)}}
+        for part in ("target", "duration", "events", "reason")
+    }
+
+
+async def test_expect_with_no_arguments_opens_a_form_that_announces(pinwatch: Pinwatch) -> None:
+    answer = await pinwatch.slack.slash_command(
+        pinwatch.client, "expect", secret=SLACK_SIGNING_SECRET, channel="C0PAYMENTS"
+    )
+    assert (answer.status, answer.text) == (200, "")  # the form is the answer
+    await pinwatch.slack.wait_for(lambda s: len(s.views) == 1)
+    [form] = pinwatch.slack.views
+    assert form["callback_id"] == "pinwatch.expect"
+
+    status, body = await pinwatch.submit_view(form, form_values(target="+15550783881"))
+    assert status == 200
+    assert json.loads(body) == {
+        "response_action": "errors",
+        "errors": {"duration": "'': '' is not a duration such as 90s, 15m or 1h."},
+    }
+    status, body = await pinwatch.submit_view(
+        form, form_values(target="+15550783881", duration="48h", reason="x")
+    )
+    assert json.loads(body)["errors"] == {"duration": "48h is longer than 24h."}
+    status, body = await pinwatch.submit_view(
+        form,
+        form_values(target="+15550783881", duration="2h", events="PIN_CHANGED, PIN_RESET_REQUEST"),
+    )
+    assert json.loads(body)["errors"] == {"reason": "Say why: a reason is required."}
+    assert await pinwatch.query("SELECT id FROM expected_windows") == []
+
+    status, body = await pinwatch.submit_view(
+        form,
+        form_values(
+            target="+15550783881",
+            duration="2h",
+            events="PIN_CHANGED, PIN_RESET_REQUEST",
+            reason="rotation",
+        ),
+    )
+    assert (status, body) == (200, "")  # the form closes
+    await pinwatch.slack.wait_for_calls("chat.postEphemeral")
+    [told] = pinwatch.slack.calls_to("chat.postEphemeral")
+    assert told.params["channel"] == "C0PAYMENTS"
+    assert told.params["user"] == "U0ALICE"
+    assert told.params["text"].startswith("Window #1 is open until")
+    [announcement] = pinwatch.slack.top_level("C0PAYMENTS")
+    assert "`PIN_CHANGED`, `PIN_RESET_REQUEST`" in shown(announcement)
+
+
+async def test_the_form_refuses_a_non_responder(pinwatch: Pinwatch) -> None:
+    await pinwatch.slack.slash_command(
+        pinwatch.client, "expect", secret=SLACK_SIGNING_SECRET, user="U0MALLORY"
+    )
+    await pinwatch.slack.wait_for(lambda s: len(s.views) == 1)
+    values = form_values(target="102290129340398", duration="1h", reason="trust me")
+    status, _ = await pinwatch.submit_view(pinwatch.slack.views[0], values, user="U0MALLORY")
+    assert status == 200
+    await pinwatch.slack.wait_for_calls("chat.postEphemeral")
+    [told] = pinwatch.slack.calls_to("chat.postEphemeral")
+    assert told.params["text"] == (
+        "Only the responders of team payments can announce or end its expected changes."
+    )
+    assert await pinwatch.query("SELECT id FROM expected_windows") == []

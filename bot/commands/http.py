@@ -41,7 +41,8 @@ async def handle_commands(request: web.Request) -> web.Response:
         command = parse_slash_form(body)
     except MalformedCommand as exc:
         return web.Response(status=400, text=str(exc))
-    return web.json_response(await app[keys.COMMANDS].answer(command))
+    answer = await app[keys.COMMANDS].answer(command)
+    return web.json_response(answer) if answer is not None else web.Response()
 
 
 def socket_mode_commands(

@@ -136,28 +136,44 @@ def _route(args: list[str]) -> RouteQuery:
     return RouteQuery(phone=target.value, waba=waba)
 
 
-def parse_expect(target: str, duration: str, events: list[str], reason: str) -> Expect:
-    """The parts of an announcement, from the command's words or the modal's fields."""
+class FieldProblem(ValueError):
+    """One part of an announcement is wrong: which (target, duration, events, reason), and why."""
+
+    def __init__(self, part: str, problem: str) -> None:
+        super().__init__(problem)
+        self.part = part
+
+
+def check_expect(target: str, duration: str, events: list[str], reason: str) -> Expect:
+    """The parts of an announcement, from the command's words or the modal's fields; raises
+    FieldProblem naming the first part that is wrong."""
     try:
         parsed_target = Target.parse(target)
     except NotATarget as exc:
-        raise _usage("expect", str(exc)) from None
+        raise FieldProblem("target", str(exc)) from None
     try:
         seconds = parse_duration(duration)
     except ValueError as exc:
-        raise _usage("expect", f"{clip_word(duration)!r}: {exc}") from None
+        raise FieldProblem("duration", f"{clip_word(duration)!r}: {exc}") from None
     if seconds > MAX_WINDOW:
-        raise _usage("expect", f"{duration} is longer than 24h")
+        raise FieldProblem("duration", f"{clip_word(duration)} is longer than 24h")
     try:
         parsed_events = parse_events(events)
     except ValueError as exc:
-        raise _usage("expect", str(exc)) from None
+        raise FieldProblem("events", str(exc)) from None
     reason = " ".join(reason.split())
     if not reason:
-        raise _usage("expect", "Say why: a reason is required")
+        raise FieldProblem("reason", "Say why: a reason is required")
     if len(reason) > MAX_REASON_CHARS:
-        raise _usage("expect", f"The reason is longer than {MAX_REASON_CHARS} characters")
+        raise FieldProblem("reason", f"The reason is longer than {MAX_REASON_CHARS} characters")
     return Expect(target=parsed_target, duration=seconds, events=parsed_events, reason=reason)
+
+
+def parse_expect(target: str, duration: str, events: list[str], reason: str) -> Expect:
+    try:
+        return check_expect(target, duration, events, reason)
+    except FieldProblem as exc:
+        raise _usage("expect", str(exc)) from None
 
 
 def _expect(args: list[str]) -> Expect:

@@ -15,8 +15,11 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from yarl import URL
 
 from bot.actions.authority import Authority, ResponderCheck
+from bot.actions.payloads import Submission
+from bot.commands.form import channel_of, expect_modal, read_expect
 from bot.commands.parse import (
     HELP,
+    USAGE,
     Cancel,
     Expect,
     ExpectForm,
@@ -30,8 +33,10 @@ from bot.commands.parse import (
 from bot.commands.requests import SlashCommand
 from bot.config import LiveConfig
 from bot.events import Actor, Clock, EventType, Responders, SecurityEvent
+from bot.modals import FormErrors
 from bot.render import (
     channel_text,
+    open_line,
     render_window_announcement,
     render_window_cancelled,
     slack_date,
@@ -46,6 +51,7 @@ from bot.windows import SeveralTeams, Window, team_of
 log = logging.getLogger(__name__)
 
 SLACK_HOOKS_HOST = "hooks.slack.com"
+OPEN_LIMIT = 20  # alerts listed by /pinwatch open, newest first
 _CHANNEL_ID = re.compile(r"^[CG][A-Z0-9]{2,}$")
 
 
@@ -100,8 +106,9 @@ class CommandService:
         self._responders = ResponderCheck(slack)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def answer(self, command: SlashCommand) -> dict[str, Any]:
-        """The answer Slack shows the caller now; slower work goes on in the background."""
+    async def answer(self, command: SlashCommand) -> dict[str, Any] | None:
+        """The answer Slack shows the caller now (None: nothing, an empty 200); slower work goes
+        on in the background."""
         try:
             asked = parse_command(command.text)
         except UsageError as exc:
@@ -119,11 +126,13 @@ class CommandService:
                 self._later(command, self._cancel(command, asked.window_id))
                 return ephemeral(f"Ending window #{asked.window_id}…")
             if isinstance(asked, ExpectForm):
-                return ephemeral(
-                    "Usage: /pinwatch expect +NUMBER|WABA DURATION [EVENT…] REASON (at most 24h)"
-                )
+                if not command.trigger_id:
+                    return ephemeral(f"Usage: {USAGE['expect']}")
+                self._later(command, self._open_form(command, command.trigger_id))
+                return None  # the form is the answer; an empty 200 shows nothing else
             if isinstance(asked, OpenAlerts):
-                return ephemeral("/pinwatch open is not available yet.")
+                self._later(command, self._open_alerts(command))
+                return ephemeral("Looking for your teams' unresolved alerts…")
         except StoreError as exc:
             log.error("/pinwatch: store unavailable: %s", exc)
             return ephemeral("pinwatch's store is unavailable right now; try again in a minute.")
@@ -140,12 +149,74 @@ class CommandService:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    def _later(self, command: SlashCommand, work: Awaitable[str]) -> None:
+    def accept_expect(self, submission: Submission) -> dict[str, str]:
+        """The expect form submitted (ActionService hands it over): errors by field at once,
+        for Slack to show in the form; else the window is opened in the background."""
+        try:
+            asked = read_expect(submission.values)
+        except FormErrors as exc:
+            return exc.errors
+        try:
+            team = team_of(asked.target, asked.events, self._config.config)
+        except SeveralTeams as exc:
+            return {"events": f"{exc}."}
+        command = SlashCommand(
+            user_id=submission.user_id,
+            user_name=submission.user_name,
+            channel_id=channel_of(submission.private_metadata),
+            text="",
+            response_url=None,  # a modal has none: the outcome is told ephemerally
+            trigger_id=None,
+        )
+        self._later(command, self._open_window(command, asked, team))
+        return {}
+
+    async def _open_form(self, command: SlashCommand, trigger_id: str) -> str | None:
+        try:
+            await self._slack.open_view(trigger_id, expect_modal(channel=command.channel_id))
+        except SlackCallError as exc:
+            log.warning("/pinwatch expect: form not opened: %s", exc)
+            return f"The form could not be opened ({exc.error}). Usage: {USAGE['expect']}"
+        return None
+
+    async def _open_alerts(self, command: SlashCommand) -> str:
+        config = self._config.config
+        teams = []
+        for team in config.teams:
+            responders = Responders(team_destination(team, config).responders)
+            try:
+                if await self._responders.may_act(command.user_id, Authority((responders,), team)):
+                    teams.append(team)
+            except SlackCallError as exc:
+                log.warning("/pinwatch open: responders not resolved: %s", exc)
+                return "pinwatch could not check the responders lists; try again."
+        # Alerts of no team go to the default channel, where anyone may act on them.
+        alerts, total = await self._store.unresolved(teams, with_defaults=True, limit=OPEN_LIMIT)
+        whose = ", ".join([*teams, "the default channel"])
+        if not alerts:
+            return f"No unresolved alerts for {whose}."
+        links: dict[tuple[str, str], str | None] = {}
+        lines = [f"Unresolved alerts for {whose}, newest first:"]
+        for alert in alerts:
+            assert alert.slack_channel is not None
+            assert alert.slack_ts is not None
+            message = (alert.slack_channel, alert.slack_ts)
+            if message not in links:
+                try:
+                    links[message] = await self._slack.permalink(*message)
+                except SlackCallError:
+                    links[message] = None  # listed all the same, without its link
+            lines.append(f"• {open_line(alert, links[message])}")
+        if total > len(alerts):
+            lines.append(f"…and {total - len(alerts)} more.")
+        return "\n".join(lines)
+
+    def _later(self, command: SlashCommand, work: Awaitable[str | None]) -> None:
         task = asyncio.create_task(self._reply_with(command, work), name="/pinwatch")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reply_with(self, command: SlashCommand, work: Awaitable[str]) -> None:
+    async def _reply_with(self, command: SlashCommand, work: Awaitable[str | None]) -> None:
         try:
             text = await work
         except StoreError as exc:
@@ -154,7 +225,8 @@ class CommandService:
         except Exception:
             log.exception("/pinwatch by %s failed", command.user_id)
             text = "pinwatch could not do that; the error is in its log."
-        await self._reply(command, text)
+        if text is not None:
+            await self._reply(command, text)
 
     async def _reply(self, command: SlashCommand, text: str) -> None:
         if command.response_url and self._replies.allowed(command.response_url):

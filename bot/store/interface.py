@@ -310,3 +310,10 @@ class Store(Protocol):
         """(window id, phone digits) of the reset requests routed inside these windows: their
         successes are expected too."""
         ...
+
+    async def unresolved(
+        self, teams: Sequence[str], *, with_defaults: bool, limit: int
+    ) -> tuple[list[Alert], int]:
+        """The newest posted, unresolved alerts of these teams (and of no team, with_defaults),
+        each as its message shows it (a thread's replies not counted), and how many there are."""
+        ...

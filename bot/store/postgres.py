@@ -1034,6 +1034,21 @@ class PostgresStore:
             )
         return await self.window(window_id), _changed(status) == 1
 
+    async def unresolved(
+        self, teams: Sequence[str], *, with_defaults: bool, limit: int
+    ) -> tuple[list[Alert], int]:
+        where = (
+            "slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL"
+            " AND severity IS DISTINCT FROM 'off' AND (team = ANY($1::text[])"
+            + (" OR team IS NULL)" if with_defaults else ")")
+        )
+        async with self._connection() as db:
+            rows = await db.fetch(
+                f"SELECT * FROM alerts WHERE {where} ORDER BY id DESC LIMIT $2", list(teams), limit
+            )
+            count = await db.fetchval(f"SELECT count(*) FROM alerts WHERE {where}", list(teams))
+        return [alert_from_row(row) for row in rows], int(count or 0)
+
     async def requests_in_windows(self, window_ids: Sequence[int]) -> set[tuple[int, str]]:
         if not window_ids:
             return set()

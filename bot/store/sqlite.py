@@ -809,6 +809,25 @@ class SqliteStore:
             changed = cursor.rowcount == 1
         return await self.window(window_id), changed
 
+    async def unresolved(
+        self, teams: Sequence[str], *, with_defaults: bool, limit: int
+    ) -> tuple[list[Alert], int]:
+        marks = ", ".join("?" for _ in teams) or "NULL"
+        where = (
+            f"slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL"
+            f" AND severity IS NOT 'off' AND (team IN ({marks})"
+            + (" OR team IS NULL)" if with_defaults else ")")
+        )
+        async with self._reader.execute(
+            f"SELECT * FROM alerts WHERE {where} ORDER BY id DESC LIMIT ?", (*teams, limit)
+        ) as cursor:
+            alerts = [alert_from_row(row) async for row in cursor]
+        async with self._reader.execute(
+            f"SELECT count(*) FROM alerts WHERE {where}", teams
+        ) as cursor:
+            row = await cursor.fetchone()
+        return alerts, row[0] if row else 0
+
     async def requests_in_windows(self, window_ids: Sequence[int]) -> set[tuple[int, str]]:
         if not window_ids:
             return set()
