@@ -104,10 +104,10 @@ def _happened(alert: Alert) -> float:
 _PAGED_ALONE = (EscalationKind.TAKEOVER, EscalationKind.CONFIRMED)
 
 
-def _escalations(alerts: list[Alert]) -> list[tuple[int, float]]:
-    """Each alert with the time of the escalation being paged: the store records the page
+def _escalations(alerts: list[Alert]) -> list[tuple[int, EscalationKind]]:
+    """Each alert with the kind of the escalation being paged: the store records the page
     only for that escalation, not for one made since."""
-    return [(alert.id, alert.escalated.at) for alert in alerts if alert.escalated is not None]
+    return [(a.id, a.escalation_kind) for a in alerts if a.escalation_kind is not None]
 
 
 def _regardless(message: Message) -> Callable[[str | None], Message]:

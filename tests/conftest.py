@@ -160,8 +160,16 @@ def block_actions_body(
 def view_submission_body(
     view: dict[str, Any], values: dict[str, dict[str, Any]], *, user: str, name: str | None
 ) -> bytes:
+    """A view_submission as POST /slack/actions receives it."""
+    payload = view_submission_payload(view, values, user=user, name=name)
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
+def view_submission_payload(
+    view: dict[str, Any], values: dict[str, dict[str, Any]], *, user: str, name: str | None
+) -> dict[str, Any]:
     """A view_submission payload shaped like Slack's, for a view pinwatch opened."""
-    payload = json.loads((DATA / "slack_view_submission.json").read_text())
+    payload: dict[str, Any] = json.loads((DATA / "slack_view_submission.json").read_text())
     payload["user"] = {"id": user, "username": name or user.lower(), "team_id": "T0FAKE"}
     if name is not None:
         payload["user"]["name"] = name
@@ -171,7 +179,7 @@ def view_submission_body(
         private_metadata=view.get("private_metadata", ""),
         state={"values": values},
     )
-    return urlencode({"payload": json.dumps(payload)}).encode()
+    return payload
 
 
 def verdict_values(verdict: str | None, note: str | None = None) -> dict[str, dict[str, Any]]:

@@ -85,6 +85,21 @@ class Message:
             out["metadata"] = self.metadata
         return out
 
+    def transcript(self) -> str:
+        """The message as a reader sees it, roughly: the fallback, each block's text, buttons."""
+        lines = [self.text]
+        for block in self.blocks:
+            texts = [block.get("text"), *block.get("fields", []), *block.get("elements", [])]
+            for item in texts:
+                if isinstance(item, dict) and isinstance(item.get("text"), str):
+                    lines += [f"> {line}" for line in item["text"].splitlines()]
+            buttons = [e for e in block.get("elements", []) if e.get("type") == "button"]
+            if accessory := block.get("accessory"):
+                buttons.append(accessory)
+            if buttons:
+                lines.append("> [buttons: " + ", ".join(b["text"]["text"] for b in buttons) + "]")
+        return "\n".join(lines)
+
     @property
     def in_channel_history(self) -> bool:
         """Top-level messages and broadcast replies; other thread replies are in the thread."""
@@ -145,7 +160,6 @@ class SlashCommands:
 
     def _init_slash_commands(self) -> None:
         self.base_url = ""  # set by start_fake_slack
-        self.socket_ack_payloads: dict[str, Any] = {}
         # What the bot posted to each response_url, by the key in its path.
         self.responses: dict[str, list[dict[str, Any]]] = {}
         self._response_seq = 0
@@ -256,6 +270,7 @@ class FakeSlack(SlashCommands):
         # Socket Mode: the open connection, and every ack (envelope_id) the client sent back.
         self.socket: web.WebSocketResponse | None = None
         self.socket_acks: list[str] = []
+        self.socket_payloads: dict[str, Any] = {}  # envelope_id → the payload its ack carried
         self.socket_url = ""  # set by start_fake_slack
         self.channels: dict[str, str] = dict(channels or {})
         self.missing_channels: set[str] = set(missing_channels or ())
@@ -486,9 +501,7 @@ class FakeSlack(SlashCommands):
                 envelope = json.loads(message.data)
                 async with self._changed:
                     self.socket_acks.append(str(envelope.get("envelope_id")))
-                    self.socket_ack_payloads[str(envelope.get("envelope_id"))] = envelope.get(
-                        "payload"
-                    )
+                    self.socket_payloads[str(envelope.get("envelope_id"))] = envelope.get("payload")
                     self._changed.notify_all()
         return socket
 

@@ -207,19 +207,19 @@ async def test_slash_commands_over_socket_mode(start_pinwatch: StartPinwatch) ->
 
     await pinwatch.slack.send_slash_command("help", "env-help", response_url=url)
     await pinwatch.slack.wait_for(lambda s: "env-help" in s.socket_acks)
-    help_answer = pinwatch.slack.socket_ack_payloads["env-help"]
+    help_answer = pinwatch.slack.socket_payloads["env-help"]
     assert help_answer["response_type"] == "ephemeral"
     assert help_answer["text"].startswith("pinwatch, from Slack:")
 
     await pinwatch.slack.send_slash_command("bogus", "env-bad", response_url=url)
     await pinwatch.slack.wait_for(lambda s: "env-bad" in s.socket_acks)
-    assert pinwatch.slack.socket_ack_payloads["env-bad"]["text"].startswith("Unknown subcommand")
+    assert pinwatch.slack.socket_payloads["env-bad"]["text"].startswith("Unknown subcommand")
 
     await pinwatch.slack.send_slash_command(
         "expect +15550783881 1h rotation", "env-expect", response_url=url
     )
     await pinwatch.slack.wait_for(lambda s: "env-expect" in s.socket_acks)
-    assert pinwatch.slack.socket_ack_payloads["env-expect"]["text"].startswith("Announcing")
+    assert pinwatch.slack.socket_payloads["env-expect"]["text"].startswith("Announcing")
     [reply] = await pinwatch.slack.wait_response(url)
     assert reply["text"].startswith("Window #1 is open until")
     # One ack per envelope: the interactivity listener leaves slash commands alone.

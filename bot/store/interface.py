@@ -163,7 +163,7 @@ class Store(Protocol):
 
     async def mark_paged(
         self,
-        paged: Sequence[tuple[int, float]],
+        paged: Sequence[tuple[int, EscalationKind]],
         *,
         channel: str,
         ts: str,
@@ -171,8 +171,9 @@ class Store(Protocol):
         send: str | None,
     ) -> None:
         """One page for these alerts (one, or a storm summary's rows), each given with the
-        time of the escalation paged: an alert escalated again since (a takeover, a confirmed
-        one) keeps waiting for its own page. One transaction."""
+        kind of the escalation paged (an alert has each kind at most once): one escalated
+        again since (a takeover, suspected or confirmed) keeps waiting for its own page. One
+        transaction."""
         ...
 
     async def mark_reminded(

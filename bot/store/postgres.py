@@ -678,7 +678,7 @@ class PostgresStore:
 
     async def mark_paged(
         self,
-        paged: Sequence[tuple[int, float]],
+        paged: Sequence[tuple[int, EscalationKind]],
         *,
         channel: str,
         ts: str,
@@ -689,13 +689,13 @@ class PostgresStore:
             # Only the escalation that was paged: one re-armed meanwhile waits for its own page.
             done = await db.fetch(
                 "UPDATE alerts SET escalation_channel = $1, escalation_ts = $2"
-                " FROM unnest($3::bigint[], $4::double precision[]) AS paged (id, escalated_at)"
-                " WHERE alerts.id = paged.id AND alerts.escalated_at = paged.escalated_at"
+                " FROM unnest($3::bigint[], $4::text[]) AS paged (id, kind)"
+                " WHERE alerts.id = paged.id AND alerts.escalation_kind = paged.kind"
                 " RETURNING alerts.id",
                 channel,
                 ts,
                 [alert_id for alert_id, _ in paged],
-                [escalated_at for _, escalated_at in paged],
+                [kind.value for _, kind in paged],
             )
             await self._audit(db, [row[0] for row in done], "paged", actor, f"{channel} {ts}")
             if send is not None:

@@ -610,7 +610,7 @@ class SqliteStore:
 
     async def mark_paged(
         self,
-        paged: Sequence[tuple[int, float]],
+        paged: Sequence[tuple[int, EscalationKind]],
         *,
         channel: str,
         ts: str,
@@ -618,15 +618,12 @@ class SqliteStore:
         send: str | None,
     ) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
-            done = []
-            for alert_id, escalated_at in paged:
-                async with db.execute(
-                    "UPDATE alerts SET escalation_channel = ?, escalation_ts = ?"
-                    " WHERE id = ? AND escalated_at = ?",
-                    (channel, ts, alert_id, escalated_at),
-                ) as cursor:
-                    if cursor.rowcount == 1:
-                        done.append(alert_id)
+            done = await _updated_each(
+                db,
+                "UPDATE alerts SET escalation_channel = ?, escalation_ts = ?"
+                " WHERE id = ? AND escalation_kind = ?",
+                [(alert_id, (channel, ts, alert_id, kind.value)) for alert_id, kind in paged],
+            )
             await self._audit_all(db, done, "paged", actor, f"{channel} {ts}")
             if send is not None:
                 await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
@@ -640,15 +637,12 @@ class SqliteStore:
         send: str,
     ) -> None:
         async with self._transaction(Writer.OUTBOX) as db:
-            done = []
-            for alert_id, due in reminded:
-                async with db.execute(
-                    "UPDATE alerts SET next_reminder_at = ?"
-                    " WHERE id = ? AND next_reminder_at = ? AND resolved_at IS NULL",
-                    (next_at, alert_id, due),
-                ) as cursor:
-                    if cursor.rowcount == 1:
-                        done.append(alert_id)
+            done = await _updated_each(
+                db,
+                "UPDATE alerts SET next_reminder_at = ?"
+                " WHERE id = ? AND next_reminder_at = ? AND resolved_at IS NULL",
+                [(alert_id, (next_at, alert_id, due)) for alert_id, due in reminded],
+            )
             await self._audit_all(db, done, "reminded", actor, None)
             await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
@@ -989,6 +983,18 @@ class SqliteStore:
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")
         return Transition(alert=alert, changed=changed)
+
+
+async def _updated_each(
+    db: aiosqlite.Connection, sql: str, updates: Sequence[tuple[int, tuple[Any, ...]]]
+) -> list[int]:
+    """Run a guarded UPDATE for each alert: the ids of those it changed (the guard held)."""
+    done = []
+    for alert_id, params in updates:
+        async with db.execute(sql, params) as cursor:
+            if cursor.rowcount == 1:
+                done.append(alert_id)
+    return done
 
 
 _RE_ESCALATE = (
