@@ -266,7 +266,7 @@ class CommandService:
         channel = team_destination(team, config).channel
         self._later(command, self._open_window(command, asked, team))
         return ephemeral(
-            f"Announcing an expected change for {window_subject_of(asked)} in "
+            f"Announcing an expected change for {asked.target.describe()} in "
             f"{channel_text(channel)}…"
         )
 
@@ -371,7 +371,3 @@ class CommandService:
 
 def _window_send(window: Window) -> SendKey:
     return SendKey(f"window:{window.id}", 0)  # about no alert: a window has its own id
-
-
-def window_subject_of(asked: Expect) -> str:
-    return asked.target.describe()
