@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # the adapters import this module: name their types without i
     from bot.actions.service import ActionService
     from bot.actions.verify import SlackRequestVerifier
     from bot.app import SocketModeLink
+    from bot.commands.service import CommandService
     from bot.config import LiveConfig
     from bot.dispatcher import Dispatcher
     from bot.events import Clock
@@ -31,3 +32,4 @@ DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
 SLACK_VERIFIER: web.AppKey[SlackRequestVerifier] = web.AppKey("slack_verifier")
 ACTIONS: web.AppKey[ActionService] = web.AppKey("actions")
 SOCKET_MODE: web.AppKey[SocketModeLink] = web.AppKey("socket_mode")
+COMMANDS: web.AppKey[CommandService] = web.AppKey("commands")

@@ -35,6 +35,10 @@ SQLITE_UNDO = {
             )
         )
     ),
+    9: (
+        "DROP INDEX alerts_by_window; ALTER TABLE alerts DROP COLUMN window_id;"
+        " ALTER TABLE alerts DROP COLUMN expected; DROP TABLE expected_windows;"
+    ),
 }
 
 POSTGRES_UNDO = {
@@ -48,6 +52,10 @@ POSTGRES_UNDO = {
         "DROP INDEX alerts_reminders; ALTER TABLE alerts DROP COLUMN resolved_by,"
         " DROP COLUMN resolved_name, DROP COLUMN resolved_at, DROP COLUMN verdict,"
         " DROP COLUMN resolution_note, DROP COLUMN next_reminder_at;"
+    ),
+    6: (
+        "DROP INDEX alerts_by_window; ALTER TABLE alerts DROP COLUMN window_id,"
+        " DROP COLUMN expected; DROP TABLE expected_windows;"
     ),
 }
 
