@@ -30,6 +30,9 @@ from bot import keys, webhook
 from bot.actions.http import handle_actions, socket_mode_listener
 from bot.actions.service import ActionService
 from bot.actions.verify import SlackRequestVerifier
+from bot.commands.form import EXPECT_CALLBACK
+from bot.commands.http import handle_commands, socket_mode_commands
+from bot.commands.service import CommandService, ResponseUrls
 from bot.config import ConfigError, LiveConfig, LoadedConfig, ReloadResult, read_if_changed
 from bot.dispatcher import Dispatcher, RetryPolicy
 from bot.events import Alert, Clock, system_clock
@@ -264,6 +267,20 @@ def build_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def commands(app: web.Application) -> AsyncIterator[None]:
+        # Its own session: answers that follow a command go to Slack's hooks host, not the API.
+        async with aiohttp.ClientSession(timeout=tuning.slack_timeout) as session:
+            app[keys.COMMANDS] = CommandService(
+                store=app[keys.STORE],
+                slack=app[keys.SLACK],
+                config=app[keys.CONFIG],
+                clock=tuning.clock,
+                replies=ResponseUrls(session, slack_api_url=settings.slack_api_url),
+            )
+            app[keys.ACTIONS].add_form(EXPECT_CALLBACK, app[keys.COMMANDS].accept_expect)
+            yield
+            await app[keys.COMMANDS].close(grace=tuning.shutdown_grace)
+
     async def config_watcher(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(
             watch_config(app, poll_interval=tuning.config_poll_interval), name="config watcher"
@@ -283,6 +300,7 @@ def build_app(
             web_client=AsyncWebClient(base_url=settings.slack_api_url),
         )
         client.socket_mode_request_listeners.append(socket_mode_listener(app[keys.ACTIONS]))
+        client.socket_mode_request_listeners.append(socket_mode_commands(app[keys.COMMANDS]))
         link = app[keys.SOCKET_MODE] = SocketModeLink(client, retry=tuning.socket_retry)
         # In the background: webhooks are accepted whatever Slack's state, and a stop is not
         # held up by a connection attempt.
@@ -294,11 +312,12 @@ def build_app(
         await client.close()  # type: ignore[no-untyped-call]
 
     app.cleanup_ctx.extend(
-        [slack_client, pagerduty_client, store, dispatcher, config_watcher, socket_mode]
+        [slack_client, pagerduty_client, store, dispatcher, commands, config_watcher, socket_mode]
     )
     app.router.add_get("/webhook", webhook.handle_handshake)
     app.router.add_post("/webhook", webhook.handle_delivery)
     app.router.add_post("/slack/actions", handle_actions)
+    app.router.add_post("/slack/commands", handle_commands)
     app.router.add_post("/pagerduty/webhook", handle_pagerduty_webhook)
     app.router.add_get("/healthz", handle_health)
     app.router.add_get("/readyz", handle_ready)

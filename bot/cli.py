@@ -22,17 +22,16 @@ from yarl import URL
 from bot import logs
 from bot.app import build_app
 from bot.catalog import (
-    ACKNOWLEDGED,
     ALERTED_FIELDS,
     EVENTS_BY_FIELD,
     FIELD_OF_EVENT,
     SECURITY_FIELD,
     EventType,
-    Severity,
 )
 from bot.config import Config, ConfigError, LoadedConfig, load_config, routing_key_envs
 from bot.events import SecurityEvent
 from bot.render import readable_phone
+from bot.route_report import route_report
 from bot.routing import Destination, route, severity_of
 from bot.settings import Settings, SettingsError, split_secrets
 from bot.store import StoreError, is_database_url, open_store
@@ -202,21 +201,12 @@ def _event_asked(args: argparse.Namespace) -> SecurityEvent:
     )
 
 
-def _handling(severity: Severity, ack_timeout: float) -> str:
-    if severity == Severity.OFF:
-        return "never posted (alerts: off): stored and counted only"
-    if severity in ACKNOWLEDGED:
-        return f"{ack_timeout:g}s, then escalate"
-    return "not needed (Escalate button only)"
-
-
 def show_route(args: argparse.Namespace) -> int:
     loaded = _load(args.config)
     event = _event_asked(args)
     destination = route(event, loaded.config)
     severity = severity_of(event, loaded.config)
     escalation = destination.escalation
-    subject = readable_phone(args.phone) if args.phone else "the whole account"
     if args.json:
         _print_json(
             {
@@ -236,20 +226,8 @@ def show_route(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    responders = (
-        ", ".join(destination.responders) if destination.responders else "anyone in the channel"
-    )
-    print(f"event:      {event.event} for {subject} (WABA {args.waba})")
-    print(f"field:      {event.field}")
-    print(f"severity:   {severity.value}")
-    print(f"team:       {destination.team or '(none: defaults)'}")
-    print(f"channel:    {destination.channel}")
-    print(f"mentions:   {', '.join(destination.mentions) or '(none)'}")
-    print(f"responders: {responders}")
-    print(f"ack within: {_handling(severity, destination.ack_timeout)}")
-    print(
-        f"escalation: {escalation.channel} mentioning {', '.join(escalation.mention) or '(none)'}"
-    )
+    for line in route_report(event, loaded.config):
+        print(line)
     return 0
 
 

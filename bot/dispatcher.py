@@ -10,7 +10,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -26,6 +26,8 @@ from bot.events import (
     Alert,
     Clock,
     EscalationKind,
+    EventType,
+    Expectation,
     Responders,
 )
 from bot.logs import for_alert
@@ -44,10 +46,12 @@ from bot.render import (
 from bot.routing import route, severity_of, team_destination
 from bot.slack import Posted, SendKey, SlackCallError, SlackGateway
 from bot.store import OutboxEntry, Store, StoreError
+from bot.windows import Window, window_for
 
 log = logging.getLogger(__name__)
 
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+RESET_REQUEST = EventType.PIN_RESET_REQUEST
 # A replica that dies holds its channels' lanes this long at most; a live one renews every third.
 LEASE_TTL = 15.0
 
@@ -206,8 +210,14 @@ class Dispatcher:
                 await self._wakeup.wait()
 
     async def _start_deliveries(self) -> None:
-        if unrouted := [self._route(alert) for alert in await self._store.unrouted()]:
-            await self._store.set_routes(unrouted)
+        if waiting := await self._store.unrouted():
+            windows, requests = await self._windows_for(waiting)
+            routed = []
+            for alert in waiting:
+                routed.append(self._route(alert, windows=windows, requests_in=requests))
+                if (expected := routed[-1].expected) and alert.event.known_type == RESET_REQUEST:
+                    requests.add((expected.window_id, alert.event.phone_digits))  # same pass
+            await self._store.set_routes(routed)
         by_channel: dict[str, list[OutboxEntry]] = {}
         for entry in await self._store.outbox():
             by_channel.setdefault(entry.channel, []).append(entry)
@@ -315,22 +325,57 @@ class Dispatcher:
         self._lanes.add(lane)
         lane.add_done_callback(self._lanes.discard)
 
-    def _route(self, alert: Alert) -> Alert:
+    async def _windows_for(self, alerts: list[Alert]) -> tuple[list[Window], set[tuple[int, str]]]:
+        """The announced windows these alerts may fall in, and the reset requests already
+        routed inside them (their successes are expected too)."""
+        times = [_happened(alert) for alert in alerts]
+        windows = await self._store.windows_between(min(times), max(times))
+        if not windows:
+            return [], set()
+        return windows, await self._store.requests_in_windows([w.id for w in windows])
+
+    def _route(
+        self,
+        alert: Alert,
+        *,
+        windows: Sequence[Window] = (),
+        requests_in: Collection[tuple[int, str]] = (),
+    ) -> Alert:
         """Where it goes and how loud: an alert routed `off` is kept, counted and never posted
-        (the outbox does not hold it)."""
+        (the outbox does not hold it); one inside an announced window is posted marked as
+        expected, without mentions or a deadline (so never escalated automatically)."""
         config = self._config.config
         destination = route(alert.event, config)
         severity = severity_of(alert.event, config)
         deadline = alert.received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
+        mentions = destination.mentions
         self._metrics.count_event(alert.event.event, destination.team or "")
+        window = window_for(
+            alert.event,
+            team=destination.team,
+            happened=_happened(alert),
+            windows=windows,
+            requests_in=requests_in,
+        )
+        expected = None
+        if window is not None:
+            deadline, mentions = None, ()
+            expected = Expectation(
+                window_id=window.id,
+                announced_by=window.opened_by,
+                reason=window.reason,
+                until=window.ends_at,
+            )
+            for_alert(log, alert).info("expected: inside window %d", window.id)
         return replace(
             alert,
             team=destination.team,
             channel=destination.channel,
-            mentions=destination.mentions,
+            mentions=mentions,
             responders=Responders(destination.responders),
             ack_deadline=deadline,
             assigned_severity=severity,
+            expected=expected,
         )
 
     async def _run_lane(self, key: str, jobs: list[Job]) -> None:

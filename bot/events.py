@@ -166,6 +166,16 @@ class Responders:
 
 
 @dataclass(frozen=True, slots=True)
+class Expectation:
+    """The announced window an alert fell in (see bot.windows): who said so, and why."""
+
+    window_id: int
+    announced_by: Actor
+    reason: str
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class Alert:
     """A stored event and everything that happened to it since."""
 
@@ -194,6 +204,8 @@ class Alert:
     # As routed, the `alerts:` map applied; None: not routed yet, or routed before pinwatch
     # kept it (the default then holds).
     assigned_severity: Severity | None = None
+    # Routed inside an announced window: posted without mentions or an ack deadline.
+    expected: Expectation | None = None
     resolved: Actor | None = None
     verdict: Verdict | None = None
     resolution_note: str | None = None

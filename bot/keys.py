@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # the adapters import this module: name their types without i
     from bot.actions.service import ActionService
     from bot.actions.verify import SlackRequestVerifier
     from bot.app import SocketModeLink
+    from bot.commands.service import CommandService
     from bot.config import LiveConfig
     from bot.dispatcher import Dispatcher
     from bot.events import Clock
@@ -39,3 +40,4 @@ ENVIRON: web.AppKey[dict[str, str]] = web.AppKey("environ")
 PAGERDUTY_SECRETS: web.AppKey[tuple[bytes, ...]] = web.AppKey("pagerduty_secrets")
 PAGERDUTY_EVENTS: web.AppKey[PagerDutyEvents] = web.AppKey("pagerduty_events")
 PAGERDUTY_INBOX: web.AppKey[PagerDutyInbox] = web.AppKey("pagerduty_inbox")
+COMMANDS: web.AppKey[CommandService] = web.AppKey("commands")

@@ -34,6 +34,7 @@ from bot.events import (
     Severity,
     Verdict,
 )
+from bot.windows import TargetKind, Window
 
 ACKNOWLEDGE_ACTION = "pinwatch.acknowledge"
 ESCALATE_ACTION = "pinwatch.escalate"
@@ -285,6 +286,18 @@ def _status_lines(alert: Alert) -> list[str]:
         )
     if alert.delivery_note:
         lines.append(f":warning: {alert.delivery_note}")  # our words, not outside input
+    if (expected := alert.expected) is not None:
+        who = f"{actor_text(expected.announced_by)} ({safe(expected.reason)})"
+        if alert.takeover_at is None:
+            lines.append(
+                f":calendar: Expected: announced by {who}, window #{expected.window_id} until "
+                f"{slack_date(expected.until)}. No mentions, no automatic escalation."
+            )
+        else:
+            lines.append(
+                f":warning: Announced as expected by {who}, window #{expected.window_id}; "
+                "a takeover chain is escalated all the same."
+            )
     return lines
 
 
@@ -356,6 +369,11 @@ def _fallback(alert: Alert) -> str:
         parts.append(f"acknowledged by {actor_plain(alert.acknowledged)}")
     if alert.escalated is not None:
         parts.append(f"escalated by {actor_plain(alert.escalated)}")
+    if alert.expected is not None:
+        parts.append(
+            f"expected: announced by {actor_plain(alert.expected.announced_by)}"
+            f" ({alert.expected.reason}), window #{alert.expected.window_id}"
+        )
     if alert.resolved is not None:
         verdict = f" as {alert.verdict.label.lower()}" if alert.verdict else ""
         parts.append(f"resolved by {actor_plain(alert.resolved)}{verdict}")
@@ -571,8 +589,9 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
         "here so that none is held up by Slack's rate limit. Each can be acknowledged and resolved"
         " below, or all resolved at once."
     )
-    if first.mentions:
-        intro = " ".join(mention(m) for m in first.mentions) + " " + intro
+    # Every row's, not the first's alone: a first row inside an announced window has none.
+    if mentions := list(dict.fromkeys(m for alert in rows for m in alert.mentions)):
+        intro = " ".join(mention(m) for m in mentions) + " " + intro
     blocks: list[Block] = [
         HeaderBlock(
             text=PlainTextObject(text=f"Storm: {len(rows)} WhatsApp security events", emoji=True)
@@ -592,3 +611,108 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
     team = f" for team {first.team}" if first.team else ""
     text = f"[STORM] {len(rows)} WhatsApp security events{team}; first: {_fallback(first)}"
     return Message(text=clip(text, FALLBACK_TEXT_MAX), blocks=_to_dicts(blocks))
+
+
+# --- announced expected changes (`/pinwatch expect`) -------------------------------------------
+
+
+def window_subject(window: Window) -> str:
+    """What a window covers, as plain text: the number in readable form, or the WABA."""
+    target = window.target
+    if target.kind is TargetKind.PHONE:
+        return readable_phone(target.value)
+    return f"WABA {target.value}"
+
+
+def _event_names(window: Window) -> str:
+    """Known event names only (checked when the window was opened): shown as code."""
+    return ", ".join(f"`{name}`" for name in window.events)
+
+
+def _window_facts(window: Window) -> str:
+    return (
+        f"*Covers* {safe(window_subject(window))} · *Events* {_event_names(window)}"
+        + (f" · *Team* {safe(window.team)}" if window.team else "")
+        + f" · *Window* #{window.id}"
+    )
+
+
+def render_window_announcement(window: Window) -> Message:
+    """Posted in the team channel, for all to see, before a window counts."""
+    by = actor_text(window.opened_by)
+    if window.cancelled is not None:
+        status = (
+            f":stop_sign: Ended early by {actor_text(window.cancelled)} "
+            f"{slack_date(window.cancelled.at)}: alerts are handled as usual again."
+        )
+    else:
+        status = (
+            f"Until {slack_date(window.until)}, matching alerts are posted marked as expected,"
+            " without mentions or automatic escalation; a takeover chain is escalated all the"
+            f" same. End it early with `/pinwatch cancel {window.id}`."
+        )
+    text = (
+        f":calendar: {by} announced an expected change for *{safe(window_subject(window))}*: "
+        f"{safe(window.reason)}\n{status}"
+    )
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text="Expected change announced", emoji=True)),
+        SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX))),
+        ContextBlock(elements=[MarkdownTextObject(text=clip(_window_facts(window), 2000))]),
+    ]
+    ended = " (ended early)" if window.cancelled is not None else ""
+    fallback = (
+        f"Expected change announced by {actor_plain(window.opened_by)} for "
+        f"{window_subject(window)} until {_utc(window.until)}{ended}: {window.reason}"
+        f" (window #{window.id})"
+    )
+    return Message(text=_plain_fallback(fallback), blocks=_to_dicts(blocks))
+
+
+def render_window_cancelled(window: Window) -> Message:
+    """The reply under the announcement, broadcast to the channel, when a window ends early."""
+    assert window.cancelled is not None
+    text = (
+        f":stop_sign: {actor_text(window.cancelled)} ended window #{window.id} for "
+        f"*{safe(window_subject(window))}* early: alerts are handled as usual again."
+    )
+    blocks = [SectionBlock(text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)))]
+    fallback = (
+        f"{actor_plain(window.cancelled)} ended window #{window.id} for "
+        f"{window_subject(window)} early"
+    )
+    return Message(text=_plain_fallback(fallback), blocks=_to_dicts(list(blocks)))
+
+
+def open_line(alert: Alert, permalink: str | None) -> str:
+    """An unresolved alert, as a line of `/pinwatch open` (mrkdwn), linked to its message."""
+    parts = [alert_heading(alert), slack_date(_happened_at(alert))]
+    if alert.team:
+        parts.append(f"team {safe(alert.team)}")
+    if alert.acknowledged is not None:
+        parts.append(f"acknowledged by {actor_text(alert.acknowledged)}")
+    else:
+        parts.append("not acknowledged")
+    if alert.escalated is not None:
+        parts.append("escalated")
+    if alert.expected is not None:
+        parts.append(f"expected (window #{alert.expected.window_id})")
+    link = f"<{permalink}|#{alert.id}>" if permalink else f"#{alert.id}"
+    return f"{link} " + " · ".join(parts)
+
+
+def _happened_at(alert: Alert) -> float:
+    return alert.event.time if alert.event.time is not None else alert.received_at
+
+
+def window_line(window: Window) -> str:
+    """One open window, as a line of an ephemeral answer (mrkdwn)."""
+    return (
+        f"#{window.id} {safe(window_subject(window))} ({_event_names(window)}) until "
+        f"{slack_date(window.until)}, announced by {actor_text(window.opened_by)}: "
+        f"{safe(window.reason)}"
+    )
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
@@ -123,7 +125,134 @@ class SlackError(Exception):
         self.extra = extra
 
 
-class FakeSlack:
+# -- slash commands (/pinwatch): the request Slack signs and posts, and its response_url ------
+
+
+@dataclass
+class SlashAnswer:
+    """What the bot answered a slash command with: the HTTP status and its body."""
+
+    status: int
+    body: dict[str, Any] | None
+    text: str
+
+    @property
+    def ephemeral_text(self) -> str:
+        assert self.body is not None, f"not a JSON answer: {self.status} {self.text!r}"
+        assert self.body.get("response_type") == "ephemeral", self.body
+        return str(self.body.get("text", ""))
+
+
+def slack_signature(secret: str, timestamp: str, body: bytes) -> str:
+    base = b"v0:" + timestamp.encode() + b":" + body
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+class SlashCommands:
+    """FakeSlack's side of slash commands: it signs and posts them to the bot (or sends them
+    over Socket Mode), and records what the bot posts to each command's response_url."""
+
+    app: web.Application
+    socket: web.WebSocketResponse | None
+    _changed: asyncio.Condition
+    _clock: Callable[[], float]
+    new_trigger: Callable[[], str]
+
+    def _init_slash_commands(self) -> None:
+        self.base_url = ""  # set by start_fake_slack
+        # What the bot posted to each response_url, by the key in its path.
+        self.responses: dict[str, list[dict[str, Any]]] = {}
+        self._response_seq = 0
+        self.app.router.add_post("/commands/{key}", self._receive_response)
+
+    def response_url(self, key: str | None = None) -> str:
+        """A response_url on this fake, as Slack gives one with each slash command."""
+        if key is None:
+            self._response_seq += 1
+            key = f"r{self._response_seq}"
+        return f"{self.base_url}commands/{key}"
+
+    async def _receive_response(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        async with self._changed:
+            self.responses.setdefault(request.match_info["key"], []).append(body)
+            self._changed.notify_all()
+        return web.Response(text="ok")
+
+    def slash_fields(
+        self, text: str, *, user: str, channel: str, response_url: str | None
+    ) -> dict[str, str]:
+        self._response_seq += 1
+        return {
+            "token": "deprecated-verification-token",
+            "team_id": TEAM_ID,
+            "team_domain": "fake",
+            "channel_id": channel,
+            "channel_name": "fake-channel",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": "/pinwatch",
+            "text": text,
+            "api_app_id": "A0PINWATCH",
+            "response_url": response_url or self.response_url(),
+            "trigger_id": self.new_trigger(),
+        }
+
+    async def slash_command(
+        self,
+        client: Any,
+        text: str,
+        *,
+        secret: str,
+        user: str = "U0ALICE",
+        channel: str = "C0PAYMENTS",
+        response_url: str | None = None,
+        timestamp: int | None = None,
+        body: bytes | None = None,
+        signature: str | None = None,
+    ) -> SlashAnswer:
+        """Sign and post a slash command to the bot (its aiohttp test client), as Slack does."""
+        fields = self.slash_fields(text, user=user, channel=channel, response_url=response_url)
+        body = body if body is not None else urlencode(fields).encode()
+        stamp = str(int(self._clock()) if timestamp is None else timestamp)
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": signature or slack_signature(secret, stamp, body),
+        }
+        async with client.post("/slack/commands", data=body, headers=headers) as response:
+            raw = await response.text()
+            parsed = json.loads(raw) if response.content_type == "application/json" else None
+            return SlashAnswer(status=response.status, body=parsed, text=raw)
+
+    async def send_slash_command(
+        self, text: str, envelope_id: str, *, user: str = "U0ALICE", response_url: str
+    ) -> None:
+        """Deliver a slash command over Socket Mode, as Slack wraps it in an envelope."""
+        assert self.socket is not None, "no Socket Mode client is connected"
+        fields = self.slash_fields(text, user=user, channel="C0PAYMENTS", response_url=response_url)
+        await self.socket.send_json(
+            {
+                "type": "slash_commands",
+                "envelope_id": envelope_id,
+                "payload": fields,
+                "accepts_response_payload": True,
+            }
+        )
+
+    async def wait_response(self, url: str, count: int = 1) -> list[dict[str, Any]]:
+        """The first `count` posts the bot made to a response_url, once they have arrived."""
+        key = url.rsplit("/", 1)[-1]
+        async with asyncio.timeout(5.0):
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self.responses.get(key, [])) >= count)
+        return self.responses[key][:count]
+
+
+# -- the Web API ---------------------------------------------------------------------------
+
+
+class FakeSlack(SlashCommands):
     def __init__(
         self,
         token: str = "xoxb-test-token",
@@ -180,6 +309,7 @@ class FakeSlack:
         self.app.router.add_post("/api/{method}", self._handle)
         self.app.router.add_get("/socket", self._socket)
         self.app.on_shutdown.append(self._on_shutdown)
+        self._init_slash_commands()
 
     # -- scripting and queries ---------------------------------------------------------------
 
@@ -764,4 +894,5 @@ async def start_fake_slack(aiohttp_server: Any, **kwargs: Any) -> tuple[FakeSlac
     fake = FakeSlack(**kwargs)
     server = await aiohttp_server(fake.app)
     fake.socket_url = str(server.make_url("/socket")).replace("http://", "ws://")
+    fake.base_url = str(server.make_url("/"))
     return fake, str(server.make_url("/api/"))

@@ -35,6 +35,15 @@ SQLITE_UNDO = {
             )
         )
     ),
+    9: (
+        "DROP INDEX alerts_by_window; ALTER TABLE alerts DROP COLUMN window_id;"
+        " ALTER TABLE alerts DROP COLUMN expected; DROP TABLE expected_windows;"
+    ),
+    10: (
+        "DROP INDEX alerts_pagerduty; ALTER TABLE alerts DROP COLUMN pagerduty_kind;"
+        " ALTER TABLE alerts DROP COLUMN pagerduty_state;"
+        " ALTER TABLE alerts DROP COLUMN pagerduty_key_env;"
+    ),
 }
 
 POSTGRES_UNDO = {
@@ -48,6 +57,14 @@ POSTGRES_UNDO = {
         "DROP INDEX alerts_reminders; ALTER TABLE alerts DROP COLUMN resolved_by,"
         " DROP COLUMN resolved_name, DROP COLUMN resolved_at, DROP COLUMN verdict,"
         " DROP COLUMN resolution_note, DROP COLUMN next_reminder_at;"
+    ),
+    6: (
+        "DROP INDEX alerts_by_window; ALTER TABLE alerts DROP COLUMN window_id,"
+        " DROP COLUMN expected; DROP TABLE expected_windows;"
+    ),
+    7: (
+        "DROP INDEX alerts_pagerduty; ALTER TABLE alerts DROP COLUMN pagerduty_kind,"
+        " DROP COLUMN pagerduty_state, DROP COLUMN pagerduty_key_env;"
     ),
 }
 

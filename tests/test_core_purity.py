@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 BOT = Path(__file__).parent.parent / "bot"
-CORE = ["events", "catalog", "account_events", "account_text", "config", "routing", "render"]
+CORE = [
+    *("events", "catalog", "account_events", "account_text", "config", "routing", "render"),
+    *("windows", "route_report", "commands/parse", "commands/requests", "commands/form"),
+]
 ADAPTERS = ["webhook", "store", "slack", "dispatcher", "app", "actions", "cli"]
+ADAPTERS += ["commands.service", "commands.http"]
 FORBIDDEN = ["aiohttp", "aiosqlite", "asyncio", "socket", "slack_sdk.web"] + [
     f"bot.{name}" for name in ADAPTERS
 ]
@@ -48,7 +52,11 @@ def test_core_module_imports_no_io_and_no_adapter(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["events", "catalog", "account_events", "account_text", "config", "routing"]
+    "module",
+    [
+        *("events", "catalog", "account_events", "account_text", "config", "routing"),
+        *("windows", "commands/parse", "commands/requests"),
+    ],
 )
 def test_core_module_does_not_use_slack_sdk(module: str) -> None:
     assert not any(is_within(name, "slack_sdk") for name in imports_of(module))

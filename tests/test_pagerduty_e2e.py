@@ -29,6 +29,7 @@ from tests.fake_pagerduty import (
     webhook_event,
 )
 from tests.fake_slack import Message
+from tests.schema_history import downgrade
 from tests.test_resolve import acknowledge, open_form, wait_resolved
 
 KEY_ENV = "PD_PAYMENTS_KEY"
@@ -384,3 +385,26 @@ async def test_without_a_webhook_secret_every_webhook_is_refused(
     await posted(pinwatch)
     acked = webhook_event("incident.acknowledged", incident_key="pinwatch:alert:1:" + "0" * 20)
     assert (await post_pagerduty(pinwatch, acked))[0] == 401
+
+
+async def test_escalations_from_before_the_upgrade_are_not_paged_after_it(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    fake, url = await start_fake_pagerduty(aiohttp_server)
+    # Nothing reaches PagerDuty before the upgrade: port 9 has no listener.
+    first, _ = await paging(start_pinwatch, aiohttp_server, pagerduty=(fake, "http://127.0.0.1:9/"))
+    await posted(first)
+    assert await first.click("escalate", 1) == 200
+    await first.slack.wait_for(lambda s: len(s.top_level("C0PAYLEADS")) == 1)
+    await first.stop()
+    await downgrade(first, sqlite=9, postgres=6)  # the schema before PagerDuty
+
+    second, _ = await paging(
+        start_pinwatch, aiohttp_server, pagerduty=(fake, url), slack=(first.slack, first.slack_url)
+    )
+    await witness_paged(second, fake, 2)
+    assert [c.dedup_key for c in fake.calls if c.dedup_key] == [
+        c.dedup_key for c in accepted(fake, "trigger") if "alert:2:" in str(c.dedup_key)
+    ]
+    assert (await second.alert(1)).pagerduty_state is not None
+    assert str((await second.alert(1)).pagerduty_state) == "none"

@@ -17,6 +17,7 @@ from bot.events import Actor
 from bot.store import open_store
 from tests.conftest import (
     REFERENCE_BODY,
+    SLACK_SIGNING_SECRET,
     FakeClock,
     Pinwatch,
     StartPinwatch,
@@ -223,3 +224,43 @@ async def eventually_routed(pinwatch: Pinwatch, alert_id: int) -> None:
         return (await pinwatch.alert(alert_id)).channel is not None
 
     await eventually(routed)
+
+
+async def test_announced_windows_are_copied_with_the_alerts_they_matched(
+    start_pinwatch: StartPinwatch, config_path: Path, clock: FakeClock, database_url: str | None
+) -> None:
+    assert database_url is not None
+    on_postgres = await start_pinwatch()
+    await on_postgres.stop()
+    slack = (on_postgres.slack, on_postgres.slack_url)
+    on_sqlite = await sqlite_pinwatch(config_path, clock, slack)
+    url = on_sqlite.slack.response_url()
+    await on_sqlite.slack.slash_command(
+        on_sqlite.client,
+        "expect +15550783881 1h rotation",
+        secret=SLACK_SIGNING_SECRET,
+        response_url=url,
+    )
+    await on_sqlite.slack.wait_response(url)
+    await on_sqlite.post_webhook(delivery(security("PIN_RESET_REQUEST"), time=int(clock())))
+    await on_sqlite.wait_posted(1)
+    await on_sqlite.stop()
+
+    assert await cli(["store", "copy", str(config_path.parent / "pinwatch.db"), database_url]) == 0
+    moved = await start_pinwatch(slack)
+    [window] = await moved.store.open_windows(clock())
+    assert (window.id, window.reason, window.opened_by.user_id) == (1, "rotation", "U0ALICE")
+    assert window.announced
+    expected = (await moved.alert(1)).expected
+    assert expected is not None
+    assert expected.window_id == 1
+    # A new window takes the id after the copied one.
+    url = moved.slack.response_url()
+    await moved.slack.slash_command(
+        moved.client,
+        "expect 102290129340398 1h more",
+        secret=SLACK_SIGNING_SECRET,
+        response_url=url,
+    )
+    [reply] = await moved.slack.wait_response(url)
+    assert reply["text"].startswith("Window #2 is open")

@@ -27,6 +27,8 @@ def socket_mode_listener(
     no signature to check; everything after that is the same path as POST /slack/actions."""
 
     async def listener(client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+        if request.type == "slash_commands":
+            return  # bot.commands acknowledges those itself: its answer rides on the ack
         answer: dict[str, Any] | None = None
         if request.type == "interactive":
             try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bot.events import Actor, Alert, EscalationKind, PagerDutyState, SecurityEvent, Verdict
+from bot.windows import Target, Window
 
 
 class StoreError(Exception):
@@ -15,7 +16,14 @@ class StoreError(Exception):
 
 # The tables a copy carries, parents first; both backends give them the same columns. Leases
 # are not state worth keeping: they run out in seconds.
-COPIED_TABLES = ("alerts", "audit", "slack_signatures", "slack_sends", "slack_channel_ids")
+COPIED_TABLES = (
+    "expected_windows",
+    "alerts",
+    "audit",
+    "slack_signatures",
+    "slack_sends",
+    "slack_channel_ids",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,4 +288,56 @@ class Store(Protocol):
         """Resolved once, with its verdict (None: resolved in PagerDuty, which gives none) and
         note: no more reminders or escalations. A
         confirmed takeover is escalated (CONFIRMED) and due for a page in the same commit."""
+        ...
+
+    # --- announced windows (`/pinwatch expect`) -----------------------------------------------
+
+    async def add_window(
+        self,
+        *,
+        target: Target,
+        events: Sequence[str],
+        reason: str,
+        team: str | None,
+        channel: str,
+        opened_by: Actor,
+        until: float,
+    ) -> Window:
+        """A new window, not announced yet: it matches nothing until announce_window."""
+        ...
+
+    async def window(self, window_id: int) -> Window | None: ...
+
+    async def announce_window(self, window_id: int, *, channel: str, ts: str) -> Window | None:
+        """Its announcement is in Slack: from now on the window counts."""
+        ...
+
+    async def drop_window(self, window_id: int) -> None:
+        """Its announcement failed: forget a window that never counted."""
+        ...
+
+    async def windows_between(self, since: float, until: float) -> list[Window]:
+        """Announced windows that were open at some moment between `since` and `until`
+        (cancelled ones too: a window counts for what happened before its cancellation)."""
+        ...
+
+    async def open_windows(self, now: float) -> list[Window]:
+        """Announced, neither cancelled nor expired, oldest first."""
+        ...
+
+    async def cancel_window(self, window_id: int, actor: Actor) -> tuple[Window | None, bool]:
+        """End an open window now: the window (None: no such one), and whether this call did
+        it (False: it had ended already, or was never announced)."""
+        ...
+
+    async def requests_in_windows(self, window_ids: Sequence[int]) -> set[tuple[int, str]]:
+        """(window id, phone digits) of the reset requests routed inside these windows: their
+        successes are expected too."""
+        ...
+
+    async def unresolved(
+        self, teams: Sequence[str], *, with_defaults: bool, limit: int
+    ) -> tuple[list[Alert], int]:
+        """The newest posted, unresolved alerts of these teams (and of no team, with_defaults),
+        each as its message shows it (a thread's replies not counted), and how many there are."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeAlias
@@ -35,11 +36,15 @@ from bot.store.rows import (
     alert_from_row,
     audit_detail,
     event_value_column,
+    expected_detail,
+    expected_to_column,
     mentions_to_column,
     resolved_action,
     responders_to_column,
     severity_column,
+    window_from_row,
 )
+from bot.windows import Target, Window
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +158,34 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_reminders ON alerts (next_reminder_at)
         WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL;
     """,
-    # 6: what PagerDuty was last told of an alert's escalation (its kind) and what it has of it
+    # 6: announced expected changes (`/pinwatch expect`): a window counts once its announcement
+    # is in Slack (announced_ts); an alert routed inside one keeps its id and what it said.
+    """
+    CREATE TABLE expected_windows (
+        id BIGSERIAL PRIMARY KEY,
+        target_kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        events TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        team TEXT,
+        channel TEXT NOT NULL,
+        opened_by TEXT NOT NULL,
+        opened_name TEXT,
+        opened_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        announced_channel TEXT,
+        announced_ts TEXT,
+        cancelled_by TEXT,
+        cancelled_name TEXT,
+        cancelled_at DOUBLE PRECISION
+    );
+    CREATE INDEX expected_windows_by_expiry ON expected_windows (expires_at)
+        WHERE announced_ts IS NOT NULL;
+    ALTER TABLE alerts ADD COLUMN window_id BIGINT;
+    ALTER TABLE alerts ADD COLUMN expected TEXT;
+    CREATE INDEX alerts_by_window ON alerts (window_id, event) WHERE window_id IS NOT NULL;
+    """,
+    # 7: what PagerDuty was last told of an alert's escalation (its kind) and what it has of it
     # (triggered, acknowledged, resolved, refused; none: the team pages no PagerDuty).
     """
     ALTER TABLE alerts ADD COLUMN pagerduty_kind TEXT;
@@ -595,7 +627,7 @@ class PostgresStore:
         async with self._transaction() as db:
             await db.executemany(
                 "UPDATE alerts SET team = $1, channel = $2, mentions = $3, responders = $4,"
-                " ack_deadline = $5, severity = $6 WHERE id = $7",
+                " ack_deadline = $5, severity = $6, window_id = $7, expected = $8 WHERE id = $9",
                 [
                     (
                         a.team,
@@ -604,11 +636,18 @@ class PostgresStore:
                         responders_to_column(a.responders),
                         a.ack_deadline,
                         severity_column(a.assigned_severity),
+                        a.expected.window_id if a.expected else None,
+                        _text(expected_to_column(a.expected)),
                         a.id,
                     )
                     for a in routed
                 ],
             )
+            for alert in routed:
+                if (expected := alert.expected) is not None:
+                    await self._audit(
+                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
+                    )
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
         async with self._transaction() as db:
@@ -971,6 +1010,120 @@ class PostgresStore:
         if alert is None:
             raise StoreError(f"alert {alert_id} does not exist")
         return Transition(alert=alert, changed=changed)
+
+    # --- announced windows ------------------------------------------------------------------
+
+    async def add_window(
+        self,
+        *,
+        target: Target,
+        events: Sequence[str],
+        reason: str,
+        team: str | None,
+        channel: str,
+        opened_by: Actor,
+        until: float,
+    ) -> Window:
+        async with self._connection() as db:
+            row = await db.fetchrow(
+                "INSERT INTO expected_windows (target_kind, target, events, reason, team,"
+                " channel, opened_by, opened_name, opened_at, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *",
+                target.kind.value,
+                target.value,
+                json.dumps(list(events)),
+                _text(reason),
+                team,
+                channel,
+                opened_by.user_id,
+                _text(opened_by.name),
+                opened_by.at,
+                until,
+            )
+        assert row is not None
+        return window_from_row(row)
+
+    async def window(self, window_id: int) -> Window | None:
+        async with self._connection() as db:
+            row = await db.fetchrow("SELECT * FROM expected_windows WHERE id = $1", window_id)
+        return window_from_row(row) if row else None
+
+    async def announce_window(self, window_id: int, *, channel: str, ts: str) -> Window | None:
+        async with self._connection() as db:
+            await db.execute(
+                "UPDATE expected_windows SET announced_channel = $1, announced_ts = $2"
+                " WHERE id = $3 AND announced_ts IS NULL",
+                channel,
+                ts,
+                window_id,
+            )
+        return await self.window(window_id)
+
+    async def drop_window(self, window_id: int) -> None:
+        async with self._connection() as db:
+            await db.execute(
+                "DELETE FROM expected_windows WHERE id = $1 AND announced_ts IS NULL", window_id
+            )
+
+    async def windows_between(self, since: float, until: float) -> list[Window]:
+        async with self._connection() as db:
+            rows = await db.fetch(
+                "SELECT * FROM expected_windows WHERE announced_ts IS NOT NULL"
+                " AND expires_at > $1 AND opened_at <= $2 ORDER BY id",
+                since,
+                until,
+            )
+        return [window_from_row(row) for row in rows]
+
+    async def open_windows(self, now: float) -> list[Window]:
+        async with self._connection() as db:
+            rows = await db.fetch(
+                "SELECT * FROM expected_windows WHERE announced_ts IS NOT NULL"
+                " AND cancelled_at IS NULL AND expires_at > $1 ORDER BY id",
+                now,
+            )
+        return [window_from_row(row) for row in rows]
+
+    async def cancel_window(self, window_id: int, actor: Actor) -> tuple[Window | None, bool]:
+        async with self._connection() as db:
+            status = await db.execute(
+                "UPDATE expected_windows SET cancelled_by = $1, cancelled_name = $2,"
+                " cancelled_at = $3 WHERE id = $4 AND cancelled_at IS NULL AND expires_at > $3"
+                " AND announced_ts IS NOT NULL",
+                actor.user_id,
+                _text(actor.name),
+                actor.at,
+                window_id,
+            )
+        return await self.window(window_id), _changed(status) == 1
+
+    async def unresolved(
+        self, teams: Sequence[str], *, with_defaults: bool, limit: int
+    ) -> tuple[list[Alert], int]:
+        where = (
+            "slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL"
+            " AND severity IS DISTINCT FROM 'off' AND (team = ANY($1::text[])"
+            + (" OR team IS NULL)" if with_defaults else ")")
+        )
+        async with self._connection() as db:
+            rows = await db.fetch(
+                f"SELECT * FROM alerts WHERE {where} ORDER BY id DESC LIMIT $2", list(teams), limit
+            )
+            count = await db.fetchval(f"SELECT count(*) FROM alerts WHERE {where}", list(teams))
+        return [alert_from_row(row) for row in rows], int(count or 0)
+
+    async def requests_in_windows(self, window_ids: Sequence[int]) -> set[tuple[int, str]]:
+        if not window_ids:
+            return set()
+        async with self._connection() as db:
+            rows = await db.fetch(
+                "SELECT window_id, phone_digits FROM alerts WHERE window_id = ANY($1::bigint[])"
+                " AND event = $2 AND field = $3",
+                list(window_ids),
+                EventType.PIN_RESET_REQUEST.value,
+                SECURITY_FIELD,
+            )
+        return {(row[0], row[1]) for row in rows}
 
 
 async def _migrate(db: _Connection) -> None:

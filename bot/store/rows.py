@@ -9,12 +9,14 @@ from bot.events import (
     Actor,
     Alert,
     EscalationKind,
+    Expectation,
     PagerDutyState,
     Responders,
     SecurityEvent,
     Severity,
     Verdict,
 )
+from bot.windows import Target, TargetKind, Window
 
 
 class Row(Protocol):
@@ -51,6 +53,59 @@ def severity_column(severity: Severity | None) -> str | None:
 
 def event_value_column(event: SecurityEvent) -> str:
     return json.dumps(event.value, ensure_ascii=False, sort_keys=True)
+
+
+def expected_to_column(expected: Expectation | None) -> str | None:
+    if expected is None:
+        return None
+    by = expected.announced_by
+    return json.dumps(
+        {
+            "window": expected.window_id,
+            "by": by.user_id,
+            "name": by.name,
+            "at": by.at,
+            "reason": expected.reason,
+            "until": expected.until,
+        },
+        ensure_ascii=False,
+    )
+
+
+def expected_detail(alert: Alert) -> str:
+    """The audit's words for an alert routed inside an announced window."""
+    assert alert.expected is not None
+    return f"window {alert.expected.window_id}: {alert.expected.reason}"
+
+
+def _expected_from_column(text: str | None) -> Expectation | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return Expectation(
+        window_id=data["window"],
+        announced_by=Actor(user_id=data["by"], name=data["name"], at=data["at"]),
+        reason=data["reason"],
+        until=data["until"],
+    )
+
+
+def window_from_row(row: Row) -> Window:
+    opened_by = _actor(row["opened_by"], row["opened_name"], row["opened_at"])
+    assert opened_by is not None
+    return Window(
+        id=row["id"],
+        target=Target(TargetKind(row["target_kind"]), row["target"]),
+        events=tuple(json.loads(row["events"])),
+        reason=row["reason"],
+        team=row["team"],
+        channel=row["channel"],
+        opened_by=opened_by,
+        until=row["expires_at"],
+        announced_channel=row["announced_channel"],
+        announced_ts=row["announced_ts"],
+        cancelled=_actor(row["cancelled_by"], row["cancelled_name"], row["cancelled_at"]),
+    )
 
 
 def audit_detail(*parts: str | None) -> str | None:
@@ -102,6 +157,7 @@ def alert_from_row(row: Row) -> Alert:
         grouped=bool(row["grouped"]),
         responders=_responders_from_column(row["responders"]),
         assigned_severity=Severity(severity) if severity else None,
+        expected=_expected_from_column(row["expected"]),
         resolved=_actor(row["resolved_by"], row["resolved_name"], row["resolved_at"]),
         verdict=Verdict(verdict) if verdict else None,
         resolution_note=row["resolution_note"],

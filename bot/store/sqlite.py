@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -40,11 +41,15 @@ from bot.store.rows import (
     alert_from_row,
     audit_detail,
     event_value_column,
+    expected_detail,
+    expected_to_column,
     mentions_to_column,
     resolved_action,
     responders_to_column,
     severity_column,
+    window_from_row,
 )
+from bot.windows import Target, Window
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +168,34 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_reminders ON alerts (next_reminder_at)
         WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL;
     """,
-    # 9: what PagerDuty was last told of an alert's escalation (its kind) and what it has of it
+    # 9: announced expected changes (`/pinwatch expect`): a window counts once its announcement
+    # is in Slack (announced_ts); an alert routed inside one keeps its id and what it said.
+    """
+    CREATE TABLE expected_windows (
+        id INTEGER PRIMARY KEY,
+        target_kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        events TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        team TEXT,
+        channel TEXT NOT NULL,
+        opened_by TEXT NOT NULL,
+        opened_name TEXT,
+        opened_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        announced_channel TEXT,
+        announced_ts TEXT,
+        cancelled_by TEXT,
+        cancelled_name TEXT,
+        cancelled_at REAL
+    );
+    CREATE INDEX expected_windows_by_expiry ON expected_windows (expires_at)
+        WHERE announced_ts IS NOT NULL;
+    ALTER TABLE alerts ADD COLUMN window_id INTEGER;
+    ALTER TABLE alerts ADD COLUMN expected TEXT;
+    CREATE INDEX alerts_by_window ON alerts (window_id, event) WHERE window_id IS NOT NULL;
+    """,
+    # 10: what PagerDuty was last told of an alert's escalation (its kind) and what it has of it
     # (triggered, acknowledged, resolved, refused; none: the team pages no PagerDuty).
     """
     ALTER TABLE alerts ADD COLUMN pagerduty_kind TEXT;
@@ -534,7 +566,7 @@ class SqliteStore:
         async with self._transaction(Writer.OUTBOX) as db:
             await db.executemany(
                 "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
-                " ack_deadline = ?, severity = ? WHERE id = ?",
+                " ack_deadline = ?, severity = ?, window_id = ?, expected = ? WHERE id = ?",
                 [
                     (
                         a.team,
@@ -543,11 +575,18 @@ class SqliteStore:
                         responders_to_column(a.responders),
                         a.ack_deadline,
                         severity_column(a.assigned_severity),
+                        a.expected.window_id if a.expected else None,
+                        expected_to_column(a.expected),
                         a.id,
                     )
                     for a in routed
                 ],
             )
+            for alert in routed:
+                if (expected := alert.expected) is not None:
+                    await self._audit_all(
+                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
+                    )
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
         """Remember a Slack request signature until it expires: False if it was seen before."""
@@ -734,6 +773,126 @@ class SqliteStore:
 
     def on_change(self, wake: Callable[[], None]) -> None:
         """One process writes a SQLite store, and it wakes its own dispatcher."""
+
+    # --- announced windows ----------------------------------------------------------------
+
+    async def add_window(
+        self,
+        *,
+        target: Target,
+        events: Sequence[str],
+        reason: str,
+        team: str | None,
+        channel: str,
+        opened_by: Actor,
+        until: float,
+    ) -> Window:
+        async with (
+            self._transaction(Writer.PEOPLE) as db,
+            db.execute(
+                "INSERT INTO expected_windows (target_kind, target, events, reason, team,"
+                " channel, opened_by, opened_name, opened_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    target.kind.value,
+                    target.value,
+                    json.dumps(list(events)),
+                    reason,
+                    team,
+                    channel,
+                    opened_by.user_id,
+                    opened_by.name,
+                    opened_by.at,
+                    until,
+                ),
+            ) as cursor,
+        ):
+            window_id = cursor.lastrowid
+        assert window_id is not None
+        window = await self.window(window_id)
+        assert window is not None
+        return window
+
+    async def window(self, window_id: int) -> Window | None:
+        async with self._reader.execute(
+            "SELECT * FROM expected_windows WHERE id = ?", (window_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return window_from_row(row) if row else None
+
+    async def announce_window(self, window_id: int, *, channel: str, ts: str) -> Window | None:
+        async with self._transaction(Writer.PEOPLE) as db:
+            await db.execute(
+                "UPDATE expected_windows SET announced_channel = ?, announced_ts = ?"
+                " WHERE id = ? AND announced_ts IS NULL",
+                (channel, ts, window_id),
+            )
+        return await self.window(window_id)
+
+    async def drop_window(self, window_id: int) -> None:
+        async with self._transaction(Writer.PEOPLE) as db:
+            await db.execute(
+                "DELETE FROM expected_windows WHERE id = ? AND announced_ts IS NULL", (window_id,)
+            )
+
+    async def windows_between(self, since: float, until: float) -> list[Window]:
+        async with self._reader.execute(
+            "SELECT * FROM expected_windows WHERE announced_ts IS NOT NULL"
+            " AND expires_at > ? AND opened_at <= ? ORDER BY id",
+            (since, until),
+        ) as cursor:
+            return [window_from_row(row) async for row in cursor]
+
+    async def open_windows(self, now: float) -> list[Window]:
+        async with self._reader.execute(
+            "SELECT * FROM expected_windows WHERE announced_ts IS NOT NULL"
+            " AND cancelled_at IS NULL AND expires_at > ? ORDER BY id",
+            (now,),
+        ) as cursor:
+            return [window_from_row(row) async for row in cursor]
+
+    async def cancel_window(self, window_id: int, actor: Actor) -> tuple[Window | None, bool]:
+        async with (
+            self._transaction(Writer.PEOPLE) as db,
+            db.execute(
+                "UPDATE expected_windows SET cancelled_by = ?, cancelled_name = ?,"
+                " cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL AND expires_at > ?"
+                " AND announced_ts IS NOT NULL",
+                (actor.user_id, actor.name, actor.at, window_id, actor.at),
+            ) as cursor,
+        ):
+            changed = cursor.rowcount == 1
+        return await self.window(window_id), changed
+
+    async def unresolved(
+        self, teams: Sequence[str], *, with_defaults: bool, limit: int
+    ) -> tuple[list[Alert], int]:
+        marks = ", ".join("?" for _ in teams) or "NULL"
+        where = (
+            f"slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL"
+            f" AND severity IS NOT 'off' AND (team IN ({marks})"
+            + (" OR team IS NULL)" if with_defaults else ")")
+        )
+        async with self._reader.execute(
+            f"SELECT * FROM alerts WHERE {where} ORDER BY id DESC LIMIT ?", (*teams, limit)
+        ) as cursor:
+            alerts = [alert_from_row(row) async for row in cursor]
+        async with self._reader.execute(
+            f"SELECT count(*) FROM alerts WHERE {where}", teams
+        ) as cursor:
+            row = await cursor.fetchone()
+        return alerts, row[0] if row else 0
+
+    async def requests_in_windows(self, window_ids: Sequence[int]) -> set[tuple[int, str]]:
+        if not window_ids:
+            return set()
+        marks = ", ".join("?" for _ in window_ids)
+        async with self._reader.execute(
+            f"SELECT window_id, phone_digits FROM alerts WHERE window_id IN ({marks})"
+            " AND event = ? AND field = ?",
+            (*window_ids, EventType.PIN_RESET_REQUEST.value, SECURITY_FIELD),
+        ) as cursor:
+            return {(row[0], row[1]) async for row in cursor}
 
     # A SQLite store belongs to one process, so its lanes' leases are that process's own.
     async def acquire_lease(self, name: str, *, holder: str, ttl: float) -> bool:

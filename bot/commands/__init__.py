@@ -1,0 +1,1 @@
+"""The /pinwatch slash command: parse its text (pure), answer it, and its two transports."""
