@@ -1,0 +1,67 @@
+"""Review of Resolve and reminders: each test here failed on main when it was written."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import Pinwatch, eventually, verdict_values
+from tests.fake_slack import RecordedCall
+from tests.test_resolve import acknowledge, open_form, wait_resolved
+from tests.test_storms import THRESHOLD, send_reset_requests, wait_all_posted
+
+
+async def test_a_confirmed_takeover_in_a_paged_summary_is_paged_beside_an_auto_escalation(
+    pinwatch: Pinwatch,
+) -> None:
+    """A summary already paged folds its rows' later escalations into that page; a row resolved
+    as a confirmed takeover must still get a page of its own, even when another row's automatic
+    escalation waits to be folded in the same pass."""
+    await send_reset_requests(pinwatch, THRESHOLD + 3)
+    await wait_all_posted(pinwatch, THRESHOLD + 3)
+    rows = [a for a in [await pinwatch.alert(i) for i in range(1, THRESHOLD + 4)] if a.grouped]
+    first, waiting, confirmed = rows
+    await acknowledge(pinwatch, confirmed.id)  # its row now shows Resolve, and it never times out
+
+    # The summary's Escalate pages; while that page is in flight, the escalation lane is busy.
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hold_the_first_page(call: RecordedCall) -> None:
+        if call.params.get("channel") == "#payments-leads" and not held.is_set():
+            held.set()
+            await release.wait()
+
+    pinwatch.slack.before_answering["chat.postMessage"] = hold_the_first_page
+    assert await pinwatch.click("escalate", first.id) == 200
+    async with asyncio.timeout(5):
+        await held.wait()
+
+    # Meanwhile: one row is resolved as a confirmed takeover, another times out.
+    view = await open_form(pinwatch, confirmed.id)
+    status, _ = await pinwatch.submit_view(view, verdict_values("confirmed_takeover", "it was"))
+    assert status == 200
+    await wait_resolved(pinwatch, confirmed.id)
+    pinwatch.clock.advance(11 * 60)
+
+    async def timed_out() -> bool:
+        return (await pinwatch.alert(waiting.id)).escalated is not None
+
+    await eventually(timed_out)
+    release.set()
+
+    await pinwatch.slack.wait_for(
+        lambda s: any(
+            m.text.startswith("[CONFIRMED TAKEOVER] ") for m in s.top_level("C0PAYLEADS")
+        ),
+        timeout=10,
+    )
+    [page] = [
+        m
+        for m in pinwatch.slack.top_level("C0PAYLEADS")
+        if m.text.startswith("[CONFIRMED TAKEOVER] ")
+    ]
+
+    async def recorded() -> bool:
+        return (await pinwatch.alert(confirmed.id)).escalation_ts == page.ts
+
+    await eventually(recorded)
