@@ -100,6 +100,13 @@ def _happened(alert: Alert) -> float:
 _PAGED_ALONE = (EscalationKind.TAKEOVER, EscalationKind.CONFIRMED)
 
 
+def _same_page(one: Alert, other: Alert) -> bool:
+    """Whether one page may stand for both escalations."""
+    if one.escalation_kind in _PAGED_ALONE or other.escalation_kind in _PAGED_ALONE:
+        return one.escalation_kind == other.escalation_kind
+    return True
+
+
 def _escalations(alerts: list[Alert]) -> list[tuple[int, EscalationKind]]:
     """Each alert with the kind of the escalation being paged: the store records the page
     only for that escalation, not for one made since."""
@@ -251,12 +258,14 @@ class Dispatcher:
 
     async def _start_pages(self) -> None:
         """One page per escalated alert, or per storm summary, whatever its size."""
-        pages: dict[str, dict[tuple[str, str] | int, list[int]]] = {}
+        pages: dict[str, dict[tuple[str, str, str] | int, list[int]]] = {}
         for alert in await self._store.unpaged_escalations():
             channel = team_destination(alert.team, self._config.config).escalation.channel
-            group: tuple[str, str] | int = alert.id
+            group: tuple[str, str, str] | int = alert.id
             if alert.grouped and alert.slack_channel and alert.slack_ts:
-                group = (alert.slack_channel, alert.slack_ts)
+                # A takeover's page is not folded into the summary's (see _page).
+                alone = str(alert.escalation_kind) if alert.escalation_kind in _PAGED_ALONE else ""
+                group = (alert.slack_channel, alert.slack_ts, alone)
             pages.setdefault(channel, {}).setdefault(group, []).append(alert.id)
         for channel, groups in pages.items():
             self._start_lane(
@@ -654,7 +663,10 @@ class Dispatcher:
         alert = unpaged[0]
         assert alert.slack_channel is not None
         assert alert.slack_ts is not None
-        # A takeover, suspected or confirmed, is paged on its own even in a paged summary.
+        # A takeover, suspected or confirmed, is paged on its own even in a paged summary: one
+        # page never stands for another kind of takeover, nor is one folded into an older page.
+        # The rest wait for the next pass.
+        unpaged = [a for a in unpaged if _same_page(a, alert)]
         if alert.grouped and alert.escalation_kind not in _PAGED_ALONE:
             shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
             if (earlier := next((a for a in shown if a.escalation_ts), None)) is not None:
