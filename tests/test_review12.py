@@ -6,7 +6,14 @@ import asyncio
 
 from tests.conftest import Pinwatch, eventually, verdict_values
 from tests.fake_slack import RecordedCall
-from tests.test_resolve import acknowledge, open_form, wait_resolved
+from tests.test_resolve import (
+    HOUR,
+    acknowledge,
+    open_form,
+    posted_request,
+    reminders,
+    wait_resolved,
+)
 from tests.test_storms import THRESHOLD, send_reset_requests, wait_all_posted
 
 
@@ -65,3 +72,18 @@ async def test_a_confirmed_takeover_in_a_paged_summary_is_paged_beside_an_auto_e
         return (await pinwatch.alert(confirmed.id)).escalation_ts == page.ts
 
     await eventually(recorded)
+
+
+async def test_a_reminder_whose_answer_is_lost_is_posted_once(pinwatch: Pinwatch) -> None:
+    """Every other message pinwatch posts is found in Slack, by its metadata, when its answer
+    was lost; a reminder is a thread reply that is not in the channel's history."""
+    original = await posted_request(pinwatch)
+    await acknowledge(pinwatch, 1)
+    pinwatch.slack.fail("chat.postMessage", drop=True)
+    pinwatch.clock.advance(4 * HOUR)
+
+    async def recorded() -> bool:
+        return "reminded" in [e.action for e in await pinwatch.store.audit_log(1)]
+
+    await eventually(recorded)
+    assert len(reminders(pinwatch, original)) == 1
