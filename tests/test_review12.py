@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+
+import pytest
 
 from tests.conftest import Pinwatch, eventually, verdict_values
 from tests.fake_slack import RecordedCall
@@ -87,3 +91,37 @@ async def test_a_reminder_whose_answer_is_lost_is_posted_once(pinwatch: Pinwatch
 
     await eventually(recorded)
     assert len(reminders(pinwatch, original)) == 1
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        "[" * 3000,  # within Slack's 3000 characters; deeper than json.loads recurses
+        '{"alert": 9223372036854775808, "channel": "C0PAYMENTS", "ts": "1.2", "all": false}',
+    ],
+    ids=["nested", "alert id past 2**63"],
+)
+async def test_a_tampered_form_is_refused_in_the_modal_not_by_a_crash(
+    pinwatch: Pinwatch, metadata: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await posted_request(pinwatch)
+    view = await open_form(pinwatch)
+    tampered = {**view, "private_metadata": metadata}
+    status, body = await pinwatch.submit_view(tampered, verdict_values("false_alarm"))
+    assert status == 200
+    assert json.loads(body)["response_action"] == "errors"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_form_claiming_a_summary_for_a_single_alert_resolves_that_alert(
+    pinwatch: Pinwatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The modal opens for the alert alone when it is no summary's row; a submission that says
+    otherwise is read the same way, not left to fail an assertion in the background."""
+    await posted_request(pinwatch)
+    view = await open_form(pinwatch)
+    metadata = json.loads(view["private_metadata"])
+    tampered = {**view, "private_metadata": json.dumps({**metadata, "all": True})}
+    assert await pinwatch.submit_view(tampered, verdict_values("false_alarm")) == (200, "")
+    await wait_resolved(pinwatch)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
