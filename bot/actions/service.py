@@ -261,7 +261,7 @@ class ActionService:
             return
         alert, actor, authority = checked
         targets = [alert]
-        if click.action is Action.RESOLVE_ALL:
+        if click.action is Action.RESOLVE_ALL and alert.grouped:  # as the form was opened
             assert alert.slack_channel is not None
             assert alert.slack_ts is not None
             shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
