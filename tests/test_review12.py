@@ -8,14 +8,16 @@ import logging
 
 import pytest
 
-from tests.conftest import Pinwatch, eventually, verdict_values
+from tests.conftest import Pinwatch, action_ids, eventually, verdict_values
 from tests.fake_slack import RecordedCall
 from tests.test_resolve import (
     HOUR,
+    _paged,
     acknowledge,
     open_form,
     posted_request,
     reminders,
+    shown,
     wait_resolved,
 )
 from tests.test_storms import THRESHOLD, send_reset_requests, wait_all_posted
@@ -125,3 +127,41 @@ async def test_a_form_claiming_a_summary_for_a_single_alert_resolves_that_alert(
     assert await pinwatch.submit_view(tampered, verdict_values("false_alarm")) == (200, "")
     await wait_resolved(pinwatch)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_alert_resolved_while_its_page_is_in_flight_still_shows_resolved(
+    pinwatch: Pinwatch,
+) -> None:
+    """The page, once sent, re-renders the alert: from the store as it is then, not from what
+    it read before posting (which would bring the buttons back and drop the verdict)."""
+    original = await posted_request(pinwatch)
+    view = await open_form(pinwatch)
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def hold_the_page(call: RecordedCall) -> None:
+        if call.params.get("channel") == "#payments-leads" and not held.is_set():
+            held.set()
+            await release.wait()
+
+    pinwatch.slack.before_answering["chat.postMessage"] = hold_the_page
+    assert await pinwatch.click("escalate", 1) == 200
+    async with asyncio.timeout(5):
+        await held.wait()
+    assert await pinwatch.submit_view(view, verdict_values("false_alarm")) == (200, "")
+    await pinwatch.slack.wait_for(
+        lambda s: "Resolved by" in shown(s.message("C0PAYMENTS", original.ts))
+    )
+    updates = _answered(pinwatch, "chat.update")
+    release.set()
+
+    # The page is recorded, its note posted under the alert, and the alert re-rendered.
+    await pinwatch.slack.wait_for(lambda _: _answered(pinwatch, "chat.update") > updates)
+    await eventually(lambda: _paged(pinwatch, 1))
+    final = pinwatch.slack.message("C0PAYMENTS", original.ts)
+    assert "Resolved by <@U0ALICE>" in shown(final)
+    assert action_ids(final.blocks) == []
+
+
+def _answered(pinwatch: Pinwatch, method: str) -> int:
+    return sum(1 for c in pinwatch.slack.calls_to(method) if not c.pending)
