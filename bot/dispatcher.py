@@ -781,6 +781,9 @@ class Dispatcher:
 
     async def refresh_message(self, alert: Alert) -> None:
         """Re-render a posted alert in place; a failure here loses nothing, so it is logged only."""
+        # As the store has it now: the caller's copy may predate a click made meanwhile (a page
+        # takes as long as Slack does), and rendering it would undo that click on screen.
+        alert = await self._store.get(alert.id) or alert
         if alert.slack_channel is None or alert.slack_ts is None:
             return
         message = render_alert(alert)
