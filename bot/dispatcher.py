@@ -473,7 +473,9 @@ class Dispatcher:
         for earlier_channel, since in await self._store.begin_send(
             send.key, channel=target, at=self._clock()
         ):
-            if (found := await self._find_sent(send, earlier_channel, since)) is not None:
+            # A reply not broadcast is in its thread only, not in the channel's history.
+            thread = None if reply_broadcast else thread_ts
+            if (found := await self._find_sent(send, earlier_channel, since, thread)) is not None:
                 log.warning(
                     "%s was in Slack already (its answer was lost): %s %s",
                     send.key,
@@ -499,7 +501,9 @@ class Dispatcher:
             await self._learn_channel_id(channel, posted.channel)
         return posted
 
-    async def _find_sent(self, send: SendKey, channel: str, since: float) -> Posted | None:
+    async def _find_sent(
+        self, send: SendKey, channel: str, since: float, thread_ts: str | None
+    ) -> Posted | None:
         try:
             if not _CHANNEL_ID.match(channel):
                 # conversations.history takes IDs only, and this #name was never posted to.
@@ -508,7 +512,7 @@ class Dispatcher:
                     return None  # not a channel pinwatch can see: the post will say so
                 await self._learn_channel_id(channel, found)
                 channel = found
-            return await self._slack.find_sent(channel, send, since=since)
+            return await self._slack.find_sent(channel, send, since=since, thread_ts=thread_ts)
         except SlackCallError as exc:
             if exc.error == "missing_scope":
                 if not self._warned_history_scope:

@@ -173,6 +173,7 @@ class FakeSlack:
             "apps.connections.open": self._connections_open,
             "conversations.history": self._history,
             "conversations.list": self._list,
+            "conversations.replies": self._replies,
             "views.open": self._open_view,
         }
         self.app = web.Application()
@@ -454,6 +455,30 @@ class FakeSlack:
             for m in reversed(self._messages)
             if m.channel == channel and m.in_channel_history and float(m.ts) > oldest
         ]
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        return {
+            "messages": [m.to_dict(with_metadata=with_metadata) for m in page],
+            "has_more": more,
+            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+        }
+
+    def _replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        """conversations.replies: the thread's parent, then its replies oldest first."""
+        channel = params.get("channel")
+        if not isinstance(channel, str) or not _ID_RE.match(channel):
+            raise SlackError("channel_not_found")
+        parent = self._find(channel, str(params.get("ts", "")))
+        if parent is None:
+            raise SlackError("thread_not_found")
+        try:
+            oldest = float(params.get("oldest") or 0)
+            limit = max(1, min(999, int(params.get("limit") or 100)))
+            start = int(params.get("cursor") or 0)
+        except ValueError:
+            raise SlackError("invalid_arguments") from None
+        with_metadata = _truthy(params.get("include_all_metadata"))
+        found = [parent] + [m for m in self.replies(channel, parent.ts) if float(m.ts) > oldest]
         page = found[start : start + limit]
         more = start + limit < len(found)
         return {
