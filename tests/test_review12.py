@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Pinwatch, action_ids, eventually, verdict_values
+from tests.conftest import (
+    Pinwatch,
+    StartPinwatch,
+    action_ids,
+    delivery,
+    eventually,
+    security,
+    verdict_values,
+)
 from tests.fake_slack import RecordedCall
 from tests.test_resolve import (
     HOUR,
@@ -165,3 +174,36 @@ async def test_an_alert_resolved_while_its_page_is_in_flight_still_shows_resolve
 
 def _answered(pinwatch: Pinwatch, method: str) -> int:
     return sum(1 for c in pinwatch.slack.calls_to(method) if not c.pending)
+
+
+async def test_resolve_all_audits_each_row_under_its_own_teams_responders(
+    start_pinwatch: StartPinwatch, config_path: Path
+) -> None:
+    """Two teams may share a channel, so a storm summary may hold rows of both: each row's
+    resolution is kept with the responders that let the resolver act on that row."""
+    config_path.write_text(
+        config_path.read_text().replace('channel: "#support-security"', 'channel: "C0PAYMENTS"')
+    )
+    pinwatch = await start_pinwatch()
+    await send_reset_requests(pinwatch, THRESHOLD + 1)
+    await wait_all_posted(pinwatch, THRESHOLD + 1)
+    for i in (1, 2):
+        body = delivery(
+            security("PIN_RESET_REQUEST", phone="442079460018", requester=f"s{i}"),
+            time=1748812000 + i,
+        )
+        assert (await pinwatch.post_webhook(body))[0] == 200
+    await wait_all_posted(pinwatch, THRESHOLD + 3)
+    rows = [a for a in [await pinwatch.alert(i) for i in range(1, THRESHOLD + 4)] if a.grouped]
+    assert {r.team for r in rows} == {"payments", "support"}
+    assert len({(r.slack_channel, r.slack_ts) for r in rows}) == 1
+
+    view = await open_form(pinwatch, rows[0].id, action="resolve_storm")
+    assert await pinwatch.submit_view(view, verdict_values("false_alarm")) == (200, "")
+    for row in rows:
+        await wait_resolved(pinwatch, row.id)
+        [resolution] = [
+            e for e in await pinwatch.store.audit_log(row.id) if e.action.startswith("resolved")
+        ]
+        assert resolution.detail is not None
+        assert f"team {row.team} in the routing file now" in resolution.detail
