@@ -267,29 +267,19 @@ class SlackGateway:
         # Slack's ts is Slack's clock: reach back well past any skew from ours.
         oldest = f"{max(0.0, since - HISTORY_CLOCK_MARGIN):.6f}"
         for _ in range(HISTORY_PAGES):
+            page: dict[str, Any] = {
+                "channel": channel,
+                "oldest": oldest,
+                "include_all_metadata": True,
+                "limit": 200,
+                "cursor": cursor,
+            }
             if thread_ts is None:
-                response = await self._call(
-                    "conversations.history",
-                    self._client.conversations_history(
-                        channel=channel,
-                        oldest=oldest,
-                        include_all_metadata=True,
-                        limit=200,
-                        cursor=cursor,
-                    ),
-                )
+                call = self._client.conversations_history(**page)
             else:
-                response = await self._call(
-                    "conversations.replies",
-                    self._client.conversations_replies(
-                        channel=channel,
-                        ts=thread_ts,
-                        oldest=oldest,
-                        include_all_metadata=True,
-                        limit=200,
-                        cursor=cursor,
-                    ),
-                )
+                call = self._client.conversations_replies(ts=thread_ts, **page)
+            method = "conversations.history" if thread_ts is None else "conversations.replies"
+            response = await self._call(method, call)
             for message in response.get("messages") or []:
                 metadata = message.get("metadata") or {}
                 payload = metadata.get("event_payload") or {}

@@ -449,19 +449,12 @@ class FakeSlack:
             start = int(params.get("cursor") or 0)
         except ValueError:
             raise SlackError("invalid_arguments") from None
-        with_metadata = _truthy(params.get("include_all_metadata"))
         found = [
             m
             for m in reversed(self._messages)
             if m.channel == channel and m.in_channel_history and float(m.ts) > oldest
         ]
-        page = found[start : start + limit]
-        more = start + limit < len(found)
-        return {
-            "messages": [m.to_dict(with_metadata=with_metadata) for m in page],
-            "has_more": more,
-            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
-        }
+        return _history_page(found, params, start=start, limit=limit)
 
     def _replies(self, params: dict[str, Any]) -> dict[str, Any]:
         """conversations.replies: the thread's parent, then its replies oldest first."""
@@ -477,15 +470,8 @@ class FakeSlack:
             start = int(params.get("cursor") or 0)
         except ValueError:
             raise SlackError("invalid_arguments") from None
-        with_metadata = _truthy(params.get("include_all_metadata"))
         found = [parent] + [m for m in self.replies(channel, parent.ts) if float(m.ts) > oldest]
-        page = found[start : start + limit]
-        more = start + limit < len(found)
-        return {
-            "messages": [m.to_dict(with_metadata=with_metadata) for m in page],
-            "has_more": more,
-            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
-        }
+        return _history_page(found, params, start=start, limit=limit)
 
     def _update(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._resolve(params.get("channel"))
@@ -578,6 +564,20 @@ class FakeSlack:
 
 def _auto_id(name: str) -> str:
     return "C" + hashlib.sha256(name.encode()).hexdigest()[:10].upper()
+
+
+def _history_page(
+    found: list[Message], params: dict[str, Any], *, start: int, limit: int
+) -> dict[str, Any]:
+    """One page of conversations.history or conversations.replies, paged by cursor."""
+    with_metadata = _truthy(params.get("include_all_metadata"))
+    page = found[start : start + limit]
+    more = start + limit < len(found)
+    return {
+        "messages": [m.to_dict(with_metadata=with_metadata) for m in page],
+        "has_more": more,
+        "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+    }
 
 
 def _truthy(value: Any) -> bool:

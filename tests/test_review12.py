@@ -32,6 +32,20 @@ from tests.test_resolve import (
 from tests.test_storms import THRESHOLD, send_reset_requests, wait_all_posted
 
 
+def hold_the_first_page(pinwatch: Pinwatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Slack takes the next page to #payments-leads and holds its answer until released: the
+    window in which the page is in Slack and pinwatch does not know it yet."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(call: RecordedCall) -> None:
+        if call.params.get("channel") == "#payments-leads" and not held.is_set():
+            held.set()
+            await release.wait()
+
+    pinwatch.slack.before_answering["chat.postMessage"] = hold
+    return held, release
+
+
 async def test_a_confirmed_takeover_in_a_paged_summary_is_paged_beside_an_auto_escalation(
     pinwatch: Pinwatch,
 ) -> None:
@@ -45,15 +59,7 @@ async def test_a_confirmed_takeover_in_a_paged_summary_is_paged_beside_an_auto_e
     await acknowledge(pinwatch, confirmed.id)  # its row now shows Resolve, and it never times out
 
     # The summary's Escalate pages; while that page is in flight, the escalation lane is busy.
-    release = asyncio.Event()
-    held = asyncio.Event()
-
-    async def hold_the_first_page(call: RecordedCall) -> None:
-        if call.params.get("channel") == "#payments-leads" and not held.is_set():
-            held.set()
-            await release.wait()
-
-    pinwatch.slack.before_answering["chat.postMessage"] = hold_the_first_page
+    held, release = hold_the_first_page(pinwatch)
     assert await pinwatch.click("escalate", first.id) == 200
     async with asyncio.timeout(5):
         await held.wait()
@@ -145,15 +151,7 @@ async def test_an_alert_resolved_while_its_page_is_in_flight_still_shows_resolve
     it read before posting (which would bring the buttons back and drop the verdict)."""
     original = await posted_request(pinwatch)
     view = await open_form(pinwatch)
-    release = asyncio.Event()
-    held = asyncio.Event()
-
-    async def hold_the_page(call: RecordedCall) -> None:
-        if call.params.get("channel") == "#payments-leads" and not held.is_set():
-            held.set()
-            await release.wait()
-
-    pinwatch.slack.before_answering["chat.postMessage"] = hold_the_page
+    held, release = hold_the_first_page(pinwatch)
     assert await pinwatch.click("escalate", 1) == 200
     async with asyncio.timeout(5):
         await held.wait()
