@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bot.events import Actor, Verdict
+from bot.render import render_storm
 from tests.conftest import (
     Pinwatch,
     StartPinwatch,
@@ -19,6 +22,7 @@ from tests.conftest import (
     verdict_values,
 )
 from tests.fake_slack import RecordedCall
+from tests.test_render import alert as render_alert_fixture
 from tests.test_resolve import (
     HOUR,
     _paged,
@@ -232,3 +236,26 @@ async def test_a_reset_completed_after_a_false_alarm_verdict_does_not_go_unnotic
     )
     pinwatch.clock.advance(11 * 60)  # the team's ack_timeout is 10m
     await pinwatch.slack.wait_for(lambda s: len(s.top_level("C0PAYLEADS")) >= 1, timeout=3)
+
+
+def test_a_storm_row_keeps_its_other_status_out_of_the_quoted_note() -> None:
+    """A storm row puts its status lines on one line after the other; the note is quoted to the
+    end of its line, so whatever follows it there reads as part of what the resolver wrote."""
+    acked = Actor(user_id="U0CAROL", name="carol", at=1_750_000_000.0)
+    resolver = Actor(user_id="U0ALICE", name="alice", at=1_750_000_600.0)
+    rows = [
+        replace(
+            render_alert_fixture(),
+            id=i,
+            grouped=True,
+            acknowledged=acked,
+            resolved=resolver,
+            verdict=Verdict.FALSE_ALARM,
+            resolution_note="first line\nsecond line",
+        )
+        for i in (1, 2)
+    ]
+    message = render_storm(rows, threshold=20, window=60)
+    [row] = [b for b in message.blocks if b.get("block_id") == "pinwatch-1"]
+    quoted = [line for line in row["text"]["text"].splitlines() if line.startswith(">")]
+    assert quoted == [">first line", ">second line"]
