@@ -211,12 +211,6 @@ async def test_resolve_all_audits_each_row_under_its_own_teams_responders(
         assert f"team {row.team} in the routing file now" in resolution.detail
 
 
-@pytest.mark.xfail(
-    reason="not fixed here (a product decision): a success threads under its request even once"
-    " that request is resolved, and a resolved request is never escalated, so a reset completed"
-    " after a 'false alarm' verdict shows no buttons and pages nobody",
-    strict=True,
-)
 async def test_a_reset_completed_after_a_false_alarm_verdict_does_not_go_unnoticed(
     pinwatch: Pinwatch,
 ) -> None:
@@ -230,12 +224,30 @@ async def test_a_reset_completed_after_a_false_alarm_verdict_does_not_go_unnotic
     pinwatch.clock.advance(60)
     success = delivery(security("PIN_REQUEST_SUCCESS"), time=1748811473 + 300)
     assert (await pinwatch.post_webhook(success))[0] == 200
-    await pinwatch.wait_posted(2)
-    await pinwatch.slack.wait_for(
-        lambda s: "now *off*" in shown(s.message("C0PAYMENTS", original.ts))
-    )
+    alert = await pinwatch.wait_posted(2)
+    assert alert.thread_ts is None
+    standalone = pinwatch.slack.message("C0PAYMENTS", str(alert.slack_ts))
+    assert standalone.text.startswith("[CRITICAL] Two-step verification turned off")
+    assert (await pinwatch.alert(1)).verification_off_at is None
+    assert "now *off*" not in shown(pinwatch.slack.message("C0PAYMENTS", original.ts))
     pinwatch.clock.advance(11 * 60)  # the team's ack_timeout is 10m
     await pinwatch.slack.wait_for(lambda s: len(s.top_level("C0PAYLEADS")) >= 1, timeout=3)
+
+
+async def test_a_reset_completed_after_an_expected_change_verdict_stays_in_its_story(
+    pinwatch: Pinwatch,
+) -> None:
+    original = await posted_request(pinwatch)
+    view = await open_form(pinwatch)
+    assert await pinwatch.submit_view(view, verdict_values("expected_change", "ours")) == (
+        200,
+        "",
+    )
+    await wait_resolved(pinwatch)
+    success = delivery(security("PIN_REQUEST_SUCCESS"), time=1748811473 + 300)
+    assert (await pinwatch.post_webhook(success))[0] == 200
+    alert = await pinwatch.wait_posted(2)
+    assert alert.thread_ts == original.ts
 
 
 def test_a_storm_row_keeps_its_other_status_out_of_the_quoted_note() -> None:
