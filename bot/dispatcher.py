@@ -105,6 +105,13 @@ def _happened(alert: Alert) -> float:
 _PAGED_ALONE = (EscalationKind.TAKEOVER, EscalationKind.CONFIRMED)
 
 
+def _same_page(one: Alert, other: Alert) -> bool:
+    """Whether one page may stand for both escalations."""
+    if one.escalation_kind in _PAGED_ALONE or other.escalation_kind in _PAGED_ALONE:
+        return one.escalation_kind == other.escalation_kind
+    return True
+
+
 def _escalations(alerts: list[Alert]) -> list[tuple[int, EscalationKind]]:
     """Each alert with the kind of the escalation being paged: the store records the page
     only for that escalation, not for one made since."""
@@ -265,12 +272,14 @@ class Dispatcher:
 
     async def _start_pages(self) -> None:
         """One page per escalated alert, or per storm summary, whatever its size."""
-        pages: dict[str, dict[tuple[str, str] | int, list[int]]] = {}
+        pages: dict[str, dict[tuple[str, str, str] | int, list[int]]] = {}
         for alert in await self._store.unpaged_escalations():
             channel = team_destination(alert.team, self._config.config).escalation.channel
-            group: tuple[str, str] | int = alert.id
+            group: tuple[str, str, str] | int = alert.id
             if alert.grouped and alert.slack_channel and alert.slack_ts:
-                group = (alert.slack_channel, alert.slack_ts)
+                # A takeover's page is not folded into the summary's (see _page).
+                alone = str(alert.escalation_kind) if alert.escalation_kind in _PAGED_ALONE else ""
+                group = (alert.slack_channel, alert.slack_ts, alone)
             pages.setdefault(channel, {}).setdefault(group, []).append(alert.id)
         for channel, groups in pages.items():
             self._start_lane(
@@ -531,7 +540,9 @@ class Dispatcher:
         for earlier_channel, since in await self._store.begin_send(
             send.key, channel=target, at=self._clock()
         ):
-            if (found := await self._find_sent(send, earlier_channel, since)) is not None:
+            # A reply not broadcast is in its thread only, not in the channel's history.
+            thread = None if reply_broadcast else thread_ts
+            if (found := await self._find_sent(send, earlier_channel, since, thread)) is not None:
                 log.warning(
                     "%s was in Slack already (its answer was lost): %s %s",
                     send.key,
@@ -557,7 +568,9 @@ class Dispatcher:
             await self._learn_channel_id(channel, posted.channel)
         return posted
 
-    async def _find_sent(self, send: SendKey, channel: str, since: float) -> Posted | None:
+    async def _find_sent(
+        self, send: SendKey, channel: str, since: float, thread_ts: str | None
+    ) -> Posted | None:
         try:
             if not _CHANNEL_ID.match(channel):
                 # conversations.history takes IDs only, and this #name was never posted to.
@@ -566,7 +579,7 @@ class Dispatcher:
                     return None  # not a channel pinwatch can see: the post will say so
                 await self._learn_channel_id(channel, found)
                 channel = found
-            return await self._slack.find_sent(channel, send, since=since)
+            return await self._slack.find_sent(channel, send, since=since, thread_ts=thread_ts)
         except SlackCallError as exc:
             if exc.error == "missing_scope":
                 if not self._warned_history_scope:
@@ -721,7 +734,10 @@ class Dispatcher:
         alert = unpaged[0]
         assert alert.slack_channel is not None
         assert alert.slack_ts is not None
-        # A takeover, suspected or confirmed, is paged on its own even in a paged summary.
+        # A takeover, suspected or confirmed, is paged on its own even in a paged summary: one
+        # page never stands for another kind of takeover, nor is one folded into an older page.
+        # The rest wait for the next pass.
+        unpaged = [a for a in unpaged if _same_page(a, alert)]
         if alert.grouped and alert.escalation_kind not in _PAGED_ALONE:
             shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
             if (earlier := next((a for a in shown if a.escalation_ts), None)) is not None:
@@ -836,6 +852,9 @@ class Dispatcher:
 
     async def refresh_message(self, alert: Alert) -> None:
         """Re-render a posted alert in place; a failure here loses nothing, so it is logged only."""
+        # As the store has it now: the caller's copy may predate a click made meanwhile (a page
+        # takes as long as Slack does), and rendering it would undo that click on screen.
+        alert = await self._store.get(alert.id) or alert
         if alert.slack_channel is None or alert.slack_ts is None:
             return
         message = render_alert(alert)

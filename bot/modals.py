@@ -70,10 +70,11 @@ class ResolveTarget:
                 ts=data["ts"],
                 whole_summary=data["all"],
             )
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise FormErrors({VERDICT_BLOCK: "This form is not one pinwatch opened."}) from exc
         valid = (
             type(target.alert_id) is int
+            and 0 < target.alert_id < 2**63  # a store's integer, as a button's value is
             and isinstance(target.channel, str)
             and isinstance(target.ts, str)
             and isinstance(target.whole_summary, bool)

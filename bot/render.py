@@ -563,6 +563,11 @@ def _storm_row(alert: Alert) -> SectionBlock:
         parts.append(f"requested by {safe(event.requester)}")
     text = " · ".join(parts)
     if status := _status_lines(alert):
+        if alert.resolved is not None:
+            # Its note is quoted to the end of the line: anything after it would read as the
+            # resolver's words, so the resolution goes last.
+            resolution = resolution_text(alert)
+            status = [line for line in status if line != resolution] + [resolution]
         text += "\n" + " ".join(status)
     return SectionBlock(
         block_id=f"pinwatch-{alert.id}",

@@ -261,22 +261,29 @@ class SlackGateway:
                 return None
         return None
 
-    async def find_sent(self, channel: str, send: SendKey, *, since: float) -> Posted | None:
+    async def find_sent(
+        self, channel: str, send: SendKey, *, since: float, thread_ts: str | None = None
+    ) -> Posted | None:
         """The message pinwatch posted for `send` in `channel` since a time, if Slack has it
-        (a broadcast thread reply is in the channel's history too)."""
+        (a broadcast thread reply is in the channel's history too; any other reply is only in
+        its thread, `thread_ts`, which is then searched instead)."""
         cursor: str | None = None
+        # Slack's ts is Slack's clock: reach back well past any skew from ours.
+        oldest = f"{max(0.0, since - HISTORY_CLOCK_MARGIN):.6f}"
         for _ in range(HISTORY_PAGES):
-            response = await self._call(
-                "conversations.history",
-                self._client.conversations_history(
-                    channel=channel,
-                    # Slack's ts is Slack's clock: reach back well past any skew from ours.
-                    oldest=f"{max(0.0, since - HISTORY_CLOCK_MARGIN):.6f}",
-                    include_all_metadata=True,
-                    limit=200,
-                    cursor=cursor,
-                ),
-            )
+            page: dict[str, Any] = {
+                "channel": channel,
+                "oldest": oldest,
+                "include_all_metadata": True,
+                "limit": 200,
+                "cursor": cursor,
+            }
+            if thread_ts is None:
+                call = self._client.conversations_history(**page)
+            else:
+                call = self._client.conversations_replies(ts=thread_ts, **page)
+            method = "conversations.history" if thread_ts is None else "conversations.replies"
+            response = await self._call(method, call)
             for message in response.get("messages") or []:
                 metadata = message.get("metadata") or {}
                 payload = metadata.get("event_payload") or {}

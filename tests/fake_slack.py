@@ -302,6 +302,7 @@ class FakeSlack(SlashCommands):
             "apps.connections.open": self._connections_open,
             "conversations.history": self._history,
             "conversations.list": self._list,
+            "conversations.replies": self._replies,
             "views.open": self._open_view,
         }
         self.app = web.Application()
@@ -578,19 +579,29 @@ class FakeSlack(SlashCommands):
             start = int(params.get("cursor") or 0)
         except ValueError:
             raise SlackError("invalid_arguments") from None
-        with_metadata = _truthy(params.get("include_all_metadata"))
         found = [
             m
             for m in reversed(self._messages)
             if m.channel == channel and m.in_channel_history and float(m.ts) > oldest
         ]
-        page = found[start : start + limit]
-        more = start + limit < len(found)
-        return {
-            "messages": [m.to_dict(with_metadata=with_metadata) for m in page],
-            "has_more": more,
-            "response_metadata": {"next_cursor": str(start + limit) if more else ""},
-        }
+        return _history_page(found, params, start=start, limit=limit)
+
+    def _replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        """conversations.replies: the thread's parent, then its replies oldest first."""
+        channel = params.get("channel")
+        if not isinstance(channel, str) or not _ID_RE.match(channel):
+            raise SlackError("channel_not_found")
+        parent = self._find(channel, str(params.get("ts", "")))
+        if parent is None:
+            raise SlackError("thread_not_found")
+        try:
+            oldest = float(params.get("oldest") or 0)
+            limit = max(1, min(999, int(params.get("limit") or 100)))
+            start = int(params.get("cursor") or 0)
+        except ValueError:
+            raise SlackError("invalid_arguments") from None
+        found = [parent] + [m for m in self.replies(channel, parent.ts) if float(m.ts) > oldest]
+        return _history_page(found, params, start=start, limit=limit)
 
     def _update(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = self._resolve(params.get("channel"))
@@ -683,6 +694,20 @@ class FakeSlack(SlashCommands):
 
 def _auto_id(name: str) -> str:
     return "C" + hashlib.sha256(name.encode()).hexdigest()[:10].upper()
+
+
+def _history_page(
+    found: list[Message], params: dict[str, Any], *, start: int, limit: int
+) -> dict[str, Any]:
+    """One page of conversations.history or conversations.replies, paged by cursor."""
+    with_metadata = _truthy(params.get("include_all_metadata"))
+    page = found[start : start + limit]
+    more = start + limit < len(found)
+    return {
+        "messages": [m.to_dict(with_metadata=with_metadata) for m in page],
+        "has_more": more,
+        "response_metadata": {"next_cursor": str(start + limit) if more else ""},
+    }
 
 
 def _truthy(value: Any) -> bool:

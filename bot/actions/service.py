@@ -260,23 +260,29 @@ class ActionService:
         if checked is None:
             return
         alert, actor, authority = checked
-        targets = [alert]
-        if click.action is Action.RESOLVE_ALL:
+        targets = [(alert, authority)]
+        if click.action is Action.RESOLVE_ALL and alert.grouped:  # as the form was opened
             assert alert.slack_channel is not None
             assert alert.slack_ts is not None
             shown = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
-            targets = [row for row in shown if row.resolved is None]
-            for row in targets:  # every row is checked as if resolved on its own
-                if row.id != alert.id and await self._authority(click, row, actor) is None:
+            targets = []
+            for row in shown:  # every row is checked, and kept, as if resolved on its own
+                if row.resolved is not None:
+                    continue
+                if row.id == alert.id:
+                    targets.append((row, authority))
+                elif (allowed := await self._authority(click, row, actor)) is None:
                     return
+                else:
+                    targets.append((row, allowed))
         resolved = []
-        for row in targets:
+        for row, allowed in targets:
             transition = await self._store.resolve(
                 row.id,
                 actor,
                 resolution.verdict,
                 note=resolution.note,
-                detail=authority.basis,
+                detail=allowed.basis,
             )
             if transition.changed:
                 resolved.append(transition.alert)

@@ -95,7 +95,8 @@ class Store(Protocol):
         """The reset request a follow-up (catalog.is_follow_up) threads under: the latest earlier
         one on the same WABA and route that happened since `since` (Meta's event time, else
         receipt). A success needs one for its number not yet completed; a takeover event takes
-        any of the WABA's, a completed one first."""
+        any of the WABA's, a completed one first. A request resolved as a false alarm (or with
+        no verdict, in PagerDuty) is closed: never a root."""
         ...
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]: ...

@@ -503,6 +503,7 @@ class PostgresStore:
                  AND event = $3 AND id < $4
                  AND waba_id = $5 AND team IS NOT DISTINCT FROM $6 AND channel = $7
                  AND severity IS DISTINCT FROM 'off' AND coalesce(event_time, received_at) >= $8
+                 AND (resolved_at IS NULL OR verdict IN ('expected_change', 'confirmed_takeover'))
                ORDER BY verification_off_at IS NULL, id DESC LIMIT 1""",
             not success,
             follow_up.event.phone_digits,

@@ -210,6 +210,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# A request resolved as nothing happened (a false alarm, or in PagerDuty with no verdict) is
+# closed: what follows it stands on its own, and is escalated in its own right. One resolved as
+# expected (or already as a takeover) goes on carrying its story.
+_STILL_A_ROOT = "(resolved_at IS NULL OR verdict IN ('expected_change', 'confirmed_takeover'))"
+
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
 _WAITING = "slack_ts IS NULL AND severity IS NOT 'off'"
 
@@ -435,7 +440,7 @@ class SqliteStore:
             f"""SELECT * FROM alerts
                WHERE {scope} AND event = ? AND id < ?
                  AND waba_id = ? AND team IS ? AND channel = ? AND severity IS NOT 'off'
-                 AND coalesce(event_time, received_at) >= ?
+                 AND coalesce(event_time, received_at) >= ? AND {_STILL_A_ROOT}
                ORDER BY verification_off_at IS NULL, id DESC LIMIT 1""",
             (
                 *scoped,
