@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -23,8 +24,9 @@ class StoreFailure:
 
     async def start(self, _call: RecordedCall | None = None) -> None:
         if (url := self._pinwatch.database_url) is None:
-            self._sqlite = sqlite3.connect(store_path(self._pinwatch), isolation_level=None)
-            self._sqlite.execute("BEGIN IMMEDIATE")
+            # In a thread: waiting for the write lock must not stop the event loop, whose own
+            # write transaction (awaiting the loop between statements) holds it meanwhile.
+            self._sqlite = await asyncio.to_thread(_hold_write_lock, store_path(self._pinwatch))
             return
         db = await asyncpg.connect(url)
         try:
@@ -41,8 +43,7 @@ class StoreFailure:
 
     async def stop(self) -> None:
         if self._sqlite is not None:
-            self._sqlite.execute("ROLLBACK")
-            self._sqlite.close()
+            await asyncio.to_thread(_release, self._sqlite)
             return
         assert self._pinwatch.database_url is not None
         db = await asyncpg.connect(self._pinwatch.database_url)
@@ -53,6 +54,17 @@ class StoreFailure:
             )
         finally:
             await db.close()
+
+
+def _hold_write_lock(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def _release(conn: sqlite3.Connection) -> None:
+    conn.execute("ROLLBACK")
+    conn.close()
 
 
 def store_path(pinwatch: Pinwatch) -> Path:

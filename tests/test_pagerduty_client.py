@@ -86,7 +86,14 @@ async def test_every_event_pinwatch_builds_passes_the_documented_schema(
     events += [acknowledge_event(a) for a in alerts] + [resolve_event(a) for a in alerts]
     results = [await client.send(event, routing_key=ROUTING_KEY) for event in events]
     assert [type(r) for r in results] == [Accepted] * len(events), [c.errors for c in fake.calls]
-    assert [i.status for i in fake.incidents] == ["resolved"] * 3
+    # Each alert: its ordinary incident resolved; a takeover's, suspected or confirmed, its own.
+    statuses = {(i.dedup_key.rsplit(":", 1)[-1], i.status) for i in fake.incidents}
+    assert len(fake.incidents) == 9
+    assert statuses == {("takeover", "triggered"), ("confirmed", "triggered")} | {
+        (key.rsplit(":", 1)[-1], "resolved")
+        for key in (i.dedup_key for i in fake.incidents)
+        if not key.endswith(("takeover", "confirmed"))
+    }
 
 
 async def test_a_second_trigger_adds_to_the_open_incident_and_after_resolve_opens_a_new_one(
