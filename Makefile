@@ -41,8 +41,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Three workers on two cores: most of a test's time is spent waiting on loopback and timers.
 pytest: $(STAMP) postgres
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n 3
 
 test-reliability: $(STAMP) postgres
 	$(BIN)/pytest -q -m slow

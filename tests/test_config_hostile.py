@@ -246,6 +246,14 @@ async def test_a_reload_refuses_an_alias_bomb_and_webhooks_are_answered_meanwhil
     )  # the version in force still routes
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Save as an editor does, in one rename: a 1 MB write is not atomic, and the watcher may
+    read it half written (and refuse or apply that half) on a loaded machine."""
+    partial = path.with_name(path.name + ".saving")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def large_routing_file(config: str, routes: int = 5000) -> str:
     """The fixture's file with thousands of routes after its own: about 1 MB, like bench.reload."""
     extra = "".join(
@@ -260,7 +268,7 @@ def large_routing_file(config: str, routes: int = 5000) -> str:
 
 async def test_reloading_a_large_file_does_not_hold_up_webhooks(pinwatch: Pinwatch) -> None:
     before = await config_version(pinwatch)
-    pinwatch.config_path.write_text(large_routing_file(pinwatch.config_path.read_text()))
+    replace_file(pinwatch.config_path, large_routing_file(pinwatch.config_path.read_text()))
 
     silence = await longest_silence_until(pinwatch, "applied")
     assert await config_version(pinwatch) != before
@@ -273,7 +281,7 @@ async def test_a_reload_whose_parsing_process_is_killed_keeps_the_version_in_for
 ) -> None:
     before = await config_version(pinwatch)
     earlier = set(multiprocessing.active_children())  # an earlier reload's may not have ended yet
-    pinwatch.config_path.write_text(large_routing_file(pinwatch.config_path.read_text()))
+    replace_file(pinwatch.config_path, large_routing_file(pinwatch.config_path.read_text()))
     async with asyncio.timeout(20):
         while not (parsers := set(multiprocessing.active_children()) - earlier):
             await asyncio.sleep(0.01)
