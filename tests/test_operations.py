@@ -39,11 +39,16 @@ async def config_version(pinwatch: Pinwatch) -> str:
         return str(body["config"]["version"])
 
 
+# A reload parses in a new process at a lower priority than the service: on a machine whose
+# cores are all busy (the test workers), it can take several seconds to be scheduled.
+RELOAD_WAIT = 30.0
+
+
 async def wait_for_version_change(pinwatch: Pinwatch, old: str) -> str:
     async def changed() -> bool:
         return await config_version(pinwatch) != old
 
-    await eventually(changed)
+    await eventually(changed, timeout=RELOAD_WAIT)
     return await config_version(pinwatch)
 
 
@@ -88,7 +93,7 @@ async def test_an_invalid_edit_is_refused_and_the_old_version_still_routes(
     async def refused() -> bool:
         return await metric(pinwatch, "pinwatch_config_reloads_total", 'result="refused"') >= 1
 
-    await eventually(refused)
+    await eventually(refused, timeout=RELOAD_WAIT)
     assert await config_version(pinwatch) == before
     assert f"{pinwatch.config_path}:" in caplog.text
     assert "teams.payments.channel" in caplog.text
@@ -127,7 +132,7 @@ async def test_reload_under_concurrent_deliveries_takes_effect_and_drops_nothing
         async def in_force() -> bool:
             return await config_version(pinwatch) == wanted
 
-        await eventually(in_force)
+        await eventually(in_force, timeout=RELOAD_WAIT)
         changed_from.append(next(numbers))
 
         async def more_received() -> bool:
