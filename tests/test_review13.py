@@ -1,0 +1,72 @@
+"""Review of the PagerDuty integration (issue 13): what the review found broken, as failing tests,
+end to end over loopback against the fake Events API, on both store backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import StartPinwatch, delivery, security, verdict_values
+from tests.test_pagerduty_e2e import (
+    accepted,
+    paging,
+    payments_pages_pagerduty,  # noqa: F401  (autouse: the payments team pages PagerDuty)
+    posted,
+    state_is,
+    witness_paged,
+)
+from tests.test_resolve import open_form, wait_resolved
+
+OFFBOARDED = {
+    "field": "account_update",
+    "value": {"event": "ACCOUNT_OFFBOARDED", "waba_info": {"waba_id": "102290129340398"}},
+}
+
+
+async def test_a_takeover_after_an_expected_change_verdict_is_not_resolved_at_once(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    """A reset request resolved as "our own change" stays a chain's root (main's design): when
+    a takeover event follows, the chain is escalated as a takeover. Its PagerDuty incident
+    must stay open for the on-call; the resolution came before the takeover and must not
+    close it (as an acknowledgement from before a page does not silence it)."""
+    pinwatch, fake = await paging(start_pinwatch, aiohttp_server)
+    await posted(pinwatch)
+    view = await open_form(pinwatch)
+    assert await pinwatch.submit_view(view, verdict_values("expected_change", "ours")) == (200, "")
+    await wait_resolved(pinwatch)
+    pinwatch.clock.advance(60)
+    await pinwatch.post_webhook(delivery(security("PIN_REQUEST_SUCCESS"), time=1748811500))
+    await pinwatch.wait_posted(2)
+    pinwatch.clock.advance(60)
+    await pinwatch.post_webhook(delivery(OFFBOARDED, time=1748811600))
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 1)
+    [takeover] = accepted(fake, "trigger")
+    assert takeover.body is not None
+    key = takeover.body["dedup_key"]
+    assert key.endswith(":takeover")
+    await witness_paged(pinwatch, fake, 4)  # the team's lane has sent all it had for alert 1
+    assert [c.dedup_key for c in accepted(fake, "resolve")] == []
+    incident = fake.open_incident(key)
+    assert incident is not None
+    assert incident.status == "triggered"
+
+
+async def test_an_alert_resolved_while_pagerduty_was_down_is_not_paged_afterwards(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    """Escalated, then resolved in Slack before PagerDuty took the trigger (an outage): once
+    PagerDuty is back, nobody is woken for an alert already closed."""
+    pinwatch, fake = await paging(start_pinwatch, aiohttp_server)
+    await posted(pinwatch)
+    fake.fail(503, times=100_000)
+    assert await pinwatch.click("escalate", 1) == 200
+    await fake.wait_for(lambda f: len(f.calls) >= 1)
+    pinwatch.clock.advance(60)
+    view = await open_form(pinwatch)
+    assert await pinwatch.submit_view(view, verdict_values("false_alarm", "test")) == (200, "")
+    await wait_resolved(pinwatch)
+    fake._script.clear()  # PagerDuty is back
+    await witness_paged(pinwatch, fake, 2)
+    assert not [c for c in accepted(fake, "trigger") if "alert:1:" in str(c.dedup_key)]
+    assert not [i for i in fake.incidents if "alert:1:" in i.dedup_key]
+    await state_is(pinwatch, 1, "resolved")
