@@ -3,9 +3,12 @@ end to end over loopback against the fake Events API, on both store backends."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tests.conftest import StartPinwatch, delivery, security, verdict_values
+from tests.fake_pagerduty import signed_webhook, webhook_event
 from tests.test_pagerduty_e2e import (
     accepted,
     paging,
@@ -70,3 +73,32 @@ async def test_an_alert_resolved_while_pagerduty_was_down_is_not_paged_afterward
     assert not [c for c in accepted(fake, "trigger") if "alert:1:" in str(c.dedup_key)]
     assert not [i for i in fake.incidents if "alert:1:" in i.dedup_key]
     await state_is(pinwatch, 1, "resolved")
+
+
+async def test_a_webhook_whose_body_arrives_in_two_parts_is_read_whole(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    """A body is not always in one TCP read (a proxy, a slow link): the handler must read it
+    to its end before checking the signature, or PagerDuty's acknowledgement is refused (401,
+    which PagerDuty does not retry) and lost."""
+    pinwatch, fake = await paging(start_pinwatch, aiohttp_server)
+    await posted(pinwatch)
+    assert await pinwatch.click("escalate", 1) == 200
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 1)
+    [trigger] = accepted(fake, "trigger")
+    assert trigger.body is not None
+    acked = webhook_event("incident.acknowledged", incident_key=trigger.body["dedup_key"])
+    body, headers = signed_webhook(acked)
+    half = len(body) // 2
+
+    async def in_two_parts() -> AsyncIterator[bytes]:
+        yield body[:half]
+        await asyncio.sleep(0.3)  # the network's pause between two segments, not a wait
+        yield body[half:]
+
+    headers = {**headers, "Content-Length": str(len(body))}
+    async with pinwatch.client.post(
+        "/pagerduty/webhook", data=in_two_parts(), headers=headers
+    ) as response:
+        assert (response.status, await response.text()) == (200, "applied")
+    assert (await pinwatch.alert(1)).acknowledged is not None
