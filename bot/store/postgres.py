@@ -208,7 +208,7 @@ _PAGERDUTY_DUE = """
     AND (pagerduty_kind IS DISTINCT FROM escalation_kind
          OR (escalation_kind <> 'confirmed'
              AND pagerduty_state IN ('triggered', 'acknowledged')
-             AND (resolved_at IS NOT NULL
+             AND (resolved_at >= escalated_at
                   OR (pagerduty_state = 'triggered' AND acknowledged_at > escalated_at))))
 """
 
