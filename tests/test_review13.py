@@ -13,6 +13,7 @@ from tests.test_pagerduty_e2e import (
     accepted,
     paging,
     payments_pages_pagerduty,  # noqa: F401  (autouse: the payments team pages PagerDuty)
+    post_pagerduty,
     posted,
     state_is,
     witness_paged,
@@ -102,3 +103,43 @@ async def test_a_webhook_whose_body_arrives_in_two_parts_is_read_whole(
     ) as response:
         assert (response.status, await response.text()) == (200, "applied")
     assert (await pinwatch.alert(1)).acknowledged is not None
+
+
+async def test_an_earlier_escalations_incident_closed_in_pagerduty_does_not_close_a_takeover(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    """Escalated by hand (incident M), then the chain completes as a takeover (incident T, of
+    its own so that M's state cannot silence it). M acknowledged or resolved in PagerDuty (by
+    the on-call who got M's page, or by the service's auto-resolve) must not acknowledge or
+    resolve the alert, and through it T: the inbox itself says such an incident leaves the
+    current one unchanged."""
+    pinwatch, fake = await paging(start_pinwatch, aiohttp_server)
+    await posted(pinwatch)
+    assert await pinwatch.click("escalate", 1) == 200
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 1)
+    [manual] = accepted(fake, "trigger")
+    assert manual.body is not None
+    pinwatch.clock.advance(60)
+    await pinwatch.post_webhook(delivery(security("PIN_REQUEST_SUCCESS"), time=1748811500))
+    await pinwatch.wait_posted(2)
+    pinwatch.clock.advance(60)
+    await pinwatch.post_webhook(delivery(OFFBOARDED, time=1748811600))
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 2)
+    takeover = accepted(fake, "trigger")[1]
+    assert takeover.body is not None
+    assert takeover.body["dedup_key"].endswith(":takeover")
+    await state_is(pinwatch, 1, "triggered")
+
+    pinwatch.clock.advance(60)
+    old = manual.body["dedup_key"]
+    acked = webhook_event("incident.acknowledged", incident_key=old, agent_name="Bob Oncall")
+    assert (await post_pagerduty(pinwatch, acked))[0] == 200
+    resolved = webhook_event("incident.resolved", incident_key=old, agent_name=None)
+    assert (await post_pagerduty(pinwatch, resolved))[0] == 200
+    await witness_paged(pinwatch, fake, 4)
+    assert [c.dedup_key for c in accepted(fake, "acknowledge")] == []
+    assert takeover.body["dedup_key"] not in [c.dedup_key for c in accepted(fake, "resolve")]
+    incident = fake.open_incident(takeover.body["dedup_key"])
+    assert incident is not None
+    assert incident.status == "triggered"
+    assert (await pinwatch.alert(1)).resolved is None
