@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tests.conftest import StartPinwatch, delivery, security, verdict_values
+from tests.conftest import StartPinwatch, delivery, eventually, security, verdict_values
 from tests.fake_pagerduty import signed_webhook, webhook_event
 from tests.test_pagerduty_e2e import (
     accepted,
@@ -128,7 +128,12 @@ async def test_an_earlier_escalations_incident_closed_in_pagerduty_does_not_clos
     takeover = accepted(fake, "trigger")[1]
     assert takeover.body is not None
     assert takeover.body["dedup_key"].endswith(":takeover")
-    await state_is(pinwatch, 1, "triggered")
+
+    async def takeover_recorded() -> bool:
+        alert = await pinwatch.alert(1)
+        return str(alert.pagerduty_kind) == "takeover" and str(alert.pagerduty_state) == "triggered"
+
+    await eventually(takeover_recorded)
 
     pinwatch.clock.advance(60)
     old = manual.body["dedup_key"]
