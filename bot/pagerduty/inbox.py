@@ -51,6 +51,11 @@ class PagerDutyInbox:
         alert = await self._alert_of(event.incident_key)
         if alert is None:
             return Outcome.NOT_OURS
+        kind = alert.pagerduty_kind
+        if kind is not None and event.incident_key != dedup_key(alert, PageReason.of(kind)):
+            # An earlier escalation's incident (the manual one, once a takeover has its own):
+            # closing it must not close the alert, and through it the current incident.
+            return Outcome.UNCHANGED
         now = self._clock()
         agent = event.agent
         actor = Actor(
