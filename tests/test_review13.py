@@ -7,6 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
+import pytest
+
 from tests.conftest import StartPinwatch, delivery, eventually, security, verdict_values
 from tests.fake_pagerduty import signed_webhook, webhook_event
 from tests.test_pagerduty_e2e import (
@@ -15,6 +18,7 @@ from tests.test_pagerduty_e2e import (
     payments_pages_pagerduty,  # noqa: F401  (autouse: the payments team pages PagerDuty)
     post_pagerduty,
     posted,
+    shown,
     state_is,
     witness_paged,
 )
@@ -148,3 +152,42 @@ async def test_an_earlier_escalations_incident_closed_in_pagerduty_does_not_clos
     assert incident is not None
     assert incident.status == "triggered"
     assert (await pinwatch.alert(1)).resolved is None
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_webhook_answered_503_after_its_change_was_committed_still_shows_in_slack(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    """The acknowledgement is committed, then remembering the event id fails: 503, and
+    PagerDuty delivers it again. The retry finds the alert acknowledged already (unchanged), and
+    must still bring the Slack message up to date, which the first attempt never did."""
+    pinwatch, fake = await paging(start_pinwatch, aiohttp_server)
+    original = await posted(pinwatch)
+    assert await pinwatch.click("escalate", 1) == 200
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 1)
+    [trigger] = accepted(fake, "trigger")
+    assert trigger.body is not None
+    await state_is(pinwatch, 1, "triggered")
+    assert pinwatch.database_url is not None
+    db = await asyncpg.connect(pinwatch.database_url)
+    try:
+        await db.execute(
+            """CREATE FUNCTION refuse_seen() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN RAISE EXCEPTION 'No space left on device'; END $$;
+               CREATE TRIGGER refuse_seen BEFORE INSERT ON slack_signatures
+               FOR EACH ROW EXECUTE FUNCTION refuse_seen();"""
+        )
+        acked = webhook_event(
+            "incident.acknowledged", incident_key=trigger.body["dedup_key"], agent_name="Jane"
+        )
+        assert (await post_pagerduty(pinwatch, acked))[0] == 503
+        await db.execute(
+            "DROP TRIGGER refuse_seen ON slack_signatures; DROP FUNCTION refuse_seen()"
+        )
+    finally:
+        await db.close()
+    assert (await pinwatch.alert(1)).acknowledged is not None  # the first attempt's commit
+    assert (await post_pagerduty(pinwatch, acked))[0] == 200  # PagerDuty's redelivery
+    await pinwatch.slack.wait_for(
+        lambda s: "Acknowledged in PagerDuty by Jane" in shown(s.message("C0PAYMENTS", original.ts))
+    )
