@@ -86,6 +86,11 @@ class PagerDutyInbox:
         if not await self._store.first_sight(seen, expires_at=now + SEEN_FOR, now=now):
             return Outcome.REPEATED
         if not transition.changed:
+            done = transition.alert.acknowledged if acknowledged else transition.alert.resolved
+            if done is not None and done.user_id == actor.user_id and done.in_pagerduty:
+                # Committed by an earlier delivery of this change, answered 503 before its
+                # message was refreshed (its event id not remembered): refreshed now.
+                self._refresh(transition.alert)
             return Outcome.UNCHANGED
         for_alert(log, alert).info("%s in PagerDuty by %s", event.change, actor.name)
         self._refresh(transition.alert)
