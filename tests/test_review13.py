@@ -23,6 +23,7 @@ from tests.test_pagerduty_e2e import (
     witness_paged,
 )
 from tests.test_resolve import open_form, wait_resolved
+from tests.test_storms import THRESHOLD, send_reset_requests, wait_all_posted
 
 OFFBOARDED = {
     "field": "account_update",
@@ -191,3 +192,35 @@ async def test_a_webhook_answered_503_after_its_change_was_committed_still_shows
     await pinwatch.slack.wait_for(
         lambda s: "Acknowledged in PagerDuty by Jane" in shown(s.message("C0PAYMENTS", original.ts))
     )
+
+
+async def test_a_storm_summarys_incident_acknowledged_in_pagerduty_acknowledges_its_paged_row(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    """A storm summary's incident is named after its first row, whichever row was escalated.
+    Its first row resolved, Escalate pages the next one: PagerDuty's acknowledgement of that
+    incident must acknowledge the row that was paged, not try the first (resolved) row and
+    change nothing."""
+    pinwatch, fake = await paging(start_pinwatch, aiohttp_server)
+    await send_reset_requests(pinwatch, THRESHOLD + 3)
+    await wait_all_posted(pinwatch, THRESHOLD + 3)
+    rows = [a for a in [await pinwatch.alert(i) for i in range(1, THRESHOLD + 4)] if a.grouped]
+    assert len(rows) == 3
+    assert rows[0].team == "payments"
+    view = await open_form(pinwatch, rows[0].id)
+    assert await pinwatch.submit_view(view, verdict_values("false_alarm")) == (200, "")
+    await wait_resolved(pinwatch, rows[0].id)
+    assert await pinwatch.click("escalate", rows[1].id) == 200  # the summary's Escalate now
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 1)
+    [trigger] = accepted(fake, "trigger")
+    assert trigger.body is not None
+    assert trigger.body["dedup_key"].startswith(f"pinwatch:alert:{rows[0].id}:")
+    await state_is(pinwatch, rows[1].id, "triggered")
+
+    acked = webhook_event(
+        "incident.acknowledged", incident_key=trigger.body["dedup_key"], agent_name="Jane"
+    )
+    assert await post_pagerduty(pinwatch, acked) == (200, "applied")
+    paged = await pinwatch.alert(rows[1].id)
+    assert paged.acknowledged is not None
+    assert paged.acknowledged.name == "Jane"
