@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from tests.conftest import StartPinwatch, delivery, eventually, security, verdict_values
-from tests.fake_pagerduty import signed_webhook, webhook_event
+from tests.fake_pagerduty import (
+    OTHER_ROUTING_KEY,
+    ROUTING_KEY,
+    WEBHOOK_SECRET,
+    signed_webhook,
+    start_fake_pagerduty,
+    webhook_event,
+)
 from tests.test_pagerduty_e2e import (
+    KEY_ENV,
     accepted,
     paging,
     payments_pages_pagerduty,  # noqa: F401  (autouse: the payments team pages PagerDuty)
@@ -224,3 +233,38 @@ async def test_a_storm_summarys_incident_acknowledged_in_pagerduty_acknowledges_
     paged = await pinwatch.alert(rows[1].id)
     assert paged.acknowledged is not None
     assert paged.acknowledged.name == "Jane"
+
+
+async def test_a_team_held_back_by_pagerduty_does_not_starve_another_teams_pages(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any, config_path: Path
+) -> None:
+    """PagerDuty rate-limits per integration: the payments team's lane waits out an hour's
+    Retry-After with 100 escalations due. An escalation of another team (here the defaults',
+    paging its own service) must still be paged meanwhile, not wait behind them for the
+    outbox's first 100 rows."""
+    text = config_path.read_text()
+    old = '    channel: "#security-escalations"\n    mention: ["S0SECLEADS"]\n'
+    assert old in text
+    config_path.write_text(
+        text.replace(old, old + "    pagerduty: {routing_key_env: PD_DEFAULT}\n")
+    )
+    fake, url = await start_fake_pagerduty(aiohttp_server)
+    pinwatch = await start_pinwatch(
+        pagerduty_url=url,
+        pagerduty_secrets=(WEBHOOK_SECRET,),
+        environ={KEY_ENV: ROUTING_KEY, "PD_DEFAULT": OTHER_ROUTING_KEY},
+    )
+    fake.fail(429, retry_after="3600")
+    await send_reset_requests(pinwatch, 100)
+    await wait_all_posted(pinwatch, 100)
+    pinwatch.clock.advance(11 * 60)  # payments' ack_timeout is 10m: all 100 escalate
+    await fake.wait_for(lambda f: [c.status for c in f.calls] == [429])
+    other = delivery(security("PIN_RESET_REQUEST", phone="15550001111"), waba="999999999999999")
+    assert (await pinwatch.post_webhook(other))[0] == 200
+    alert = await pinwatch.wait_posted(101)
+    assert alert.team is None
+    pinwatch.clock.advance(16 * 60)  # the defaults' ack_timeout is 15m
+    await fake.wait_for(
+        lambda f: any("alert:101:" in str(c.dedup_key) for c in accepted(f, "trigger")),
+        timeout=10,
+    )
