@@ -268,3 +268,32 @@ async def test_a_team_held_back_by_pagerduty_does_not_starve_another_teams_pages
         lambda f: any("alert:101:" in str(c.dedup_key) for c in accepted(f, "trigger")),
         timeout=10,
     )
+
+
+async def test_a_confirmed_takeover_closes_the_escalations_incident_it_supersedes(
+    start_pinwatch: StartPinwatch, aiohttp_server: Any
+) -> None:
+    """Escalated (incident M, paging the on-call), then resolved in Slack as a confirmed
+    takeover: the confirmed takeover's incident opens, and stays open for the on-call. M,
+    which pinwatch considers resolved, must not stay open beside it, paging on through the
+    escalation policy."""
+    pinwatch, fake = await paging(start_pinwatch, aiohttp_server)
+    await posted(pinwatch)
+    assert await pinwatch.click("escalate", 1) == 200
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 1)
+    [manual] = accepted(fake, "trigger")
+    assert manual.body is not None
+    await state_is(pinwatch, 1, "triggered")
+    pinwatch.clock.advance(60)
+    view = await open_form(pinwatch)
+    assert await pinwatch.submit_view(view, verdict_values("confirmed_takeover", "ours")) == (
+        200,
+        "",
+    )
+    await fake.wait_for(lambda f: len(accepted(f, "trigger")) == 2)
+    confirmed = accepted(fake, "trigger")[1]
+    assert confirmed.body is not None
+    assert confirmed.body["dedup_key"].endswith(":confirmed")
+    await witness_paged(pinwatch, fake, 2)
+    assert fake.open_incident(manual.body["dedup_key"]) is None
+    assert fake.open_incident(confirmed.body["dedup_key"]) is not None
