@@ -65,6 +65,14 @@ def next_step(alert: Alert) -> NextStep | None:
     # must not close its incident, as an acknowledgement from before must not silence it.
     closed = alert.resolved is not None and alert.resolved.at >= alert.escalated.at
     if alert.pagerduty_kind is not kind:
+        if (
+            kind is EscalationKind.CONFIRMED
+            and alert.pagerduty_kind is not None
+            and alert.pagerduty_state in _OPEN
+        ):
+            # The escalation's incident it supersedes is resolved first (through the routing
+            # key it was opened with): the confirmed takeover's alone stays open.
+            return NextStep(Step.RESOLVE, alert.pagerduty_kind)
         if closed and kind is not EscalationKind.CONFIRMED:
             # Resolved before PagerDuty took the page (an outage, a backlog): nobody is woken
             # for it; an earlier escalation's incident still open is resolved.
