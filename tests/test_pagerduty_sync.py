@@ -6,7 +6,14 @@ import dataclasses
 
 from bot.events import Actor, Alert, EscalationKind, PagerDutyState, Verdict
 from bot.pagerduty.events import dedup_key
-from bot.pagerduty.sync import NextStep, Step, events_for, next_step, shared_incident_settled
+from bot.pagerduty.sync import (
+    NextStep,
+    Step,
+    events_for,
+    next_step,
+    nothing_open,
+    shared_incident_settled,
+)
 from tests.test_pagerduty_events import AT, alert_of
 
 ALICE = Actor("U0ALICE", "alice", AT + 100)
@@ -19,9 +26,11 @@ def told(alert: Alert, kind: EscalationKind, state: PagerDutyState) -> Alert:
 def test_an_escalation_not_yet_sent_is_triggered_and_nothing_else_happens_first() -> None:
     escalated = alert_of(kind=EscalationKind.MANUAL, by=ALICE)
     assert next_step(escalated) == NextStep(Step.TRIGGER, EscalationKind.MANUAL)
-    # Acknowledged or resolved before anything was sent: the trigger still goes first.
+    # Acknowledged before anything was sent: the trigger still goes first. Resolved: nobody is
+    # woken for it (review 13), the resolution is recorded without being sent.
     resolved = dataclasses.replace(escalated, resolved=ALICE, verdict=Verdict.FALSE_ALARM)
-    assert next_step(resolved) == NextStep(Step.TRIGGER, EscalationKind.MANUAL)
+    assert next_step(resolved) == NextStep(Step.RESOLVE, EscalationKind.MANUAL)
+    assert nothing_open(NextStep(Step.RESOLVE, EscalationKind.MANUAL), resolved)
     assert next_step(alert_of(kind=None)) is None
 
 

@@ -24,7 +24,12 @@ async def handle_webhook(request: web.Request) -> web.Response:
     app = request.app
     counted = app[keys.METRICS].pagerduty_webhooks
     # PagerDuty never sends more: a larger body is not PagerDuty's, and is not read whole.
-    body = await request.content.read(MAX_BODY_BYTES + 1)
+    # read(n) returns what has arrived, up to n: read on to the end (or just past the limit).
+    body = b""
+    while len(body) <= MAX_BODY_BYTES and (
+        chunk := await request.content.read(MAX_BODY_BYTES + 1 - len(body))
+    ):
+        body += chunk
     if len(body) > MAX_BODY_BYTES:
         counted.labels("too_large").inc()
         return web.Response(status=413, text=f"larger than {MAX_BODY_BYTES} bytes")

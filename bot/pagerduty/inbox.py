@@ -51,6 +51,11 @@ class PagerDutyInbox:
         alert = await self._alert_of(event.incident_key)
         if alert is None:
             return Outcome.NOT_OURS
+        rows = await self._sharing(alert, event.incident_key)
+        if not rows:
+            # An earlier escalation's incident (the manual one, once a takeover has its own):
+            # closing it must not close the alert, and through it the current incident.
+            return Outcome.UNCHANGED
         now = self._clock()
         agent = event.agent
         actor = Actor(
@@ -60,37 +65,76 @@ class PagerDutyInbox:
         )
         where = f" ({event.html_url})" if event.html_url else ""
         acknowledged = event.change is IncidentChange.ACKNOWLEDGED
-        # First what PagerDuty has, so that the outbox, seeing the alert change, has nothing to
-        # send back; then the alert. Both are guarded: a redelivery changes neither again.
-        await self._note_pagerduty_has(alert, event, acknowledged=acknowledged, actor=actor)
-        transition: Transition
-        if acknowledged:
-            remind_every = team_destination(alert.team, self._config.config).remind_every
-            transition = await self._store.acknowledge(
-                alert.id,
-                actor,
-                detail=f"acknowledged in PagerDuty{where}",
-                remind_at=now + remind_every,
+        transitions: list[Transition] = []
+        for row in rows:
+            # First what PagerDuty has, so that the outbox, seeing the alert change, has
+            # nothing to send back; then the alert. Both guarded: a redelivery changes neither.
+            await self._note_pagerduty_has(
+                row, event, named=alert, acknowledged=acknowledged, actor=actor
             )
-        else:
-            transition = await self._store.resolve(
-                alert.id, actor, None, note=None, detail=f"resolved in PagerDuty{where}"
-            )
+            if acknowledged:
+                remind_every = team_destination(row.team, self._config.config).remind_every
+                transitions.append(
+                    await self._store.acknowledge(
+                        row.id,
+                        actor,
+                        detail=f"acknowledged in PagerDuty{where}",
+                        remind_at=now + remind_every,
+                    )
+                )
+            else:
+                transitions.append(
+                    await self._store.resolve(
+                        row.id, actor, None, note=None, detail=f"resolved in PagerDuty{where}"
+                    )
+                )
         # Remembered once applied: a crash before this, and PagerDuty's retry applies it.
         seen = hashlib.sha256(f"pagerduty-webhook:{event.event_id}".encode()).hexdigest()
         if not await self._store.first_sight(seen, expires_at=now + SEEN_FOR, now=now):
             return Outcome.REPEATED
-        if not transition.changed:
+        changed = [t.alert for t in transitions if t.changed]
+        if not changed:
+            for transition in transitions:
+                done = transition.alert.acknowledged if acknowledged else transition.alert.resolved
+                if done is not None and done.user_id == actor.user_id and done.in_pagerduty:
+                    # Committed by an earlier delivery of this change, answered 503 before its
+                    # message was refreshed (its event id not remembered): refreshed now.
+                    self._refresh(transition.alert)
+                    break
             return Outcome.UNCHANGED
-        for_alert(log, alert).info("%s in PagerDuty by %s", event.change, actor.name)
-        self._refresh(transition.alert)
+        for row in changed:
+            for_alert(log, row).info("%s in PagerDuty by %s", event.change, actor.name)
+        self._refresh(changed[0])  # a storm summary's rows share one message
         return Outcome.APPLIED
 
+    async def _sharing(self, alert: Alert, key: str | None) -> list[Alert]:
+        """The alerts whose pages went to the incident `key` names (`alert`'s, or its storm
+        summary's first row's): a summary is paged with its first row's key, whichever row
+        was escalated. None: the key names an earlier escalation's incident. An alert whose
+        page is not recorded yet (PagerDuty's webhook before our commit) is its own."""
+
+        def opened(row: Alert) -> bool:
+            kind = row.pagerduty_kind
+            return kind is not None and key == dedup_key(alert, PageReason.of(kind))
+
+        rows = [alert]
+        if alert.grouped and alert.slack_channel and alert.slack_ts:
+            rows = await self._store.alerts_in_summary(alert.slack_channel, alert.slack_ts)
+        if sharing := [row for row in rows if opened(row)]:
+            return sharing
+        return [alert] if alert.pagerduty_kind is None else []
+
     async def _note_pagerduty_has(
-        self, alert: Alert, event: IncidentEvent, *, acknowledged: bool, actor: Actor
+        self,
+        alert: Alert,
+        event: IncidentEvent,
+        *,
+        named: Alert,
+        acknowledged: bool,
+        actor: Actor,
     ) -> None:
         kind, state = alert.pagerduty_kind, alert.pagerduty_state
-        if kind is None or event.incident_key != dedup_key(alert, PageReason.of(kind)):
+        if kind is None or event.incident_key != dedup_key(named, PageReason.of(kind)):
             return  # an earlier escalation's incident: the current one is unchanged
         if acknowledged and state is PagerDutyState.TRIGGERED:
             new = PagerDutyState.ACKNOWLEDGED

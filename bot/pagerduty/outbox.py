@@ -18,7 +18,14 @@ from bot.events import PINWATCH_ACTOR_ID, Actor, Alert, Clock, EscalationKind, P
 from bot.logs import for_alert
 from bot.metrics import Metrics
 from bot.pagerduty.client import Accepted, PagerDutyEvents, Refused, RetryLater
-from bot.pagerduty.sync import NextStep, Step, events_for, next_step, shared_incident_settled
+from bot.pagerduty.sync import (
+    NextStep,
+    Step,
+    events_for,
+    next_step,
+    nothing_open,
+    shared_incident_settled,
+)
 from bot.render import render_pagerduty_refused
 from bot.routing import team_destination
 from bot.slack import SendKey, SlackCallError, SlackGateway
@@ -68,6 +75,12 @@ class PagerDutyOutbox:
         if alert is None or (step := next_step(alert)) is None:
             return None
         was = (alert.pagerduty_kind, alert.pagerduty_state)
+        if nothing_open(step, alert):
+            never = "not sent: resolved before PagerDuty took its page"
+            await keep(
+                "pagerduty", lambda: self._mark(alert, step, step.state_after, was, detail=never)
+            )
+            return None
         key_env = self._key_env(alert, step)
         routing_key = self._environ.get(key_env, "").strip() if key_env else ""
         if not routing_key or self._events is None:

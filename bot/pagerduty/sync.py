@@ -40,6 +40,19 @@ class NextStep:
         return _STATE_AFTER[self.step]
 
 
+_OPEN = (PagerDutyState.TRIGGERED, PagerDutyState.ACKNOWLEDGED)
+
+
+def nothing_open(step: NextStep, alert: Alert) -> bool:
+    """A resolution PagerDuty has no incident for: the page never went, and no earlier
+    escalation's incident is open. Recorded, not sent."""
+    return (
+        step.step is Step.RESOLVE
+        and alert.pagerduty_kind is not step.kind
+        and alert.pagerduty_state not in _OPEN
+    )
+
+
 def next_step(alert: Alert) -> NextStep | None:
     """Trigger for an escalation PagerDuty has not had; then acknowledge once someone
     acknowledges it after it was escalated (an acknowledgement from before the page must not
@@ -48,12 +61,26 @@ def next_step(alert: Alert) -> NextStep | None:
     kind = alert.escalation_kind
     if kind is None or alert.escalated is None:
         return None
+    # A resolution from before the escalation (a takeover after an "expected change" verdict)
+    # must not close its incident, as an acknowledgement from before must not silence it.
+    closed = alert.resolved is not None and alert.resolved.at >= alert.escalated.at
     if alert.pagerduty_kind is not kind:
+        if (
+            kind is EscalationKind.CONFIRMED
+            and alert.pagerduty_kind is not None
+            and alert.pagerduty_state in _OPEN
+        ):
+            # The escalation's incident it supersedes is resolved first (through the routing
+            # key it was opened with): the confirmed takeover's alone stays open.
+            return NextStep(Step.RESOLVE, alert.pagerduty_kind)
+        if closed and kind is not EscalationKind.CONFIRMED:
+            # Resolved before PagerDuty took the page (an outage, a backlog): nobody is woken
+            # for it; an earlier escalation's incident still open is resolved.
+            return NextStep(Step.RESOLVE, kind)
         return NextStep(Step.TRIGGER, kind)
-    open_states = (PagerDutyState.TRIGGERED, PagerDutyState.ACKNOWLEDGED)
-    if kind is EscalationKind.CONFIRMED or alert.pagerduty_state not in open_states:
+    if kind is EscalationKind.CONFIRMED or alert.pagerduty_state not in _OPEN:
         return None
-    if alert.resolved is not None:
+    if closed:
         return NextStep(Step.RESOLVE, kind)
     acknowledged = alert.acknowledged
     if (

@@ -107,7 +107,8 @@ class Store(Protocol):
 
     async def pagerduty_due(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts PagerDuty has to hear of: an escalation not yet sent (or decided
-        not to be), or an acknowledgement or resolution since. Oldest first."""
+        not to be), or an acknowledgement or resolution since. Oldest first, at most `limit` of
+        each team (its lane's), so that one team's backlog hides no other team's."""
         ...
 
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:

@@ -208,8 +208,17 @@ _PAGERDUTY_DUE = """
     AND (pagerduty_kind IS DISTINCT FROM escalation_kind
          OR (escalation_kind <> 'confirmed'
              AND pagerduty_state IN ('triggered', 'acknowledged')
-             AND (resolved_at IS NOT NULL
+             AND (resolved_at >= escalated_at
                   OR (pagerduty_state = 'triggered' AND acknowledged_at > escalated_at))))
+"""
+
+# `limit` rows per team, not in all: a team whose lane waits (a Retry-After, an outage of its
+# integration) must not hide every other team's escalations behind its own.
+_PAGERDUTY_DUE_BY_TEAM = f"""
+    SELECT * FROM (
+        SELECT *, row_number() OVER (PARTITION BY coalesce(team, '') ORDER BY id) AS team_rank
+        FROM alerts WHERE {_PAGERDUTY_DUE}
+    ) AS due WHERE team_rank <= $1 ORDER BY id
 """
 
 # Replicas starting at once on an empty database take turns on this lock: one migrates.
@@ -538,9 +547,7 @@ class PostgresStore:
         )
 
     async def pagerduty_due(self, *, limit: int = 100) -> list[Alert]:
-        return await self._alerts(
-            f"SELECT * FROM alerts WHERE {_PAGERDUTY_DUE} ORDER BY id LIMIT $1", limit
-        )
+        return await self._alerts(_PAGERDUTY_DUE_BY_TEAM, limit)
 
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         return await self._alerts(

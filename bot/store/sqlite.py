@@ -223,8 +223,17 @@ _PAGERDUTY_DUE = """
     AND (pagerduty_kind IS NOT escalation_kind
          OR (escalation_kind <> 'confirmed'
              AND pagerduty_state IN ('triggered', 'acknowledged')
-             AND (resolved_at IS NOT NULL
+             AND (resolved_at >= escalated_at
                   OR (pagerduty_state = 'triggered' AND acknowledged_at > escalated_at))))
+"""
+
+# `limit` rows per team, not in all: a team whose lane waits (a Retry-After, an outage of its
+# integration) must not hide every other team's escalations behind its own.
+_PAGERDUTY_DUE_BY_TEAM = f"""
+    SELECT * FROM (
+        SELECT *, row_number() OVER (PARTITION BY coalesce(team, '') ORDER BY id) AS team_rank
+        FROM alerts WHERE {_PAGERDUTY_DUE}
+    ) AS due WHERE team_rank <= ? ORDER BY id
 """
 
 _INSERT_EVENT = """
@@ -477,9 +486,7 @@ class SqliteStore:
             return [alert_from_row(row) async for row in cursor]
 
     async def pagerduty_due(self, *, limit: int = 100) -> list[Alert]:
-        async with self._reader.execute(
-            f"SELECT * FROM alerts WHERE {_PAGERDUTY_DUE} ORDER BY id LIMIT ?", (limit,)
-        ) as cursor:
+        async with self._reader.execute(_PAGERDUTY_DUE_BY_TEAM, (limit,)) as cursor:
             return [alert_from_row(row) async for row in cursor]
 
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
