@@ -24,15 +24,18 @@ from bench.load import wrk_available
 from bench.replicas import w1_postgres
 from bench.scenarios import SCENARIOS, Context, Plan, Row, w3_w4
 
-ALL = ("W1", "W1PG", "W2", "W3", "W4", "W5", "W6")
+ALL = ("W1", "W1s", "W1PG", "W2", "W3", "W4", "W5", "W6")
 README = Path(__file__).with_name("README.md")
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 
 
 def _scenarios(text: str) -> list[str]:
-    chosen = [part.strip().upper() for part in text.split(",") if part.strip()]
-    unknown = [name for name in chosen if name not in ALL]
+    # Names are matched whatever their case: w1s, W1S and W1s are all W1s.
+    by_key = {name.upper(): name for name in ALL}
+    given = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in given if name.upper() not in by_key]
+    chosen = [by_key[name.upper()] for name in given if name.upper() in by_key]
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(f"choose among {', '.join(ALL)}; not {unknown or text!r}")
     return chosen
@@ -112,7 +115,7 @@ async def run(chosen: list[str], plan: Plan, workdir: Path) -> list[Row]:
 
     ctx = Context(plan=plan, workdir=workdir, report=report, log=log)
     scenarios = SCENARIOS | {"W1PG": w1_postgres}
-    for name in ("W1", "W1PG", "W2", "W3", "W5", "W6"):
+    for name in ("W1", "W1s", "W1PG", "W2", "W3", "W5", "W6"):
         slack = name == "W3" and ("W3" in chosen or "W4" in chosen)
         if name not in chosen and not slack:
             continue

@@ -34,8 +34,11 @@ def _signed(payload: dict[str, object]) -> Signed:
     return Signed(body, sign(META_APP_SECRET.encode(), body))
 
 
-def security_bodies(count: int, *, tag: str, start: int = 0) -> list[Signed]:
-    """Distinct PIN_RESET_REQUEST deliveries spread over the 20 routed numbers.
+def security_bodies(
+    count: int, *, tag: str, start: int = 0, channels: int = CHANNELS
+) -> list[Signed]:
+    """Distinct PIN_RESET_REQUEST deliveries spread over the first `channels` of the 20 routed
+    numbers (each routed to a channel of its own).
 
     The requester carries ``tag`` and the index, so every body is a new event for the store
     (and W3 can find the message made of it at the fake Slack).
@@ -51,7 +54,7 @@ def security_bodies(count: int, *, tag: str, start: int = 0) -> list[Signed]:
                         "changes": [
                             {
                                 "value": {
-                                    "display_phone_number": PHONES[i % CHANNELS],
+                                    "display_phone_number": PHONES[i % channels],
                                     "event": "PIN_RESET_REQUEST",
                                     "requester": requester(tag, i),
                                 },

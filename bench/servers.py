@@ -182,8 +182,8 @@ async def baseline(workdir: Path) -> AsyncIterator[Server]:
 
 
 @asynccontextmanager
-async def sink(workdir: Path) -> AsyncIterator[Server]:
-    argv = [PYTHON, "-m", "bench.sink"]
+async def sink(workdir: Path, *, delay: float = 0.0) -> AsyncIterator[Server]:
+    argv = [PYTHON, "-m", "bench.sink", "--delay", str(delay)]
     async with _process("sink", argv, workdir=workdir, env=_base_env(), ready="/count") as s:
         yield s
 

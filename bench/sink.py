@@ -1,4 +1,5 @@
-"""A Slack Web API that accepts every post at once and keeps nothing but a count.
+"""A Slack Web API that accepts every post (at once, or after --delay seconds, as a Slack far
+away would) and keeps nothing but a count.
 
 W1, W2, W5 and W6 point pinwatch here: its outbox then drains as fast as pinwatch can post, which
 is the most work its dispatcher can put on the event loop beside the webhook path. (The recording
@@ -9,11 +10,13 @@ Run as ``python -m bench.sink --port P``; ``GET /count`` answers how many messag
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from aiohttp import web
 
 # [messages posted, calls answered with a ts]
 COUNTS: web.AppKey[list[int]] = web.AppKey("counts")
+DELAY: web.AppKey[float] = web.AppKey("delay")
 
 
 async def handle_method(request: web.Request) -> web.Response:
@@ -24,6 +27,8 @@ async def handle_method(request: web.Request) -> web.Response:
     else:
         params = dict(await request.post())
     if method in ("chat.postMessage", "chat.update"):
+        if (delay := request.app[DELAY]) > 0:
+            await asyncio.sleep(delay)
         counts = request.app[COUNTS]
         counts[1] += 1
         seq = counts[1]
@@ -41,9 +46,10 @@ async def handle_count(request: web.Request) -> web.Response:
     return web.json_response({"posted": request.app[COUNTS][0]})
 
 
-def build_app() -> web.Application:
+def build_app(*, delay: float = 0.0) -> web.Application:
     app = web.Application()
     app[COUNTS] = [0, 0]
+    app[DELAY] = delay
     app.router.add_post("/api/{method}", handle_method)
     app.router.add_get("/count", handle_count)
     return app
@@ -52,8 +58,11 @@ def build_app() -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sink")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds before each post's answer"
+    )
     args = parser.parse_args()
-    web.run_app(build_app(), host="127.0.0.1", port=args.port, print=None)
+    web.run_app(build_app(delay=args.delay), host="127.0.0.1", port=args.port, print=None)
 
 
 if __name__ == "__main__":
