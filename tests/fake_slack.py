@@ -573,12 +573,7 @@ class FakeSlack(SlashCommands):
         channel = params.get("channel")
         if not isinstance(channel, str) or not _ID_RE.match(channel):
             raise SlackError("channel_not_found")
-        try:
-            oldest = float(params.get("oldest") or 0)
-            limit = max(1, min(999, int(params.get("limit") or 100)))
-            start = int(params.get("cursor") or 0)
-        except ValueError:
-            raise SlackError("invalid_arguments") from None
+        oldest, limit, start = _paging(params)
         found = [
             m
             for m in reversed(self._messages)
@@ -594,12 +589,7 @@ class FakeSlack(SlashCommands):
         parent = self._find(channel, str(params.get("ts", "")))
         if parent is None:
             raise SlackError("thread_not_found")
-        try:
-            oldest = float(params.get("oldest") or 0)
-            limit = max(1, min(999, int(params.get("limit") or 100)))
-            start = int(params.get("cursor") or 0)
-        except ValueError:
-            raise SlackError("invalid_arguments") from None
+        oldest, limit, start = _paging(params)
         found = [parent] + [m for m in self.replies(channel, parent.ts) if float(m.ts) > oldest]
         return _history_page(found, params, start=start, limit=limit)
 
@@ -708,6 +698,17 @@ def _history_page(
         "has_more": more,
         "response_metadata": {"next_cursor": str(start + limit) if more else ""},
     }
+
+
+def _paging(params: dict[str, Any]) -> tuple[float, int, int]:
+    """A history read's oldest ts, page size and cursor, as Slack reads them."""
+    try:
+        oldest = float(params.get("oldest") or 0)
+        limit = max(1, min(999, int(params.get("limit") or 100)))
+        start = int(params.get("cursor") or 0)
+    except ValueError:
+        raise SlackError("invalid_arguments") from None
+    return oldest, limit, start
 
 
 def _truthy(value: Any) -> bool:

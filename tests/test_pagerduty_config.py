@@ -5,7 +5,7 @@ what is refused and how it is said, and that serve, check-config and a reload he
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,6 @@ from pydantic import SecretStr
 
 from bot import keys
 from bot.app import build_app, reload_config
-from bot.cli import main
 from bot.config import (
     ConfigError,
     LoadedConfig,
@@ -30,6 +29,7 @@ from bot.routing import team_destination
 from bot.settings import Settings, SettingsError
 from tests.conftest import FakeClock, settings, tuning_for
 from tests.fake_pagerduty import ROUTING_KEY
+from tests.test_cli import run
 
 INVALID = Path(__file__).parent / "data" / "config"
 KEY_IN_FILE = "e93facc04764012d7bfb002500d5d1a6"  # bad_pagerduty.yaml's line 5
@@ -276,17 +276,6 @@ def serve_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]
     handlers = logging.getLogger().handlers[:]
     yield served
     logging.getLogger().handlers[:] = handlers  # serve configured logging for the process
-
-
-def run(argv: Sequence[str]) -> int:
-    """main() as the console script would end: a SystemExit counts as its exit code."""
-    try:
-        return main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    if not isinstance(code, int):
-        raise TypeError(f"exit code {code!r} is not a number")
-    return code
 
 
 def test_serve_refuses_to_start_when_a_named_routing_key_is_not_set(

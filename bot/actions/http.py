@@ -43,25 +43,33 @@ def socket_mode_listener(
     return listener
 
 
-async def handle_actions(request: web.Request) -> web.Response:
-    app = request.app
+async def signed_body(request: web.Request, *, what: str) -> bytes | web.Response:
+    """The body of a request Slack signed (and has not sent before), or the answer to give
+    instead: 401 for a bad, stale or replayed signature, 503 while the store is down."""
     body = await request.read()
     try:
-        await app[keys.SLACK_VERIFIER].verify(
+        await request.app[keys.SLACK_VERIFIER].verify(
             body,
             request.headers.get("X-Slack-Request-Timestamp"),
             request.headers.get("X-Slack-Signature"),
-            store=app[keys.STORE],
+            store=request.app[keys.STORE],
         )
     except RequestRefused as exc:
-        log.warning("slack actions: refused from %s: %s", request.remote, exc)
+        log.warning("slack %s: refused from %s: %s", what, request.remote, exc)
         return web.Response(status=401, text=str(exc))
     except StoreError as exc:
-        # Slack shows the clicker an error and the click can be made again: nothing is lost.
-        log.error("slack actions: store unavailable, answered 503: %s", exc)
+        # Slack shows the user an error and the click or command can be made again.
+        log.error("slack %s: store unavailable, answered 503: %s", what, exc)
         return web.Response(status=503, text="store unavailable, try again")
+    return body
+
+
+async def handle_actions(request: web.Request) -> web.Response:
+    body = await signed_body(request, what="actions")
+    if isinstance(body, web.Response):
+        return body
     try:
-        answer = app[keys.ACTIONS].receive(parse_interaction(body))
+        answer = request.app[keys.ACTIONS].receive(parse_interaction(body))
     except MalformedInteraction as exc:
         return web.Response(status=400, text=str(exc))
     # An empty 200 closes a submitted modal; an answer keeps it open to show what is wrong.

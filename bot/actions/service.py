@@ -16,6 +16,7 @@ from bot.actions.payloads import (
     clicks_in,
     submission_in,
 )
+from bot.background import Background
 from bot.config import LiveConfig
 from bot.dispatcher import Dispatcher
 from bot.events import Actor, Alert, Clock, EscalationKind, Verdict
@@ -68,7 +69,7 @@ class ActionService:
         self._metrics = metrics
         self._clock = clock
         self._responders = ResponderCheck(slack)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
         self._forms: dict[str, Form] = {RESOLVE_CALLBACK: self._accept_resolution}
 
     def add_form(self, callback_id: str, form: Form) -> None:
@@ -94,19 +95,12 @@ class ActionService:
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run `work` in the background, its failure logged; close() waits for it."""
-        task = asyncio.create_task(_logged(work, name), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(work, name)
 
     async def close(self, *, grace: float) -> None:
         """Let the clicks under way finish, for `grace` seconds at most: a click still waiting
         for its post to be recorded can be made again after the restart."""
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(self._tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await self._background.close(grace=grace)
 
     async def apply(self, click: Click) -> None:
         checked = await self._authorized(click)
@@ -304,13 +298,6 @@ class ActionService:
             await self._slack.ephemeral(click.channel_id, click.user_id, text)
         except SlackCallError as exc:
             log.warning("alert %d: could not tell %s: %s", click.alert_id, click.user_id, exc)
-
-
-async def _logged(work: Coroutine[Any, Any, None], name: str) -> None:
-    try:
-        await work
-    except Exception:
-        log.exception("%s failed", name)
 
 
 def _already_resolved(alert: Alert) -> str:

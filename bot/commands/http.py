@@ -11,10 +11,9 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot import keys
-from bot.actions.verify import RequestRefused
+from bot.actions.http import signed_body
 from bot.commands.requests import MalformedCommand, parse_slash_form, parse_socket_command
 from bot.commands.service import CommandService
-from bot.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +21,14 @@ SLASH_COMMANDS = "slash_commands"  # Socket Mode's envelope type for them
 
 
 async def handle_commands(request: web.Request) -> web.Response:
-    app = request.app
-    body = await request.read()
-    try:
-        await app[keys.SLACK_VERIFIER].verify(
-            body,
-            request.headers.get("X-Slack-Request-Timestamp"),
-            request.headers.get("X-Slack-Signature"),
-            store=app[keys.STORE],
-        )
-    except RequestRefused as exc:
-        log.warning("slack commands: refused from %s: %s", request.remote, exc)
-        return web.Response(status=401, text=str(exc))
-    except StoreError as exc:
-        log.error("slack commands: store unavailable, answered 503: %s", exc)
-        return web.Response(status=503, text="store unavailable, try again")
+    body = await signed_body(request, what="commands")
+    if isinstance(body, web.Response):
+        return body
     try:
         command = parse_slash_form(body)
     except MalformedCommand as exc:
         return web.Response(status=400, text=str(exc))
-    answer = await app[keys.COMMANDS].answer(command)
+    answer = await request.app[keys.COMMANDS].answer(command)
     return web.json_response(answer) if answer is not None else web.Response()
 
 

@@ -3,7 +3,6 @@ for what takes longer (checking responders, posting an announcement)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Awaitable
@@ -16,6 +15,7 @@ from yarl import URL
 
 from bot.actions.authority import Authority, ResponderCheck
 from bot.actions.payloads import Submission
+from bot.background import Background
 from bot.commands.form import channel_of, expect_modal, read_expect
 from bot.commands.parse import (
     HELP,
@@ -104,7 +104,7 @@ class CommandService:
         self._clock = clock
         self._replies = replies
         self._responders = ResponderCheck(slack)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
 
     async def answer(self, command: SlashCommand) -> dict[str, Any] | None:
         """The answer Slack shows the caller now (None: nothing, an empty 200); slower work goes
@@ -142,12 +142,7 @@ class CommandService:
         raise AssertionError(asked)  # every kind of command is answered above
 
     async def close(self, *, grace: float) -> None:
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(self._tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await self._background.close(grace=grace)
 
     def accept_expect(self, submission: Submission) -> dict[str, str]:
         """The expect form submitted (ActionService hands it over): errors by field at once,
@@ -212,9 +207,7 @@ class CommandService:
         return "\n".join(lines)
 
     def _later(self, command: SlashCommand, work: Awaitable[str | None]) -> None:
-        task = asyncio.create_task(self._reply_with(command, work), name="/pinwatch")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(self._reply_with(command, work), f"/pinwatch by {command.user_id}")
 
     async def _reply_with(self, command: SlashCommand, work: Awaitable[str | None]) -> None:
         try:
