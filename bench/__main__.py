@@ -95,7 +95,7 @@ def write_readme(rows: list[Row], header: str) -> None:
     README.write_text(before + block + after)
 
 
-async def run(chosen: list[str], plan: Plan, workdir: Path) -> list[Row]:
+async def run(chosen: list[str], plan: Plan, workdir: Path, *, profile: bool) -> list[Row]:
     rows: list[Row] = []
 
     def report(row: Row) -> None:
@@ -113,7 +113,7 @@ async def run(chosen: list[str], plan: Plan, workdir: Path) -> list[Row]:
     def log(text: str) -> None:
         print(text, flush=True)
 
-    ctx = Context(plan=plan, workdir=workdir, report=report, log=log)
+    ctx = Context(plan=plan, workdir=workdir, report=report, log=log, profile=profile)
     scenarios = SCENARIOS | {"W1PG": w1_postgres}
     for name in ("W1", "W1s", "W1PG", "W2", "W3", "W5", "W6"):
         slack = name == "W3" and ("W3" in chosen or "W4" in chosen)
@@ -135,6 +135,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (about 2 min)")
     parser.add_argument("--only", type=_scenarios, default=list(ALL), metavar="W1,W2,…")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy on pinwatch during each saturation run; prints its top 20 (bench/profile.py)",
+    )
     args = parser.parse_args()
     if not wrk_available():
         print("bench: wrk is not installed (make bench installs it)", file=sys.stderr)
@@ -148,7 +153,7 @@ def main() -> int:
     print(header, flush=True)
     started = time.monotonic()
     try:
-        rows = asyncio.run(run(args.only, plan, workdir))
+        rows = asyncio.run(run(args.only, plan, workdir, profile=args.profile))
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}")
@@ -157,7 +162,7 @@ def main() -> int:
     print()
     print(table(rows))
     print(f"\n{len(rows)} rows in {time.monotonic() - started:.0f}s")
-    if not args.quick and args.only == list(ALL):
+    if not args.quick and args.only == list(ALL) and not args.profile:
         write_readme(rows, header)
         print(f"table written to {README}")
     return 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import servers
+from bench import profile, servers
 from bench.load import (
     OpenLoopResult,
     Request,
@@ -115,6 +115,7 @@ class Context:
     report: Callable[[Row], None]
     log: Callable[[str], None]
     files: dict[str, Path] = field(default_factory=dict)
+    profile: bool = False  # py-spy on pinwatch during each saturation run (bench/profile.py)
 
     def fresh_dir(self, name: str) -> Path:
         path = self.workdir / name
@@ -206,6 +207,12 @@ async def _saturation(
         servers.pinwatch(workdir, slack_url=sink.url + "/api/") as pw,
     ):
         await _warm(ctx, pw.url)
+        recording = workdir / f"{name}.pyspy.txt"
+        spy = (
+            await profile.record(pw.pid, recording, seconds=plan.saturation_seconds)
+            if ctx.profile
+            else None
+        )
         ours = await run_wrk(
             pw.url,
             bodies,
@@ -214,6 +221,10 @@ async def _saturation(
             wrap=False,
             workdir=workdir,
         )
+        if spy is not None:
+            await spy.wait()
+            ctx.log(f"  profile of pinwatch under {scenario} ({recording}):")
+            ctx.log(profile.table(profile.summarise(recording.read_text())))
     stored = stored_alerts(workdir / "pinwatch.db")
     async with servers.baseline(workdir) as base:
         await _warm(ctx, base.url)
