@@ -21,6 +21,11 @@ from pathlib import Path
 # "function (path/to/file.py:LINE)": the line is dropped, so a function is one row.
 _FRAME = re.compile(r"^(?P<function>.+?) \((?P<file>[^()]+?)(?::\d+)?\)$")
 SAMPLE_RATE = 200
+# Frames under which every sample of a thread runs: their share says nothing.
+_ENTRY = re.compile(
+    r"^(_run_module_as_main|_run_code|<module>|main|serve|run_app|Thread\.\w+"
+    r"|BaseEventLoop\.(run_forever|run_until_complete|_run_once)|Handle\._run) "
+)
 
 
 def py_spy() -> str | None:
@@ -85,11 +90,10 @@ def table(summary: Summary, *, top: int = 20) -> str:
         return f"{100 * n / summary.samples:.1f} %" if summary.samples else "n/a"
 
     lines = ["| function | inclusive | own |", "|---|---|---|"]
-    # Thread and process roots hold every sample: they say nothing.
     ranked = [
         (frame, n)
         for frame, n in summary.inclusive.most_common()
-        if not frame.startswith(("process ", "thread ")) and "<module>" not in frame
+        if not frame.startswith(("process ", "thread ")) and not _ENTRY.match(frame)
     ]
     for frame, n in ranked[:top]:
         lines.append(f"| `{frame}` | {share(n)} | {share(summary.own[frame])} |")
@@ -101,14 +105,17 @@ def table(summary: Summary, *, top: int = 20) -> str:
     return "\n".join(lines)
 
 
+def report(recording: Path, *, top: int = 20) -> str:
+    summary = summarise(recording.read_text())
+    return f"{summary.samples} samples\n{table(summary, top=top)}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("file", type=Path, help="py-spy's --format raw output")
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
-    summary = summarise(args.file.read_text())
-    print(f"{summary.samples} samples")
-    print(table(summary, top=args.top))
+    print(report(args.file, top=args.top))
     return 0
 
 

@@ -92,6 +92,13 @@ class Server:
     def rss(self) -> int:
         return rss_bytes(self.pid)
 
+    def cpu_seconds(self) -> tuple[float, float]:
+        """User and system CPU time of the process so far, all its threads, from /proc."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
 
 async def _wait_ready(server: Server, path: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
