@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
 import os
@@ -46,6 +45,7 @@ from bot.render import (
 from bot.routing import route, severity_of, team_destination
 from bot.slack import Posted, SendKey, SlackCallError, SlackGateway
 from bot.store import OutboxEntry, Store, StoreError
+from bot.storm_history import ChannelHistory
 from bot.windows import Window, window_for
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class Dispatcher:
         # this often; what arrives meanwhile waits in the outbox and joins the next rewrite.
         self._storm_update_gap = storm_update_gap
         self._storm_hold: dict[str, float] = {}
+        self._storm_history: dict[str, ChannelHistory] = {}
         self._wakeup = asyncio.Event()
         self._busy: set[str] = set()
         self._backoff: dict[str, _Backoff] = {}
@@ -236,17 +237,19 @@ class Dispatcher:
         """One job per alert, except that an alert arriving when `threshold` others reached
         this channel within `window` joins a storm summary instead of taking a message."""
         storm = self._config.config.defaults.storm
-        history = await self._store.received_since(
-            channel, min(a.received_at for a in alerts) - storm.window
+        since = min(a.received_at for a in alerts) - storm.window
+        history = self._storm_history.setdefault(channel, ChannelHistory())
+        fetch = history.missing(since)
+        history.add(
+            await self._store.received_since(channel, fetch.since, after=fetch.after),
+            read_to=max(a.id for a in alerts),
         )
-        position = {alert_id: i for i, (alert_id, _) in enumerate(history)}
-        times = [received for _, received in history]
+        history.drop_before(since)
         jobs: list[Job] = []
         stormed: list[int] = []
         held = self._storm_hold.get(channel, 0.0) > asyncio.get_running_loop().time()
         for alert in alerts:
-            index = position.get(alert.id, len(times))
-            recent = index - bisect.bisect_left(times, alert.received_at - storm.window, 0, index)
+            recent = history.recent(alert.id, alert.received_at, storm.window)
             # A follow-up may belong under its request's thread: never fold it into a storm.
             if recent >= storm.threshold and alert.event not in FOLLOW_UP_EVENTS:
                 if held:
@@ -614,8 +617,7 @@ class Dispatcher:
 
     async def _deliver_storm(self, channel: str, alert_ids: list[int]) -> _Outcome | _Failed:
         """Add alerts as rows to the channel's open storm summary, or start a new one."""
-        fresh = [await self._store.get(alert_id) for alert_id in alert_ids]
-        alerts = [a for a in fresh if a is not None and a.slack_ts is None]
+        alerts = [a for a in await self._store.get_many(alert_ids) if a.slack_ts is None]
         if not alerts:
             return _Outcome.DONE
         storm = self._config.config.defaults.storm
@@ -727,8 +729,8 @@ class Dispatcher:
     async def _page(self, alert_ids: list[int]) -> _Outcome | _Failed:
         """Send one page for these alerts (one, or a storm summary's), then say so under the
         alert and in it."""
-        fresh = [await self._store.get(alert_id) for alert_id in alert_ids]  # as in _deliver
-        unpaged = [a for a in fresh if a is not None and a.escalation_ts is None]
+        # Read again inside the lane, as in _deliver.
+        unpaged = [a for a in await self._store.get_many(alert_ids) if a.escalation_ts is None]
         if not unpaged:
             return _Outcome.DONE
         alert = unpaged[0]

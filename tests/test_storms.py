@@ -123,3 +123,17 @@ async def test_a_storm_left_unacknowledged_pages_once_per_summary(pinwatch: Pinw
     await eventually(all_paged, timeout=15)
     pages = pinwatch.slack.top_level("C0PAYLEADS")
     assert len(pages) == THRESHOLD + len(summaries)  # one per single alert, one for the storm
+
+
+async def test_alerts_posted_one_pass_at_a_time_still_add_up_to_a_storm(pinwatch: Pinwatch) -> None:
+    """Each pass reads only what arrived since the last (bot/storm_history.py): alerts posted in
+    earlier passes must still count toward the window."""
+    for i in range(THRESHOLD):
+        await send_reset_requests(pinwatch, 1, start=i)
+        await wait_all_posted(pinwatch, i + 1)
+    assert not any(m.text.startswith("[STORM]") for m in pinwatch.slack.top_level("C0PAYMENTS"))
+
+    await send_reset_requests(pinwatch, 1, start=THRESHOLD)
+    await wait_all_posted(pinwatch, THRESHOLD + 1)
+    last = pinwatch.slack.top_level("C0PAYMENTS")[-1]
+    assert last.text.startswith("[STORM]")

@@ -83,6 +83,10 @@ class Store(Protocol):
 
     async def get(self, alert_id: int) -> Alert | None: ...
 
+    async def get_many(self, alert_ids: Sequence[int]) -> list[Alert]:
+        """Those of the alerts that exist, in id order: one read for a storm's rows."""
+        ...
+
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
         """Alerts not yet in Slack and not yet routed, oldest first."""
         ...
@@ -115,8 +119,11 @@ class Store(Protocol):
         """Escalated alerts whose page has not reached Slack yet."""
         ...
 
-    async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
-        """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
+    async def received_since(
+        self, channel: str, since: float, *, after: int = 0
+    ) -> list[tuple[int, float]]:
+        """(id, received_at) of the alerts routed to a channel since a time, in id order, only
+        those with ids above `after`: storm detection reads each alert once."""
         ...
 
     async def open_summary(self, channel: str) -> tuple[str, str, int, float] | None:

@@ -203,8 +203,12 @@ MIGRATIONS: tuple[str, ...] = (
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
 _WAITING = "slack_ts IS NULL AND severity IS DISTINCT FROM 'off'"
 
+# The second line repeats the alerts_pagerduty index's condition, which the rest implies: stated,
+# it lets the planner read the partial index instead of every alert.
 _PAGERDUTY_DUE = """
     escalation_kind IS NOT NULL AND slack_ts IS NOT NULL
+    AND (pagerduty_kind IS DISTINCT FROM escalation_kind
+         OR pagerduty_state IN ('triggered', 'acknowledged'))
     AND (pagerduty_kind IS DISTINCT FROM escalation_kind
          OR (escalation_kind <> 'confirmed'
              AND pagerduty_state IN ('triggered', 'acknowledged')
@@ -487,6 +491,11 @@ class PostgresStore:
         found = await self._alerts("SELECT * FROM alerts WHERE id = $1", alert_id)
         return found[0] if found else None
 
+    async def get_many(self, alert_ids: Sequence[int]) -> list[Alert]:
+        return await self._alerts(
+            "SELECT * FROM alerts WHERE id = ANY($1::bigint[]) ORDER BY id", list(alert_ids)
+        )
+
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
         return await self._alerts(
             f"SELECT * FROM alerts WHERE {_WAITING} AND channel IS NULL ORDER BY id LIMIT $1",
@@ -556,13 +565,16 @@ class PostgresStore:
             limit,
         )
 
-    async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
+    async def received_since(
+        self, channel: str, since: float, *, after: int = 0
+    ) -> list[tuple[int, float]]:
         async with self._connection() as db:
             rows = await db.fetch(
                 "SELECT id, received_at FROM alerts WHERE channel = $1 AND received_at >= $2"
-                " AND severity IS DISTINCT FROM 'off' ORDER BY id",
+                " AND id > $3 AND severity IS DISTINCT FROM 'off' ORDER BY id",
                 channel,
                 since,
+                after,
             )
         return [(row[0], row[1]) for row in rows]
 

@@ -218,8 +218,11 @@ _STILL_A_ROOT = "(resolved_at IS NULL OR verdict IN ('expected_change', 'confirm
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
 _WAITING = "slack_ts IS NULL AND severity IS NOT 'off'"
 
+# The second line repeats the alerts_pagerduty index's condition, which the rest implies: SQLite
+# uses a partial index only when the query states its condition, else it scans every alert.
 _PAGERDUTY_DUE = """
     escalation_kind IS NOT NULL AND slack_ts IS NOT NULL
+    AND (pagerduty_kind IS NOT escalation_kind OR pagerduty_state IN ('triggered', 'acknowledged'))
     AND (pagerduty_kind IS NOT escalation_kind
          OR (escalation_kind <> 'confirmed'
              AND pagerduty_state IN ('triggered', 'acknowledged')
@@ -236,11 +239,16 @@ _PAGERDUTY_DUE_BY_TEAM = f"""
     ) AS due WHERE team_rank <= ? ORDER BY id
 """
 
-_INSERT_EVENT = """
+# One row per element of a JSON array of rows, in the array's order (so ids follow arrival); a
+# key already stored, or met earlier in the batch, is skipped. `WHERE true` lets the upsert parse.
+_INSERT_EVENTS = """
     INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event, event_time,
                         requester, value, received_at, field)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+           value ->> 6, value ->> 7, value ->> 8, value ->> 9
+    FROM json_each(?) WHERE true ORDER BY key
     ON CONFLICT (dedup_key) DO NOTHING
+    RETURNING id, dedup_key
 """
 
 
@@ -408,44 +416,51 @@ class SqliteStore:
                     " WHERE dedup_key = ? AND received_at < ?",
                     expiring,
                 )
-            async with db.execute("SELECT coalesce(max(id), 0) FROM alerts") as cursor:
-                before = (await cursor.fetchone() or (0,))[0]
-            await db.executemany(_INSERT_EVENT, rows)
-            async with db.execute(
-                "SELECT id, dedup_key FROM alerts WHERE id > ?", (before,)
-            ) as cursor:
-                new_ids: dict[str, int] = {key: alert_id async for alert_id, key in cursor}
+            # The whole batch is one parameter and one statement: one trip to the thread.
+            # ensure_ascii=False keeps a text SQLite cannot store (a lone surrogate) an error.
+            inserted = await _fetch_all(db, _INSERT_EVENTS, (json.dumps(rows, ensure_ascii=False),))
+            new_ids: dict[str, int] = {key: alert_id for alert_id, key in inserted}
         # A key that occurs twice in one batch is new only the first time.
         return [[new_ids.pop(key, None) for key in item_keys] for item_keys in keys]
 
     # --- reads ----------------------------------------------------------------------------
 
     async def get(self, alert_id: int) -> Alert | None:
-        async with self._reader.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await _fetch_one(self._reader, "SELECT * FROM alerts WHERE id = ?", (alert_id,))
         return alert_from_row(row) if row else None
+
+    async def get_many(self, alert_ids: Sequence[int]) -> list[Alert]:
+        rows = await _fetch_all(
+            self._reader,
+            "SELECT * FROM alerts WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(list(alert_ids)),),
+        )
+        return [alert_from_row(row) for row in rows]
 
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
         """Alerts not yet in Slack and not yet routed, oldest first."""
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             f"SELECT * FROM alerts WHERE {_WAITING} AND channel IS NULL ORDER BY id LIMIT ?",
             (limit,),
-        ) as cursor:
-            return [alert_from_row(row) async for row in cursor]
+        )
+        return [alert_from_row(row) for row in rows]
 
     async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs, since a
         backlog is read again on every pass (each job reads its whole alert when it runs)."""
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             "SELECT id, channel, received_at, event FROM alerts"
             f" WHERE {_WAITING} AND channel IS NOT NULL ORDER BY id LIMIT ?",
             (limit,),
-        ) as cursor:
-            return [OutboxEntry(*row) async for row in cursor]
+        )
+        return [OutboxEntry(*row) for row in rows]
 
     async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:
         scope, scoped = _root_scope(follow_up)
-        async with self._reader.execute(
+        row = await _fetch_one(
+            self._reader,
             f"""SELECT * FROM alerts
                WHERE {scope} AND event = ? AND id < ?
                  AND waba_id = ? AND team IS ? AND channel = ? AND severity IS NOT 'off'
@@ -460,100 +475,113 @@ class SqliteStore:
                 follow_up.channel,
                 since,
             ),
-        ) as cursor:
-            row = await cursor.fetchone()
-            return alert_from_row(row) if row else None
+        )
+        return alert_from_row(row) if row else None
 
     async def due_for_escalation(self, now: float, *, limit: int = 100) -> list[Alert]:
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             """SELECT * FROM alerts
                WHERE acknowledged_at IS NULL AND escalated_at IS NULL
                  AND ack_deadline IS NOT NULL AND ack_deadline <= ?
                  AND slack_ts IS NOT NULL AND thread_ts IS NULL AND resolved_at IS NULL
                ORDER BY ack_deadline LIMIT ?""",
             (now, limit),
-        ) as cursor:
-            return [alert_from_row(row) async for row in cursor]
+        )
+        return [alert_from_row(row) for row in rows]
 
     async def due_reminders(self, now: float, *, limit: int = 100) -> list[Alert]:
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             """SELECT * FROM alerts
                WHERE next_reminder_at IS NOT NULL AND resolved_at IS NULL
                  AND next_reminder_at <= ?
                ORDER BY next_reminder_at LIMIT ?""",
             (now, limit),
-        ) as cursor:
-            return [alert_from_row(row) async for row in cursor]
+        )
+        return [alert_from_row(row) for row in rows]
 
     async def pagerduty_due(self, *, limit: int = 100) -> list[Alert]:
-        async with self._reader.execute(_PAGERDUTY_DUE_BY_TEAM, (limit,)) as cursor:
-            return [alert_from_row(row) async for row in cursor]
+        rows = await _fetch_all(self._reader, _PAGERDUTY_DUE_BY_TEAM, (limit,))
+        return [alert_from_row(row) for row in rows]
 
     async def unpaged_escalations(self, *, limit: int = 100) -> list[Alert]:
         """Escalated alerts whose page has not reached Slack yet."""
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             """SELECT * FROM alerts WHERE escalated_at IS NOT NULL AND escalation_ts IS NULL
                ORDER BY id LIMIT ?""",
             (limit,),
-        ) as cursor:
-            return [alert_from_row(row) async for row in cursor]
+        )
+        return [alert_from_row(row) for row in rows]
 
-    async def received_since(self, channel: str, since: float) -> list[tuple[int, float]]:
+    async def received_since(
+        self, channel: str, since: float, *, after: int = 0
+    ) -> list[tuple[int, float]]:
         """(id, received_at) of the alerts routed to a channel since a time: storm detection."""
-        async with self._reader.execute(
-            "SELECT id, received_at FROM alerts WHERE channel = ? AND received_at >= ?"
-            " AND severity IS NOT 'off' ORDER BY id",
-            (channel, since),
-        ) as cursor:
-            return [(row[0], row[1]) async for row in cursor]
+        if after:
+            # What came since the last read: a range of ids (the rowid), whatever the channel.
+            # The unary + keeps the planner off the channel indexes, which would walk the window.
+            sql = (
+                "SELECT id, received_at FROM alerts WHERE id > ? AND +channel = ?"
+                " AND +received_at >= ? AND severity IS NOT 'off' ORDER BY id"
+            )
+            params: tuple[Any, ...] = (after, channel, since)
+        else:
+            sql = (
+                "SELECT id, received_at FROM alerts WHERE channel = ? AND received_at >= ?"
+                " AND severity IS NOT 'off' ORDER BY id"
+            )
+            params = (channel, since)
+        return [(row[0], row[1]) for row in await _fetch_all(self._reader, sql, params)]
 
     async def open_summary(self, channel: str) -> tuple[str, str, int, float] | None:
         """The newest storm summary for a routed channel: Slack channel, ts, rows, last receipt."""
-        async with self._reader.execute(
+        newest = await _fetch_one(
+            self._reader,
             "SELECT slack_channel, slack_ts FROM alerts WHERE channel = ? AND grouped = 1"
             " ORDER BY id DESC LIMIT 1",
             (channel,),
-        ) as cursor:
-            newest = await cursor.fetchone()
+        )
         if newest is None:
             return None
-        async with self._reader.execute(
+        row = await _fetch_one(
+            self._reader,
             "SELECT count(*), max(received_at) FROM alerts"
             " WHERE slack_ts = ? AND slack_channel = ? AND grouped = 1",
             (newest[1], newest[0]),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         assert row is not None
         return newest[0], newest[1], row[0], row[1]
 
     async def alerts_in_summary(self, slack_channel: str, ts: str) -> list[Alert]:
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             "SELECT * FROM alerts WHERE slack_ts = ? AND slack_channel = ? AND grouped = 1"
             " ORDER BY id",
             (ts, slack_channel),
-        ) as cursor:
-            return [alert_from_row(row) async for row in cursor]
+        )
+        return [alert_from_row(row) for row in rows]
 
     async def audit_log(self, alert_id: int) -> list[AuditEntry]:
-        async with self._reader.execute(
-            "SELECT * FROM audit WHERE alert_id = ? ORDER BY id", (alert_id,)
-        ) as cursor:
-            return [
-                AuditEntry(
-                    alert_id=row["alert_id"],
-                    action=row["action"],
-                    actor=Actor(user_id=row["actor_id"], name=row["actor_name"], at=row["at"]),
-                    detail=row["detail"],
-                )
-                async for row in cursor
-            ]
+        rows = await _fetch_all(
+            self._reader, "SELECT * FROM audit WHERE alert_id = ? ORDER BY id", (alert_id,)
+        )
+        return [
+            AuditEntry(
+                alert_id=row["alert_id"],
+                action=row["action"],
+                actor=Actor(user_id=row["actor_id"], name=row["actor_name"], at=row["at"]),
+                detail=row["detail"],
+            )
+            for row in rows
+        ]
 
     async def count_unposted(self) -> tuple[int, float | None]:
         """How many alerts wait for Slack, and when the oldest of them arrived."""
-        async with self._reader.execute(
-            f"SELECT count(*), min(received_at) FROM alerts WHERE {_WAITING}"
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await _fetch_one(
+            self._reader, f"SELECT count(*), min(received_at) FROM alerts WHERE {_WAITING}"
+        )
         return (row[0], row[1]) if row else (0, None)
 
     # --- transitions ----------------------------------------------------------------------
@@ -721,10 +749,10 @@ class SqliteStore:
 
     async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
         async with self._transaction(Writer.OUTBOX) as db:
-            async with db.execute(
-                "SELECT channel, started_at FROM slack_sends WHERE key = ?", (key,)
-            ) as cursor:
-                earlier = [(row[0], row[1]) async for row in cursor]
+            rows = await _fetch_all(
+                db, "SELECT channel, started_at FROM slack_sends WHERE key = ?", (key,)
+            )
+            earlier = [(row[0], row[1]) for row in rows]
             await db.execute(
                 "INSERT INTO slack_sends (key, channel, started_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (key, channel) DO NOTHING",
@@ -733,10 +761,9 @@ class SqliteStore:
         return earlier
 
     async def channel_id(self, name: str) -> str | None:
-        async with self._reader.execute(
-            "SELECT id FROM slack_channel_ids WHERE name = ?", (name,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await _fetch_one(
+            self._reader, "SELECT id FROM slack_channel_ids WHERE name = ?", (name,)
+        )
         return str(row[0]) if row else None
 
     async def remember_channel_id(self, name: str, channel_id: str) -> None:
@@ -749,9 +776,9 @@ class SqliteStore:
 
     async def is_empty(self) -> bool:
         for table in COPIED_TABLES:
-            async with self._reader.execute(f"SELECT 1 FROM {table} LIMIT 1") as cursor:
-                if await cursor.fetchone() is not None:
-                    return False
+            rows = await _fetch_all(self._reader, f"SELECT 1 FROM {table} LIMIT 1")
+            if rows:
+                return False
         return True
 
     async def export_tables(self) -> dict[str, list[dict[str, Any]]]:
@@ -761,8 +788,8 @@ class SqliteStore:
             try:
                 tables = {}
                 for table in COPIED_TABLES:
-                    async with self._reader.execute(f"SELECT * FROM {table}") as cursor:
-                        tables[table] = [dict(row) async for row in cursor]
+                    rows = await _fetch_all(self._reader, f"SELECT * FROM {table}")
+                    tables[table] = [dict(row) for row in rows]
                 return tables
             finally:
                 await self._reader.execute("COMMIT")
@@ -826,10 +853,9 @@ class SqliteStore:
         return window
 
     async def window(self, window_id: int) -> Window | None:
-        async with self._reader.execute(
-            "SELECT * FROM expected_windows WHERE id = ?", (window_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        row = await _fetch_one(
+            self._reader, "SELECT * FROM expected_windows WHERE id = ?", (window_id,)
+        )
         return window_from_row(row) if row else None
 
     async def announce_window(self, window_id: int, *, channel: str, ts: str) -> Window | None:
@@ -848,20 +874,22 @@ class SqliteStore:
             )
 
     async def windows_between(self, since: float, until: float) -> list[Window]:
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             "SELECT * FROM expected_windows WHERE announced_ts IS NOT NULL"
             " AND expires_at > ? AND opened_at <= ? ORDER BY id",
             (since, until),
-        ) as cursor:
-            return [window_from_row(row) async for row in cursor]
+        )
+        return [window_from_row(row) for row in rows]
 
     async def open_windows(self, now: float) -> list[Window]:
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             "SELECT * FROM expected_windows WHERE announced_ts IS NOT NULL"
             " AND cancelled_at IS NULL AND expires_at > ? ORDER BY id",
             (now,),
-        ) as cursor:
-            return [window_from_row(row) async for row in cursor]
+        )
+        return [window_from_row(row) for row in rows]
 
     async def cancel_window(self, window_id: int, actor: Actor) -> tuple[Window | None, bool]:
         async with (
@@ -885,26 +913,26 @@ class SqliteStore:
             f" AND severity IS NOT 'off' AND (team IN ({marks})"
             + (" OR team IS NULL)" if with_defaults else ")")
         )
-        async with self._reader.execute(
-            f"SELECT * FROM alerts WHERE {where} ORDER BY id DESC LIMIT ?", (*teams, limit)
-        ) as cursor:
-            alerts = [alert_from_row(row) async for row in cursor]
-        async with self._reader.execute(
-            f"SELECT count(*) FROM alerts WHERE {where}", teams
-        ) as cursor:
-            row = await cursor.fetchone()
+        rows = await _fetch_all(
+            self._reader,
+            f"SELECT * FROM alerts WHERE {where} ORDER BY id DESC LIMIT ?",
+            (*teams, limit),
+        )
+        alerts = [alert_from_row(row) for row in rows]
+        row = await _fetch_one(self._reader, f"SELECT count(*) FROM alerts WHERE {where}", teams)
         return alerts, row[0] if row else 0
 
     async def requests_in_windows(self, window_ids: Sequence[int]) -> set[tuple[int, str]]:
         if not window_ids:
             return set()
         marks = ", ".join("?" for _ in window_ids)
-        async with self._reader.execute(
+        rows = await _fetch_all(
+            self._reader,
             f"SELECT window_id, phone_digits FROM alerts WHERE window_id IN ({marks})"
             " AND event = ? AND field = ?",
             (*window_ids, EventType.PIN_RESET_REQUEST.value, SECURITY_FIELD),
-        ) as cursor:
-            return {(row[0], row[1]) async for row in cursor}
+        )
+        return {(row[0], row[1]) for row in rows}
 
     # A SQLite store belongs to one process, so its lanes' leases are that process's own.
     async def acquire_lease(self, name: str, *, holder: str, ttl: float) -> bool:
@@ -1088,9 +1116,23 @@ def _root_scope(follow_up: Alert) -> tuple[str, tuple[str, ...]]:
     return "1 = 1", ()
 
 
+async def _fetch_all(
+    conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()
+) -> list[sqlite3.Row]:
+    """One trip to the connection's thread: a cursor read row by row costs a trip per chunk and
+    one more to close, and each trip waits for the GIL while the event loop is busy."""
+    return list(await conn.execute_fetchall(sql, params))
+
+
+async def _fetch_one(
+    conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()
+) -> sqlite3.Row | None:
+    rows = await _fetch_all(conn, sql, params)
+    return rows[0] if rows else None
+
+
 async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+    row = await _fetch_one(db, "PRAGMA user_version")
     version = row[0] if row else 0
     if version > len(MIGRATIONS):
         raise StoreError(
