@@ -9,10 +9,10 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bot import keys
 from bot.account_events import ACCOUNT_FIELDS, account_event, unknown_field_event
@@ -69,52 +69,60 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+# JSON nested deeper than this was refused by pydantic's parser, which read these bodies before;
+# the limit holds for the values pinwatch keeps, which dedup and rendering walk recursively.
+MAX_NESTING = 200
+# Containers around a change's value: the body, `entry`, the entry, `changes`, the change.
+_VALUE_NESTING = 5
+
 # Meta sends IDs and numbers as strings today; accept numbers too rather than drop an event,
-# as the text dedup gives them (so 102290129340398.0 is the WABA 102290129340398).
-Text = Annotated[str, BeforeValidator(as_text)]
+# and read them as the text dedup gives them (so 102290129340398.0 is the WABA 102290129340398).
+Text = str | int | float
 
 
-class _Tolerant(BaseModel):
-    model_config = ConfigDict(extra="allow")  # fields Meta adds later must not break parsing
-
-
-class SecurityValue(_Tolerant):
+class SecurityValue(msgspec.Struct):
     display_phone_number: Text = ""
     event: Text = ""
     requester: Text | None = None
 
 
-class Change(_Tolerant):
+class Change(msgspec.Struct):
     field: str
-    value: Any = None
+    # Left as JSON: decoded only for the changes that are kept, and then whole.
+    value: msgspec.Raw = msgspec.Raw(b"null")
 
 
-class Entry(_Tolerant):
+class Entry(msgspec.Struct):
     id: Text
-    # A Unix time; the bound keeps it within what SQLite can store.
-    time: Annotated[int, Field(ge=0, lt=2**63)] | None = None
-    changes: list[Change] = Field(default_factory=list)
+    time: bool | int | float | str | None = None  # read by _unix_time
+    changes: list[Change] = []
 
 
-class WebhookDelivery(_Tolerant):
+class WebhookDelivery(msgspec.Struct):
     object: str
     entry: list[Entry]
 
 
-class _ChangeOutline(BaseModel):
+class _ChangeOutline(msgspec.Struct):
     field: str
 
 
-class _EntryOutline(BaseModel):
-    changes: list[_ChangeOutline] = Field(default_factory=list)
+class _EntryOutline(msgspec.Struct):
+    changes: list[_ChangeOutline] = []
 
 
-class _DeliveryOutline(BaseModel):
+class _DeliveryOutline(msgspec.Struct):
     """Just enough to tell which fields a delivery carries: most of a busy webhook URL's traffic
     is `messages` and `statuses`, and their values need not be built into Python objects."""
 
     object: str
     entry: list[_EntryOutline]
+
+
+# Unknown fields are skipped everywhere: Meta adds fields, and they must not break parsing.
+_OUTLINE = msgspec.json.Decoder(_DeliveryOutline)
+_DELIVERY = msgspec.json.Decoder(WebhookDelivery)
+_VALUE = msgspec.json.Decoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,71 +131,169 @@ class ParsedDelivery:
     ignored_fields: Counter[str]  # not alerted on: message traffic, and fields Meta added since
 
 
-def _short_reason(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
+# msgspec's errors end " - at `$.entry[0].changes[1]`" (a key of a dict shows as `[...]`).
+_PATH_PART = re.compile(r"(?<=\.)\w+|(?<=\[)\d+(?=\])")
+_MISSING = re.compile(r"Object missing required field `(\w+)`")
 
 
-_Model = TypeVar("_Model", bound=BaseModel)
+def _short_reason(error: msgspec.ValidationError, where: str = "") -> str:
+    """msgspec's error, located as pydantic's were: `entry.0.id: Field required`."""
+    msg, _, at = str(error).partition(" - at `$")
+    parts = [where] if where else []
+    parts += _PATH_PART.findall(at)
+    if missing := _MISSING.fullmatch(msg):
+        parts.append(missing[1])
+        msg = "Field required"
+    return f"{'.'.join(parts) or 'body'}: {msg}"
 
 
-def _validated(model: type[_Model], body: bytes) -> _Model:
+_Decoded = TypeVar("_Decoded")
+
+
+def _decode(
+    decoder: msgspec.json.Decoder[_Decoded], data: bytes | msgspec.Raw, where: str = ""
+) -> _Decoded:
     try:
-        delivery = model.model_validate_json(body)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            raise MalformedDelivery("body is not JSON") from exc
-        raise MalformedDelivery(f"not a WhatsApp webhook: {_short_reason(exc)}") from exc
-    object_type = getattr(delivery, "object", None)
-    if object_type != WHATSAPP_OBJECT:
-        raise MalformedDelivery(f"not a WhatsApp webhook: object is {object_type!r}")
-    return delivery
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise MalformedDelivery(f"not a WhatsApp webhook: {_short_reason(exc, where)}") from exc
+    except (msgspec.DecodeError, RecursionError) as exc:  # msgspec recurses as deep as JSON does
+        raise MalformedDelivery("body is not JSON") from exc
 
 
-def _security_event(entry: Entry, change: Change) -> SecurityEvent:
-    if not isinstance(change.value, dict):
+def _whatsapp(outline: _DeliveryOutline) -> None:
+    if outline.object != WHATSAPP_OBJECT:
+        raise MalformedDelivery(f"not a WhatsApp webhook: object is {outline.object!r}")
+
+
+def _utf8(body: bytes) -> None:
+    """msgspec checks the strings it decodes, not those it skips."""
+    try:
+        if not body.isascii():
+            body.decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedDelivery("body is not JSON") from exc
+
+
+def _too_deep(value: Any, allowed: int) -> bool:
+    """Whether anything in the value sits inside more than `allowed` of its containers."""
+    level = [value]
+    for _ in range(allowed + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _kept_value(change: Change, where: str) -> Any:
+    """A change's value, whole, as the Python object it is stored as."""
+    value = _decode(_VALUE, change.value, where)
+    allowed = MAX_NESTING - _VALUE_NESTING
+    # Each container around an item takes two bytes at least: most values are too short to walk.
+    if len(change.value) > 2 * allowed and _too_deep(value, allowed):
+        raise MalformedDelivery("body is not JSON")
+    return value
+
+
+_INTEGER = re.compile(r"\s*([+-]?[0-9]+(?:_[0-9]+)*)(?:\.0+)?\s*")
+
+
+def _unix_time(value: bool | int | float | str | None) -> int | None:
+    """An entry's time, read as pydantic's lax integer read it before (ValueError, worded as
+    pydantic worded it, if it is none): Meta sends an integer, but an integral float, a boolean
+    or an integer's text was taken too. The bound keeps it within what SQLite can store."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        shaped = _INTEGER.fullmatch(value)
+        if shaped is None:
+            raise ValueError(
+                "Input should be a valid integer, unable to parse string as an integer"
+            )
+        value = int(shaped[1])
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("Input should be a valid integer, got a number with a fractional part")
+    if value < 0:
+        raise ValueError("Input should be greater than or equal to 0")
+    if value >= 2**63:
+        raise ValueError(f"Input should be less than {2**63}")
+    return int(value)
+
+
+def _entry_head(index: int, entry: Entry) -> tuple[str, int | None]:
+    """An entry's WABA ID and time."""
+    try:
+        time = _unix_time(entry.time)
+    except ValueError as exc:
+        raise MalformedDelivery(f"not a WhatsApp webhook: entry.{index}.time: {exc}") from exc
+    return _text(entry.id), time
+
+
+def _text(value: Text) -> str:
+    return value if isinstance(value, str) else str(as_text(value))
+
+
+def _security_event(entry_id: str, time: int | None, value: Any) -> SecurityEvent:
+    if not isinstance(value, dict):
         raise MalformedDelivery("a security change's value is not an object")
     try:
-        value = SecurityValue.model_validate(change.value)
-    except ValidationError as exc:
+        fields = msgspec.convert(value, SecurityValue)
+    except msgspec.ValidationError as exc:
         raise MalformedDelivery(f"security value: {_short_reason(exc)}") from exc
+    requester = _text(fields.requester) if fields.requester is not None else None
     return SecurityEvent(
-        waba_id=entry.id[:MAX_FIELD_CHARS],
-        phone_number=value.display_phone_number[:MAX_FIELD_CHARS],
-        event=value.event[:MAX_FIELD_CHARS],
-        time=entry.time,
-        requester=value.requester[:MAX_FIELD_CHARS] if value.requester else None,
-        value=change.value,
+        waba_id=entry_id[:MAX_FIELD_CHARS],
+        phone_number=_text(fields.display_phone_number)[:MAX_FIELD_CHARS],
+        event=_text(fields.event)[:MAX_FIELD_CHARS],
+        time=time,
+        requester=requester[:MAX_FIELD_CHARS] if requester else None,
+        value=value,
     )
+
+
+def _change_events(
+    changes: list[Change], entry_id: str, time: int | None, where: str, ignored: Counter[str]
+) -> list[SecurityEvent]:
+    """The events of one entry's kept changes; the others are counted in `ignored`."""
+    events: list[SecurityEvent] = []
+    for index, change in enumerate(changes):
+        if change.field in IGNORED_FIELDS:
+            ignored[change.field] += 1
+            continue
+        value = _kept_value(change, f"{where}.changes.{index}.value")
+        if change.field == SECURITY_FIELD:
+            events.append(_security_event(entry_id, time, value))
+            continue
+        if change.field in ACCOUNT_FIELDS:
+            make = account_event  # read leniently: whatever the value holds is stored
+        else:
+            make = unknown_field_event
+            ignored[change.field] += 1  # not alerted on, as before; but kept
+        events.append(make(change.field, entry_id=entry_id, time=time, value=value))
+    return events
 
 
 def parse_delivery(body: bytes) -> ParsedDelivery:
     """Every security and account-level change of every entry becomes one event, and so does a
     change of a field Meta added since (stored, not posted); message traffic is counted only."""
-    outline = _validated(_DeliveryOutline, body)
+    _utf8(body)
+    outline = _decode(_OUTLINE, body)
+    _whatsapp(outline)
     fields = Counter(change.field for entry in outline.entry for change in entry.changes)
     if fields.keys() <= IGNORED_FIELDS:
         return ParsedDelivery(events=[], ignored_fields=fields)
-    delivery = _validated(WebhookDelivery, body)
+    delivery = _decode(_DELIVERY, body)
+    # Every entry's ID and time are checked before any change is read, as they were before.
+    heads = [_entry_head(index, entry) for index, entry in enumerate(delivery.entry)]
     events: list[SecurityEvent] = []
     ignored: Counter[str] = Counter()
-    for entry in delivery.entry:
-        for change in entry.changes:
-            if change.field == SECURITY_FIELD:
-                events.append(_security_event(entry, change))
-                continue
-            if change.field in IGNORED_FIELDS:
-                ignored[change.field] += 1
-                continue
-            if change.field in ACCOUNT_FIELDS:
-                make = account_event  # read leniently: whatever the value holds is stored
-            else:
-                make = unknown_field_event
-                ignored[change.field] += 1  # not alerted on, as before; but kept
-            events.append(
-                make(change.field, entry_id=entry.id, time=entry.time, value=change.value)
-            )
+    for index, (entry, (entry_id, time)) in enumerate(zip(delivery.entry, heads, strict=True)):
+        events += _change_events(entry.changes, entry_id, time, f"entry.{index}", ignored)
     return ParsedDelivery(events=events, ignored_fields=ignored)
 
 
