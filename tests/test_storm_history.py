@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.storm_history import ChannelHistory
+from bot.storm_history import ChannelHistory, Fetch
 
 Rows = list[tuple[int, float]]
 
@@ -65,7 +65,7 @@ def test_a_window_reaching_back_before_what_is_held_reads_it_all_again() -> None
     stored: Rows = [(i, float(i)) for i in range(1, 101)]
     _counted(history, stored, stored[90:], window=10.0)  # holds from t=81 on
     fetch = history.missing(91.0 - 60.0)  # the window grew to 60 s by a reload
-    assert fetch.after == 0 and fetch.since == 31.0
+    assert fetch == Fetch(since=31.0, after=0)
     assert _counted(history, stored, stored[90:], window=60.0) == _brute_force(
         stored, stored[90:], 60.0
     )
