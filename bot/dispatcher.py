@@ -673,8 +673,17 @@ class Dispatcher:
                 send=send.key if send else None,
             ),
         )
+        now = self._clock()
         for alert in alerts:
-            self._observe_posted(alert)
+            self._metrics.receipt_to_post.observe(max(0.0, now - alert.received_at))
+        # One line for a summary's rows: in a flood, a line per row took 2.5 % of the event
+        # loop's time (bench/README.md, issue 14).
+        log.info(
+            "storm rows posted in %s %s: alerts %s",
+            slack_channel,
+            ts,
+            " ".join(str(a.id) for a in alerts),
+        )
 
     async def _post_under_root(self, follow_up: Alert, root: Alert) -> None:
         """A follow-up as a reply in its reset request's thread, then the request updated: a

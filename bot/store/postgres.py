@@ -33,6 +33,7 @@ from bot.store.interface import (
     Transition,
 )
 from bot.store.rows import (
+    UNROUTED_COLUMNS,
     alert_from_row,
     audit_detail,
     event_value_column,
@@ -42,6 +43,7 @@ from bot.store.rows import (
     resolved_action,
     responders_to_column,
     severity_column,
+    unrouted_from_row,
     window_from_row,
 )
 from bot.windows import Target, Window
@@ -497,10 +499,13 @@ class PostgresStore:
         )
 
     async def unrouted(self, *, limit: int = 500) -> list[Alert]:
-        return await self._alerts(
-            f"SELECT * FROM alerts WHERE {_WAITING} AND channel IS NULL ORDER BY id LIMIT $1",
-            limit,
-        )
+        async with self._connection() as db:
+            rows = await db.fetch(
+                f"SELECT {UNROUTED_COLUMNS} FROM alerts WHERE {_WAITING} AND channel IS NULL"
+                " ORDER BY id LIMIT $1",
+                limit,
+            )
+        return [unrouted_from_row(row) for row in rows]
 
     async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
         async with self._connection() as db:

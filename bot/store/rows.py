@@ -118,8 +118,14 @@ def resolved_action(verdict: Verdict | None) -> str:
     return f"resolved ({verdict.value})" if verdict else "resolved"
 
 
-def alert_from_row(row: Row) -> Alert:
-    event = SecurityEvent(
+# What the intake stores of an alert: all there is of it until it is routed.
+UNROUTED_COLUMNS = (
+    "id, waba_id, phone_number, event, event_time, requester, value, field, received_at"
+)
+
+
+def _event_from_row(row: Row) -> SecurityEvent:
+    return SecurityEvent(
         waba_id=row["waba_id"],
         phone_number=row["phone_number"],
         event=row["event"],
@@ -128,6 +134,15 @@ def alert_from_row(row: Row) -> Alert:
         value=json.loads(row["value"]),
         field=row["field"],
     )
+
+
+def unrouted_from_row(row: Row) -> Alert:
+    """An alert as the intake stored it (UNROUTED_COLUMNS): nothing has happened to it yet."""
+    return Alert(id=row["id"], event=_event_from_row(row), received_at=row["received_at"])
+
+
+def alert_from_row(row: Row) -> Alert:
+    event = _event_from_row(row)
     kind = row["escalation_kind"]
     severity = row["severity"]
     verdict = row["verdict"]

@@ -38,6 +38,7 @@ from bot.store.interface import (
     Transition,
 )
 from bot.store.rows import (
+    UNROUTED_COLUMNS,
     alert_from_row,
     audit_detail,
     event_value_column,
@@ -47,6 +48,7 @@ from bot.store.rows import (
     resolved_action,
     responders_to_column,
     severity_column,
+    unrouted_from_row,
     window_from_row,
 )
 from bot.windows import Target, Window
@@ -441,10 +443,11 @@ class SqliteStore:
         """Alerts not yet in Slack and not yet routed, oldest first."""
         rows = await _fetch_all(
             self._reader,
-            f"SELECT * FROM alerts WHERE {_WAITING} AND channel IS NULL ORDER BY id LIMIT ?",
+            f"SELECT {UNROUTED_COLUMNS} FROM alerts WHERE {_WAITING} AND channel IS NULL"
+            " ORDER BY id LIMIT ?",
             (limit,),
         )
-        return [alert_from_row(row) for row in rows]
+        return [unrouted_from_row(row) for row in rows]
 
     async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs, since a
