@@ -237,7 +237,8 @@ def build_app(
                 clock=tuning.clock,
             ),
         )
-        app[keys.STORE].on_change(app[keys.DISPATCHER].wake)
+        dispatcher = app[keys.DISPATCHER]
+        app[keys.STORE].on_change(dispatcher.wake, new_alerts=dispatcher.wake_for_deliveries)
         app[keys.ACTIONS] = ActionService(
             store=app[keys.STORE],
             slack=app[keys.SLACK],

@@ -154,6 +154,8 @@ class Dispatcher:
         self._storm_hold: dict[str, float] = {}
         self._storm_history: dict[str, ChannelHistory] = {}
         self._wakeup = asyncio.Event()
+        self._look_at_everything = True
+        self._looked_at_everything = float("-inf")  # loop time
         self._busy: set[str] = set()
         self._backoff: dict[str, _Backoff] = {}
         self._lanes: set[asyncio.Task[None]] = set()
@@ -165,6 +167,14 @@ class Dispatcher:
         self._warned_history_scope = False
 
     def wake(self) -> None:
+        """Anything may have changed (a click, another replica's commit): the next pass looks
+        at everything."""
+        self._look_at_everything = True
+        self._wakeup.set()
+
+    def wake_for_deliveries(self) -> None:
+        """New alerts, or a lane done: in a flood, passes come a hundred a second, and only
+        the outbox needs them; the rest is looked at once every poll interval."""
         self._wakeup.set()
 
     def stop(self) -> None:
@@ -183,12 +193,19 @@ class Dispatcher:
             while not self._stopping:
                 self._wakeup.clear()
                 started = loop.time()
+                everything = self._look_at_everything or (
+                    started - self._looked_at_everything >= self._poll_interval
+                )
+                if everything:
+                    self._look_at_everything, self._looked_at_everything = False, started
                 try:
-                    await self._escalate_overdue()
+                    if everything:
+                        await self._escalate_overdue()
                     await self._start_deliveries()
-                    await self._start_pages()
-                    await self._start_reminders()
-                    await self._start_pagerduty()
+                    if everything:
+                        await self._start_pages()
+                        await self._start_reminders()
+                        await self._start_pagerduty()
                 except Exception:  # the outbox must keep draining whatever one pass hit
                     log.exception("dispatcher: delivery pass failed; retrying")
                 await self._sleep()
@@ -230,8 +247,8 @@ class Dispatcher:
         for entry in await self._store.outbox():
             by_channel.setdefault(entry.channel, []).append(entry)
         for channel, entries in by_channel.items():
-            if self._lane_free(channel):
-                self._start_lane(channel, await self._delivery_jobs(channel, entries))
+            if self._lane_free(channel) and (jobs := await self._delivery_jobs(channel, entries)):
+                self._start_lane(channel, jobs)
 
     async def _delivery_jobs(self, channel: str, alerts: list[OutboxEntry]) -> list[Job]:
         """One job per alert, except that an alert arriving when `threshold` others reached
@@ -439,7 +456,8 @@ class Dispatcher:
                 await self._store.release_lease(key, holder=self.replica, hold=hold)
             self._busy.discard(key)
             if posted_any:
-                self.wake()  # what this lane posted may unblock another, or more may have come
+                # What this lane posted may unblock another, or more may have come.
+                self.wake_for_deliveries()
 
     async def _renew(self, key: str, held: asyncio.Event) -> None:
         """Renew a lane's lease while it runs; a lease lost (renewals failed for longer than

@@ -371,7 +371,7 @@ async def handle_delivery(request: web.Request) -> web.Response:
     new = [alert_id for alert_id in ids if alert_id is not None]
     metrics.delivery[Delivery.ACCEPTED if new else Delivery.DUPLICATE].inc()
     if new:
-        app[keys.DISPATCHER].wake()
+        app[keys.DISPATCHER].wake_for_deliveries()
     # DEBUG only: this is the hot path, and the dispatcher logs each alert it posts.
     for event, alert_id in (
         zip(parsed.events, ids, strict=True) if log.isEnabledFor(logging.DEBUG) else ()

@@ -53,8 +53,11 @@ class Transition:
 class Store(Protocol):
     async def close(self) -> None: ...
 
-    def on_change(self, wake: Callable[[], None]) -> None:
-        """Call `wake` when another replica commits work for the outbox."""
+    def on_change(
+        self, wake: Callable[[], None], *, new_alerts: Callable[[], None] | None = None
+    ) -> None:
+        """Call `wake` when another replica commits work for the outbox, or `new_alerts` (if
+        given) when that work is new alerts and nothing else."""
         ...
 
     # --- copying a whole store (`pinwatch store copy`) ----------------------------------------

@@ -279,6 +279,8 @@ def _changed(status: str) -> int:
 
 # Sent on commit when there is new work for the outbox: every replica's dispatcher wakes.
 OUTBOX_CHANNEL = "pinwatch_outbox"
+# The payload of the intake's notifications: new alerts, and nothing else to look at.
+NEW_ALERTS = "alerts"
 LISTEN_RETRY = 5.0
 
 
@@ -348,13 +350,25 @@ class PostgresStore:
                         f" (SELECT max(id) FROM {table}))"
                     )
 
-    def on_change(self, wake: Callable[[], None]) -> None:
+    def on_change(
+        self, wake: Callable[[], None], *, new_alerts: Callable[[], None] | None = None
+    ) -> None:
         """Call `wake` when any replica commits work for the outbox (LISTEN/NOTIFY, on a
-        connection of its own). Polling stays the fallback: behind a pooler that drops
-        notifications, or while this connection is down, work waits for the next poll."""
-        self._listener = asyncio.create_task(self._listen(wake), name="store listener")
+        connection of its own), or `new_alerts` for the intake's notifications. Polling stays
+        the fallback: behind a pooler that drops notifications, or while this connection is
+        down, work waits for the next poll."""
 
-    async def _listen(self, wake: Callable[[], None]) -> None:
+        def notified(_db: object, _pid: int, _channel: str, payload: object) -> None:
+            if payload == NEW_ALERTS and new_alerts is not None:
+                new_alerts()
+            else:
+                wake()
+
+        self._listener = asyncio.create_task(self._listen(wake, notified), name="store listener")
+
+    async def _listen(
+        self, wake: Callable[[], None], notified: Callable[[object, int, str, object], None]
+    ) -> None:
         while True:
             lost = asyncio.Event()
             try:
@@ -365,7 +379,7 @@ class PostgresStore:
                 continue
             try:
                 db.add_termination_listener(lambda _connection, lost=lost: lost.set())
-                await db.add_listener(OUTBOX_CHANNEL, lambda *_notification: wake())
+                await db.add_listener(OUTBOX_CHANNEL, notified)
                 wake()  # whatever was committed while nobody listened
                 await lost.wait()
                 log.warning("store: the listening connection closed; listening again")
@@ -477,11 +491,12 @@ class PostgresStore:
                        RETURNING id, dedup_key
                    ), woken AS (
                        -- In the same round trip: the other replicas wake for the new alerts.
-                       SELECT pg_notify($11, '') FROM (SELECT 1 FROM fresh LIMIT 1) AS any_new
+                       SELECT pg_notify($11, $12) FROM (SELECT 1 FROM fresh LIMIT 1) AS any_new
                    )
                    SELECT id, dedup_key FROM fresh, (SELECT count(*) FROM woken) AS w""",
                 *columns,
                 OUTBOX_CHANNEL,
+                NEW_ALERTS,
             )
         new_ids = {row["dedup_key"]: row["id"] for row in rows}
         # A key that occurs twice in one batch is new only the first time.

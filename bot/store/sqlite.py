@@ -813,7 +813,9 @@ class SqliteStore:
         except sqlite3.Error as exc:  # e.g. a key already there: not a store to copy into
             raise StoreError(f"store write failed: {exc}") from exc
 
-    def on_change(self, wake: Callable[[], None]) -> None:
+    def on_change(
+        self, wake: Callable[[], None], *, new_alerts: Callable[[], None] | None = None
+    ) -> None:
         """One process writes a SQLite store, and it wakes its own dispatcher."""
 
     # --- announced windows ----------------------------------------------------------------
