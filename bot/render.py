@@ -301,9 +301,9 @@ def _status_lines(alert: Alert) -> list[str]:
     return lines
 
 
-def _acknowledge_button(alert: Alert) -> ButtonElement:
+def _acknowledge_button(alert_id: int) -> ButtonElement:
     return ButtonElement(
-        text="Acknowledge", action_id=ACKNOWLEDGE_ACTION, value=str(alert.id), style="primary"
+        text="Acknowledge", action_id=ACKNOWLEDGE_ACTION, value=str(alert_id), style="primary"
     )
 
 
@@ -323,10 +323,10 @@ def _escalate_button(alert: Alert) -> ButtonElement:
     )
 
 
-def _resolve_button(alert: Alert, *, action_id: str = RESOLVE_ACTION) -> ButtonElement:
+def _resolve_button(alert_id: int, *, action_id: str = RESOLVE_ACTION) -> ButtonElement:
     # Opens a modal asking for the verdict: no confirm step needed on top of that.
     text = "Resolve all" if action_id == RESOLVE_STORM_ACTION else "Resolve"
-    return ButtonElement(text=text, action_id=action_id, value=str(alert.id))
+    return ButtonElement(text=text, action_id=action_id, value=str(alert_id))
 
 
 def _buttons(alert: Alert) -> list[ButtonElement]:
@@ -335,10 +335,10 @@ def _buttons(alert: Alert) -> list[ButtonElement]:
         return []
     buttons = []
     if alert.needs_acknowledgement and alert.acknowledged is None:
-        buttons.append(_acknowledge_button(alert))
+        buttons.append(_acknowledge_button(alert.id))
     if alert.escalated is None:
         buttons.append(_escalate_button(alert))
-    buttons.append(_resolve_button(alert))
+    buttons.append(_resolve_button(alert.id))
     return buttons
 
 
@@ -550,7 +550,7 @@ def render_reminder(alerts: Sequence[Alert]) -> Message:
 STORM_MAX_ROWS = 45  # with the header, context and actions: within Slack's 50 blocks
 
 
-def _storm_row(alert: Alert) -> SectionBlock:
+def _storm_row(alert: Alert) -> dict[str, Any]:
     event = alert.event
     parts = [f"*{safe(plain_title(alert))}*"]
     if _shows_number(alert):
@@ -569,20 +569,33 @@ def _storm_row(alert: Alert) -> SectionBlock:
             resolution = resolution_text(alert)
             status = [line for line in status if line != resolution] + [resolution]
         text += "\n" + " ".join(status)
-    return SectionBlock(
-        block_id=f"pinwatch-{alert.id}",
-        text=MarkdownTextObject(text=clip(text, SECTION_TEXT_MAX)),
-        accessory=_row_button(alert),
-    )
+    return _row_block(alert.id, clip(text, SECTION_TEXT_MAX), _row_button(alert))
 
 
-def _row_button(alert: Alert) -> ButtonElement | None:
+def _row_button(alert: Alert) -> str | None:
     """A row has room for one button: Acknowledge while it waits for that, then Resolve."""
     if alert.resolved is not None:
         return None
     if alert.needs_acknowledgement and alert.acknowledged is None:
-        return _acknowledge_button(alert)
-    return _resolve_button(alert)
+        return ACKNOWLEDGE_ACTION
+    return RESOLVE_ACTION
+
+
+# A summary is rewritten with every row each time rows join it, and building Block Kit's models
+# costs far more than the row's text (a third of the event loop's time in a flood, issue 14):
+# each row, as its text and button make it, is built once. Callers must not change the dict.
+@lru_cache(maxsize=4096)
+def _row_block(alert_id: int, text: str, button: str | None) -> dict[str, Any]:
+    accessory = None
+    if button == ACKNOWLEDGE_ACTION:
+        accessory = _acknowledge_button(alert_id)
+    elif button == RESOLVE_ACTION:
+        accessory = _resolve_button(alert_id)
+    return SectionBlock(
+        block_id=f"pinwatch-{alert_id}",
+        text=MarkdownTextObject(text=text),
+        accessory=accessory,
+    ).to_dict()
 
 
 def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> Message:
@@ -597,12 +610,11 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
     # Every row's, not the first's alone: a first row inside an announced window has none.
     if mentions := list(dict.fromkeys(m for alert in rows for m in alert.mentions)):
         intro = " ".join(mention(m) for m in mentions) + " " + intro
-    blocks: list[Block] = [
+    head: list[Block] = [
         HeaderBlock(
             text=PlainTextObject(text=f"Storm: {len(rows)} WhatsApp security events", emoji=True)
         ),
         ContextBlock(elements=[MarkdownTextObject(text=clip(intro, CONTEXT_TEXT_MAX))]),
-        *(_storm_row(alert) for alert in rows),
     ]
     # One Escalate for the whole storm: it pages once for the summary (see the dispatcher).
     unresolved = [a for a in rows if a.resolved is None]
@@ -610,12 +622,14 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
     if (target := next((a for a in unresolved if a.escalated is None), None)) is not None:
         whole.append(_escalate_button(target))
     if unresolved:
-        whole.append(_resolve_button(unresolved[0], action_id=RESOLVE_STORM_ACTION))
+        whole.append(_resolve_button(unresolved[0].id, action_id=RESOLVE_STORM_ACTION))
+    tail: list[Block] = []
     if whole:
-        blocks.append(ActionsBlock(block_id="pinwatch-storm", elements=whole))
+        tail.append(ActionsBlock(block_id="pinwatch-storm", elements=whole))
     team = f" for team {first.team}" if first.team else ""
     text = f"[STORM] {len(rows)} WhatsApp security events{team}; first: {_fallback(first)}"
-    return Message(text=clip(text, FALLBACK_TEXT_MAX), blocks=_to_dicts(blocks))
+    blocks = [*_to_dicts(head), *(_storm_row(alert) for alert in rows), *_to_dicts(tail)]
+    return Message(text=clip(text, FALLBACK_TEXT_MAX), blocks=blocks)
 
 
 # --- announced expected changes (`/pinwatch expect`) -------------------------------------------
