@@ -39,7 +39,9 @@ class ChannelHistory:
 
     def add(self, rows: list[tuple[int, float]], *, read_to: int) -> None:
         """Rows read as `missing` asked, in id order, when no id up to `read_to` was still to
-        be committed (those of an outbox just read: ids are taken in commit order)."""
+        be committed (those of an outbox just read). SQLite takes ids in commit order; with
+        several PostgreSQL replicas a row committed after a higher id was read is not counted,
+        so a storm may begin an alert later (every alert is still posted, once)."""
         for alert_id, received_at in rows:
             if not self.ids or alert_id > self.ids[-1]:
                 self.ids.append(alert_id)
