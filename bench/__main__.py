@@ -24,7 +24,7 @@ from bench.load import wrk_available
 from bench.replicas import w1_postgres
 from bench.scenarios import SCENARIOS, Context, Plan, Row, w3_w4
 
-ALL = ("W1", "W1s", "W1PG", "W2", "W3", "W4", "W5", "W6")
+ALL = ("W1", "W1s", "W1PG", "W2", "W3", "W4", "W3s", "W5", "W6")
 README = Path(__file__).with_name("README.md")
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -115,7 +115,7 @@ async def run(chosen: list[str], plan: Plan, workdir: Path, *, profile: bool) ->
 
     ctx = Context(plan=plan, workdir=workdir, report=report, log=log, profile=profile)
     scenarios = SCENARIOS | {"W1PG": w1_postgres}
-    for name in ("W1", "W1s", "W1PG", "W2", "W3", "W5", "W6"):
+    for name in ("W1", "W1s", "W1PG", "W2", "W3", "W3s", "W5", "W6"):
         slack = name == "W3" and ("W3" in chosen or "W4" in chosen)
         if name not in chosen and not slack:
             continue

@@ -378,7 +378,7 @@ async def w2(ctx: Context) -> None:
 # --- W3 and W4: to the fake Slack -------------------------------------------------------------
 
 SLACK_RATE = 20.0
-_REQUESTER = re.compile(r"W3E\d{8}")
+_REQUESTER = re.compile(r"W3[ES]\d{8}")
 
 
 async def _wait_for(check: Callable[[], bool], *, within: float) -> bool:
@@ -401,6 +401,18 @@ def _button_alert_id(blocks: Any) -> int | None:
             if isinstance(value, str) and value.isdigit():
                 return int(value)
     return None
+
+
+def _arrivals(fake: FakeSlack, tokens: dict[str, int]) -> dict[int, float]:
+    """When the first Slack message (posted, or an update such as a storm summary) naming each
+    event's requester arrived at the fake Slack, by the event's index in ``tokens``."""
+    found: dict[int, float] = {}
+    for call in fake.calls:
+        if call.ok and call.method in ("chat.postMessage", "chat.update"):
+            for match in _REQUESTER.findall(json.dumps(call.params)):
+                if match in tokens:
+                    found.setdefault(tokens[match], call.at)
+    return found
 
 
 async def _one_hop(ctx: Context, count: int) -> OpenLoopResult:
@@ -427,21 +439,8 @@ async def w3_w4(ctx: Context, *, w3: bool, w4: bool) -> None:
             time_limit=count / SLACK_RATE + 5,
         )
         tokens = {requester(tag, i): i for i in range(count)}
-
-        def arrivals() -> dict[int, float]:
-            # The first Slack message (posted, or an update such as a storm summary) that
-            # names the event's requester.
-            found: dict[int, float] = {}
-            for call in fake.calls:
-                if call.ok and call.method in ("chat.postMessage", "chat.update"):
-                    text = json.dumps(call.params)
-                    for match in _REQUESTER.findall(text):
-                        if match in tokens:
-                            found.setdefault(tokens[match], call.at)
-            return found
-
-        all_posted = await _wait_for(lambda: len(arrivals()) >= count, within=15)
-        arrived = arrivals()
+        all_posted = await _wait_for(lambda: len(_arrivals(fake, tokens)) >= count, within=15)
+        arrived = _arrivals(fake, tokens)
         delays = [arrived[i] - sent.due_at[i] for i in arrived if i in sent.due_at]
         click_delays, clicked = await _clicks(ctx, fake, pw.url) if w4 else ([], 0)
     floor = await _one_hop(ctx, max(plan.slack_events, plan.clicks))
@@ -504,6 +503,73 @@ async def w3_w4(ctx: Context, *, w3: bool, w4: bool) -> None:
                 note,
             )
         )
+
+
+# W3s: while a W1s flood fills 3 channels, the first alert of each channel it does not touch.
+W3S_WAIT = 60.0  # how long after the flood a probe may still arrive; one that never does counts so
+
+
+async def w3_storm(ctx: Context) -> None:
+    plan = ctx.plan
+    workdir = ctx.fresh_dir("w3-storm")
+    flood = ctx.lua_file(
+        "w1s",
+        lambda: security_bodies(plan.saturation_bodies, tag="W1T", channels=STORM_CHANNELS),
+    )
+    tag = "W3S"
+    # Body i goes to routed number i, so these are one new event for each untouched channel.
+    probes = security_bodies(CHANNELS, tag=tag, channels=CHANNELS)[STORM_CHANNELS:]
+    tokens = {requester(tag, i): n for n, i in enumerate(range(STORM_CHANNELS, CHANNELS))}
+
+    async def far_away(call: object) -> None:
+        await asyncio.sleep(STORM_SLACK_DELAY)
+
+    async with servers.fake_slack() as (fake, url), servers.pinwatch(workdir, slack_url=url) as pw:
+        fake.before_answering["chat.postMessage"] = far_away
+        fake.before_answering["chat.update"] = far_away
+        await _warm(ctx, pw.url)
+        flooding = asyncio.create_task(
+            run_wrk(
+                pw.url,
+                flood,
+                duration=plan.saturation_seconds,
+                connections=plan.connections,
+                wrap=False,
+                workdir=workdir,
+            )
+        )
+        await asyncio.sleep(1.0)  # the flood's backlog is building
+        spread = max(1.0, plan.saturation_seconds - 3)
+        sent = await open_loop(
+            pw.url,
+            webhook_requests(probes),
+            rate=len(probes) / spread,
+            count=len(probes),
+            time_limit=spread + 1,
+        )
+        flooded = await flooding
+        await _wait_for(lambda: len(_arrivals(fake, tokens)) >= len(probes), within=W3S_WAIT)
+        arrived = _arrivals(fake, tokens)
+        ended = time.monotonic()
+    delays = [arrived.get(n, ended) - due for n, due in sent.due_at.items()]
+    p99 = _ms(percentile(delays, 99))
+    missing = len(probes) - len(arrived)
+    ctx.report(
+        Row(
+            "W3s",
+            "during a W1s flood, first alert of a channel the flood does not touch → Slack, p99",
+            p99,
+            _ms(percentile(sent.latencies, 99)),
+            "ms",
+            "≤ 2,000 ms",
+            p99 <= 2000 and missing == 0 and sent.not_ok == 0,
+            baseline_label="the same webhooks' own answers, p99",
+            note=f"{len(probes)} probes, one per untouched channel, at {sent.achieved_rate:.1f}/s"
+            f" into a flood of {_wrk_note(flooded)} ({flooded.rate:,.0f} req/s);"
+            f" p50 {_ms(percentile(delays, 50)):.0f} ms, max {_ms(max(delays)):.0f} ms"
+            + (f"; {missing} not in Slack {W3S_WAIT:.0f} s after the flood" if missing else ""),
+        )
+    )
 
 
 async def _clicks(ctx: Context, fake: FakeSlack, url: str) -> tuple[list[float], int]:
@@ -761,6 +827,7 @@ def _spread(values: list[float], *, digits: int = 1) -> str:
 SCENARIOS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "W1": w1,
     "W1s": w1_storm,
+    "W3s": w3_storm,
     "W2": w2,
     "W5": w5,
     "W6": w6,
