@@ -247,7 +247,11 @@ class Dispatcher:
                     requests.add((expected.window_id, alert.event.phone_digits))  # same pass
             await self._store.set_routes(routed)
         by_channel: dict[str, list[OutboxEntry]] = {}
-        for entry in await self._store.outbox():
+        # A channel whose lane is busy or backing off gets no job this pass: its alerts are not
+        # read, and read or not, they never stand in the way of another channel's.
+        now = asyncio.get_running_loop().time()
+        skip = self._busy | {key for key, b in self._backoff.items() if b.until > now}
+        for entry in await self._store.outbox(skip=skip):
             by_channel.setdefault(entry.channel, []).append(entry)
         for channel, entries in by_channel.items():
             if self._lane_free(channel) and (jobs := await self._delivery_jobs(channel, entries)):

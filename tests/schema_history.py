@@ -44,6 +44,7 @@ SQLITE_UNDO = {
         " ALTER TABLE alerts DROP COLUMN pagerduty_state;"
         " ALTER TABLE alerts DROP COLUMN pagerduty_key_env;"
     ),
+    11: "DROP INDEX alerts_outbox;",
 }
 
 POSTGRES_UNDO = {
@@ -66,6 +67,7 @@ POSTGRES_UNDO = {
         "DROP INDEX alerts_pagerduty; ALTER TABLE alerts DROP COLUMN pagerduty_kind,"
         " DROP COLUMN pagerduty_state, DROP COLUMN pagerduty_key_env;"
     ),
+    8: "DROP INDEX alerts_outbox;",
 }
 
 

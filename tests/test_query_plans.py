@@ -26,7 +26,7 @@ async def test_every_query_of_a_dispatcher_pass_uses_an_index(tmp_path: Path) ->
         await store.open_summary("#payments")
     finally:
         await store.close()
-    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "WITH"))]
     assert len(reads) >= 9
     with sqlite3.connect(tmp_path / "pinwatch.db") as db:
         for sql in reads:

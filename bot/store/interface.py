@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,8 +94,12 @@ class Store(Protocol):
         """Alerts not yet in Slack and not yet routed, oldest first."""
         ...
 
-    async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
-        """Routed alerts not yet in Slack, oldest first: just what scheduling needs."""
+    async def outbox(
+        self, *, per_channel: int = 500, skip: Collection[str] = ()
+    ) -> list[OutboxEntry]:
+        """Routed alerts not yet in Slack, oldest first: just what scheduling needs. Each
+        channel not in `skip` gives up to `per_channel` of its oldest, whatever the others
+        hold, so that a flood in one channel never hides the first alert of another."""
         ...
 
     async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -200,10 +200,34 @@ MIGRATIONS: tuple[str, ...] = (
         AND (pagerduty_kind IS DISTINCT FROM escalation_kind
              OR pagerduty_state IN ('triggered', 'acknowledged'));
     """,
+    # 8: the outbox read channel by channel, so that a flood in one never hides another's.
+    """
+    CREATE INDEX alerts_outbox ON alerts (channel, id)
+        WHERE slack_ts IS NULL AND severity IS DISTINCT FROM 'off';
+    """,
 )
 
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
 _WAITING = "slack_ts IS NULL AND severity IS DISTINCT FROM 'off'"
+
+# The oldest waiting alerts of each channel not skipped: the channels that have any are found
+# by skipping through the alerts_outbox index (one probe each), then each gives its own oldest.
+_OUTBOX = f"""
+    WITH RECURSIVE waiting(channel) AS (
+        (SELECT channel FROM alerts WHERE {_WAITING} AND channel IS NOT NULL
+         ORDER BY channel LIMIT 1)
+        UNION ALL
+        SELECT (SELECT channel FROM alerts WHERE {_WAITING} AND channel > waiting.channel
+                ORDER BY channel LIMIT 1)
+        FROM waiting WHERE waiting.channel IS NOT NULL
+    )
+    SELECT oldest.* FROM waiting CROSS JOIN LATERAL (
+        SELECT id, channel, received_at, event FROM alerts
+        WHERE {_WAITING} AND channel = waiting.channel ORDER BY id LIMIT $2
+    ) AS oldest
+    WHERE waiting.channel <> ALL($1::text[])
+    ORDER BY oldest.id
+"""
 
 # The second line repeats the alerts_pagerduty index's condition, which the rest implies: stated,
 # it lets the planner read the partial index instead of every alert.
@@ -522,13 +546,11 @@ class PostgresStore:
             )
         return [unrouted_from_row(row) for row in rows]
 
-    async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
+    async def outbox(
+        self, *, per_channel: int = 500, skip: Collection[str] = ()
+    ) -> list[OutboxEntry]:
         async with self._connection() as db:
-            rows = await db.fetch(
-                "SELECT id, channel, received_at, event FROM alerts"
-                f" WHERE {_WAITING} AND channel IS NOT NULL ORDER BY id LIMIT $1",
-                limit,
-            )
+            rows = await db.fetch(_OUTBOX, sorted(skip), per_channel)
         return [OutboxEntry(*row) for row in rows]
 
     async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:

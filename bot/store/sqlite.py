@@ -9,7 +9,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from enum import Enum
 from pathlib import Path
@@ -210,6 +210,11 @@ MIGRATIONS: tuple[str, ...] = (
         AND (pagerduty_kind IS NOT escalation_kind
              OR pagerduty_state IN ('triggered', 'acknowledged'));
     """,
+    # 11: the outbox read channel by channel, so that a flood in one never hides another's.
+    """
+    CREATE INDEX alerts_outbox ON alerts (channel, id)
+        WHERE slack_ts IS NULL AND severity IS NOT 'off';
+    """,
 )
 
 # A request resolved as nothing happened (a false alarm, or in PagerDuty with no verdict) is
@@ -219,6 +224,24 @@ _STILL_A_ROOT = "(resolved_at IS NULL OR verdict IN ('expected_change', 'confirm
 
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.
 _WAITING = "slack_ts IS NULL AND severity IS NOT 'off'"
+
+# The oldest waiting alerts of each channel not skipped: the channels that have any are found
+# by skipping through the alerts_outbox index (one probe each), then each gives its own oldest.
+_OUTBOX = f"""
+    WITH RECURSIVE waiting(channel) AS (
+        SELECT min(channel) FROM alerts WHERE {_WAITING} AND channel IS NOT NULL
+        UNION ALL
+        SELECT (SELECT min(channel) FROM alerts WHERE {_WAITING} AND channel > waiting.channel)
+        FROM waiting WHERE waiting.channel IS NOT NULL
+    )
+    SELECT id, alerts.channel, received_at, event FROM waiting JOIN alerts
+        ON alerts.id IN (
+            SELECT id FROM alerts WHERE {_WAITING} AND channel = waiting.channel
+            ORDER BY id LIMIT ?2
+        )
+    WHERE waiting.channel NOT IN (SELECT value FROM json_each(?1))
+    ORDER BY id
+"""
 
 # The second line repeats the alerts_pagerduty index's condition, which the rest implies: SQLite
 # uses a partial index only when the query states its condition, else it scans every alert.
@@ -449,15 +472,12 @@ class SqliteStore:
         )
         return [unrouted_from_row(row) for row in rows]
 
-    async def outbox(self, *, limit: int = 500) -> list[OutboxEntry]:
+    async def outbox(
+        self, *, per_channel: int = 500, skip: Collection[str] = ()
+    ) -> list[OutboxEntry]:
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs, since a
         backlog is read again on every pass (each job reads its whole alert when it runs)."""
-        rows = await _fetch_all(
-            self._reader,
-            "SELECT id, channel, received_at, event FROM alerts"
-            f" WHERE {_WAITING} AND channel IS NOT NULL ORDER BY id LIMIT ?",
-            (limit,),
-        )
+        rows = await _fetch_all(self._reader, _OUTBOX, (json.dumps(sorted(skip)), per_channel))
         return [OutboxEntry(*row) for row in rows]
 
     async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:

@@ -1,0 +1,48 @@
+"""A flood in one channel never holds up the alerts of another (issue 14's W3s, as a test)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import Pinwatch, delivery, eventually, security
+from tests.fake_slack import RecordedCall
+
+FLOOD = 800  # more than one outbox read's worth of the flooded channel's alerts
+SUPPORT_PHONE = "+44 20 7946 0018"  # routed to C0SUPPORT; the flood goes to C0PAYMENTS
+
+
+async def test_a_new_alert_elsewhere_is_posted_while_a_flooded_channel_is_stuck(
+    pinwatch: Pinwatch,
+) -> None:
+    # The flooded channel's storm summary hangs in Slack, so its lane is busy and every one of
+    # its alerts stays waiting in the outbox.
+    stuck = asyncio.Event()
+
+    async def hang_storm_summaries(call: RecordedCall) -> None:
+        if str(call.params.get("text", "")).startswith("[STORM]"):
+            await stuck.wait()
+
+    pinwatch.slack.before_answering["chat.postMessage"] = hang_storm_summaries
+    for start in range(0, FLOOD, 100):
+        changes = [
+            security("PIN_RESET_REQUEST", requester=f"flood-{i}") for i in range(start, start + 100)
+        ]
+        status, _ = await pinwatch.post_webhook(delivery(*changes, time=1748811473 + start))
+        assert status == 200
+
+    status, _ = await pinwatch.post_webhook(
+        delivery(security("PIN_RESET_REQUEST", phone=SUPPORT_PHONE, requester="elsewhere"))
+    )
+    assert status == 200
+
+    async def posted_elsewhere() -> bool:
+        return bool(pinwatch.slack.top_level("C0SUPPORT"))
+
+    try:
+        await eventually(posted_elsewhere, timeout=5)
+        [message] = pinwatch.slack.top_level("C0SUPPORT")
+        assert "elsewhere" in str(message.blocks)
+        unposted, _ = await pinwatch.store.count_unposted()
+        assert unposted > 500  # the flood is still waiting behind its stuck summary
+    finally:
+        stuck.set()
