@@ -41,6 +41,7 @@ from bot.pagerduty.client import PagerDutyEvents
 from bot.pagerduty.http import handle_webhook as handle_pagerduty_webhook
 from bot.pagerduty.inbox import PagerDutyInbox
 from bot.pagerduty.outbox import PagerDutyOutbox
+from bot.router import Router
 from bot.settings import Settings
 from bot.slack import DryRunClient, SlackGateway, web_client
 from bot.store import open_store
@@ -61,6 +62,7 @@ class Tuning:
     clock: Clock = system_clock
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_interval: float = 1.0
+    pass_gap: float = 0.01  # the least time between two dispatcher passes in a burst
     config_poll_interval: float = 1.0
     shutdown_grace: float = 10.0  # how long a stop waits for Slack calls under way
     storm_update_gap: float = 2.0
@@ -218,14 +220,18 @@ def build_app(
     async def dispatcher(app: web.Application) -> AsyncIterator[None]:
         # The routing keys: serve passes its environment, a test what it pages with.
         routing_keys: dict[str, str] = app.get(keys.ENVIRON, {})
+        router = Router(config=app[keys.CONFIG], metrics=app[keys.METRICS], windows=app[keys.STORE])
+        app[keys.STORE].route_with(router)
         app[keys.DISPATCHER] = Dispatcher(
             store=app[keys.STORE],
             slack=app[keys.SLACK],
             config=app[keys.CONFIG],
+            router=router,
             metrics=app[keys.METRICS],
             clock=tuning.clock,
             retry=tuning.retry,
             poll_interval=tuning.poll_interval,
+            pass_gap=tuning.pass_gap,
             storm_update_gap=tuning.storm_update_gap,
             pagerduty=PagerDutyOutbox(
                 store=app[keys.STORE],

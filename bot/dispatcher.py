@@ -9,14 +9,14 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import partial
 from typing import TypeVar
 
-from bot.catalog import ACKNOWLEDGED, FOLLOW_UP_EVENTS, is_follow_up
+from bot.catalog import FOLLOW_UP_EVENTS, is_follow_up
 from bot.config import LiveConfig
 from bot.events import (
     PINWATCH_ACTOR_ID,
@@ -25,9 +25,6 @@ from bot.events import (
     Alert,
     Clock,
     EscalationKind,
-    EventType,
-    Expectation,
-    Responders,
 )
 from bot.logs import for_alert
 from bot.metrics import Metrics
@@ -42,16 +39,15 @@ from bot.render import (
     render_reminder,
     render_storm,
 )
-from bot.routing import route, severity_of, team_destination
+from bot.router import Router
+from bot.routing import happened, team_destination
 from bot.slack import Posted, SendKey, SlackCallError, SlackGateway
 from bot.store import OutboxEntry, Store, StoreError
 from bot.storm_history import ChannelHistory
-from bot.windows import Window, window_for
 
 log = logging.getLogger(__name__)
 
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
-RESET_REQUEST = EventType.PIN_RESET_REQUEST
 # A replica that dies holds its channels' lanes this long at most; a live one renews every third.
 LEASE_TTL = 15.0
 # Alerts routed per pass: a pass holds the event loop while it routes, and 500 at once held it
@@ -100,11 +96,6 @@ class _Backoff:
     until: float = 0.0
 
 
-def _happened(alert: Alert) -> float:
-    """When Meta says the event happened; a redelivery days later still happened then."""
-    return float(alert.event.time) if alert.event.time is not None else alert.received_at
-
-
 _PAGED_ALONE = (EscalationKind.TAKEOVER, EscalationKind.CONFIRMED)
 
 
@@ -133,6 +124,7 @@ class Dispatcher:
         store: Store,
         slack: SlackGateway,
         config: LiveConfig,
+        router: Router,
         metrics: Metrics,
         clock: Clock,
         retry: RetryPolicy,
@@ -146,6 +138,7 @@ class Dispatcher:
         self._pagerduty = pagerduty
         self._slack = slack
         self._config = config
+        self._router = router
         self._metrics = metrics
         self._clock = clock
         self._retry = retry
@@ -238,14 +231,14 @@ class Dispatcher:
                 await self._wakeup.wait()
 
     async def _start_deliveries(self) -> None:
+        # The intake routes what it stores; what it could not (or a replica of an older
+        # version did not) is routed here.
         if waiting := await self._store.unrouted(limit=ROUTE_BATCH):
-            windows, requests = await self._windows_for(waiting)
-            routed = []
-            for alert in waiting:
-                routed.append(self._route(alert, windows=windows, requests_in=requests))
-                if (expected := routed[-1].expected) and alert.event.known_type == RESET_REQUEST:
-                    requests.add((expected.window_id, alert.event.phone_digits))  # same pass
+            routed = await self._router.route(waiting)
             await self._store.set_routes(routed)
+            self._router.stored(routed)
+            if len(waiting) == ROUTE_BATCH:
+                self._wakeup.set()  # more may wait: the next pass comes without a poll
         by_channel: dict[str, list[OutboxEntry]] = {}
         # A channel whose lane is busy or backing off gets no job this pass: its alerts are not
         # read, and read or not, they never stand in the way of another channel's.
@@ -361,59 +354,6 @@ class Dispatcher:
         self._lanes.add(lane)
         lane.add_done_callback(self._lanes.discard)
 
-    async def _windows_for(self, alerts: list[Alert]) -> tuple[list[Window], set[tuple[int, str]]]:
-        """The announced windows these alerts may fall in, and the reset requests already
-        routed inside them (their successes are expected too)."""
-        times = [_happened(alert) for alert in alerts]
-        windows = await self._store.windows_between(min(times), max(times))
-        if not windows:
-            return [], set()
-        return windows, await self._store.requests_in_windows([w.id for w in windows])
-
-    def _route(
-        self,
-        alert: Alert,
-        *,
-        windows: Sequence[Window] = (),
-        requests_in: Collection[tuple[int, str]] = (),
-    ) -> Alert:
-        """Where it goes and how loud: an alert routed `off` is kept, counted and never posted
-        (the outbox does not hold it); one inside an announced window is posted marked as
-        expected, without mentions or a deadline (so never escalated automatically)."""
-        config = self._config.config
-        destination = route(alert.event, config)
-        severity = severity_of(alert.event, config)
-        deadline = alert.received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
-        mentions = destination.mentions
-        self._metrics.count_event(alert.event.event, destination.team or "")
-        window = window_for(
-            alert.event,
-            team=destination.team,
-            happened=_happened(alert),
-            windows=windows,
-            requests_in=requests_in,
-        )
-        expected = None
-        if window is not None:
-            deadline, mentions = None, ()
-            expected = Expectation(
-                window_id=window.id,
-                announced_by=window.opened_by,
-                reason=window.reason,
-                until=window.ends_at,
-            )
-            for_alert(log, alert).info("expected: inside window %d", window.id)
-        return replace(
-            alert,
-            team=destination.team,
-            channel=destination.channel,
-            mentions=mentions,
-            responders=Responders(destination.responders),
-            ack_deadline=deadline,
-            assigned_severity=severity,
-            expected=expected,
-        )
-
     async def _run_lane(self, key: str, jobs: list[Job]) -> None:
         """Runs jobs in order; the first failure stops the lane so that order is kept on retry.
         A lane runs while this replica holds its lease: one replica posts a channel at a time."""
@@ -498,7 +438,7 @@ class Dispatcher:
         try:
             if is_follow_up(alert.event.field, alert.event.event):
                 window = team_destination(alert.team, self._config.config).correlation_window
-                root = await self._store.root_for(alert, since=_happened(alert) - window)
+                root = await self._store.root_for(alert, since=happened(alert) - window)
                 if root is not None:
                     if root.slack_ts is None:
                         return _Outcome.WAITING

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
 
-from bot.catalog import FIELD_OF_EVENT, Severity, default_severity
+from bot.catalog import ACKNOWLEDGED, FIELD_OF_EVENT, Severity, default_severity
 from bot.config import Config, Escalation, Route
-from bot.events import SecurityEvent
+from bot.events import Alert, EventType, Expectation, Responders, SecurityEvent
+from bot.windows import Window, window_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +79,69 @@ def route(event: SecurityEvent, config: Config) -> Destination:
     digits = event.phone_digits  # computed, not stored: once per event, not once per route
     team = next((r.team for r in config.routes if _matches(r, event, digits)), None)
     return team_destination(team, config)
+
+
+def happened(alert: Alert) -> float:
+    """When Meta says the event happened; a redelivery days later still happened then."""
+    return float(alert.event.time) if alert.event.time is not None else alert.received_at
+
+
+def route_alert(
+    alert: Alert,
+    config: Config,
+    *,
+    windows: Sequence[Window] = (),
+    requests_in: Collection[tuple[int, str]] = (),
+) -> Alert:
+    """Where it goes and how loud: an alert routed `off` is kept, counted and never posted
+    (the outbox does not hold it); one inside an announced window is posted marked as
+    expected, without mentions or a deadline (so never escalated automatically)."""
+    destination = route(alert.event, config)
+    severity = severity_of(alert.event, config)
+    deadline = alert.received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
+    mentions = destination.mentions
+    window = window_for(
+        alert.event,
+        team=destination.team,
+        happened=happened(alert),
+        windows=windows,
+        requests_in=requests_in,
+    )
+    expected = None
+    if window is not None:
+        deadline, mentions = None, ()
+        expected = Expectation(
+            window_id=window.id,
+            announced_by=window.opened_by,
+            reason=window.reason,
+            until=window.ends_at,
+        )
+    return replace(
+        alert,
+        team=destination.team,
+        channel=destination.channel,
+        mentions=mentions,
+        responders=Responders(destination.responders),
+        ack_deadline=deadline,
+        assigned_severity=severity,
+        expected=expected,
+    )
+
+
+def route_alerts(
+    alerts: Sequence[Alert],
+    config: Config,
+    *,
+    windows: Sequence[Window],
+    requests_in: Collection[tuple[int, str]],
+) -> list[Alert]:
+    """Each alert routed, in order: a reset request found inside a window makes its
+    number's success that follows in the same batch expected too."""
+    requests = set(requests_in)
+    routed = []
+    for alert in alerts:
+        routed.append(route_alert(alert, config, windows=windows, requests_in=requests))
+        expected = routed[-1].expected
+        if expected is not None and alert.event.known_type == EventType.PIN_RESET_REQUEST:
+            requests.add((expected.window_id, alert.event.phone_digits))
+    return routed

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 
+from bot.store import open_store
 from tests.conftest import Pinwatch, delivery, eventually, security
 from tests.fake_slack import RecordedCall
+from tests.test_group_commit import change
 
 FLOOD = 800  # more than one outbox read's worth of the flooded channel's alerts
 SUPPORT_PHONE = "+44 20 7946 0018"  # routed to C0SUPPORT; the flood goes to C0PAYMENTS
@@ -46,3 +50,25 @@ async def test_a_new_alert_elsewhere_is_posted_while_a_flooded_channel_is_stuck(
         assert unposted > 500  # the flood is still waiting behind its stuck summary
     finally:
         stuck.set()
+
+
+async def test_the_outbox_leaves_out_the_channels_it_is_told_to_skip(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    store = await open_store(database_url or tmp_path / "pinwatch.db")
+    try:
+        ids = await store.add_events([change(f"1555000{i:04d}") for i in range(6)], received_at=1.0)
+        alerts = await store.get_many([i for i in ids if i is not None])
+        channels = ["#a", "#b", "#c"]
+        await store.set_routes(
+            [replace(a, channel=channels[n % 3], team=None) for n, a in enumerate(alerts)]
+        )
+        assert [(e.id, e.channel) for e in await store.outbox(skip={"#b"})] == [
+            (1, "#a"),
+            (3, "#c"),
+            (4, "#a"),
+            (6, "#c"),
+        ]
+        assert [e.id for e in await store.outbox(skip={"#a", "#c"}, per_channel=1)] == [2]
+    finally:
+        await store.close()

@@ -33,6 +33,19 @@ async def test_a_string_the_store_cannot_hold_spoils_no_other_delivery_in_its_co
     assert statuses[3] < 500
 
 
+async def test_a_nul_in_a_stored_text_is_kept_as_a_replacement_character(
+    pinwatch: Pinwatch,
+) -> None:
+    """Neither backend cuts a text at its NUL (SQLite's JSON functions did): a cut event name
+    could read as one pinwatch knows."""
+    body = delivery(security("PIN_RESET_REQUEST\u0000junk", requester="mallory\u0000evil"))
+    status, _ = await pinwatch.post_webhook(body)
+    assert status == 200
+    assert await pinwatch.query("SELECT event, requester FROM alerts") == [
+        ("PIN_RESET_REQUEST\ufffdjunk", "mallory\ufffdevil")
+    ]
+
+
 def change(phone: str, at: int | None = 1_748_811_473) -> SecurityEvent:
     value = {"display_phone_number": phone, "event": "PIN_CHANGED"}
     return SecurityEvent("102290129340398", phone, "PIN_CHANGED", at, value=value)

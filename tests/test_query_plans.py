@@ -33,5 +33,7 @@ async def test_every_query_of_a_dispatcher_pass_uses_an_index(tmp_path: Path) ->
             plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}")]
             scans = [step for step in plan if step == "SCAN alerts"]
             assert not scans, f"{sql}\nreads every alert: {plan}"
+            if "channel IS NULL" in sql:  # the few unrouted, not the whole backlog walked
+                assert plan == ["SEARCH alerts USING INDEX alerts_outbox (channel=?)"], plan
             if "id > 10" in sql:  # storm accounting's read of what came since the last pass
                 assert plan == ["SEARCH alerts USING INTEGER PRIMARY KEY (rowid>?)"], plan

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
-from bot.events import SecurityEvent
-from bot.store.interface import StoreError
+from bot.events import Alert, SecurityEvent
+from bot.store.interface import IntakeRouter, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,41 @@ class PendingInsert:
     events: Sequence[SecurityEvent]
     received_at: float
     done: asyncio.Future[list[int | None]]
+
+
+async def route_batch(router: IntakeRouter | None, batch: list[PendingInsert]) -> list[Alert]:
+    """The batch's events as alerts (id 0 until stored), routed if they can be: a routing bug
+    must not refuse deliveries, so what cannot be routed is stored for the dispatcher to route
+    (and to log its failure again). A failing store fails the batch."""
+    alerts = [
+        Alert(id=0, event=event, received_at=item.received_at)
+        for item in batch
+        for event in item.events
+    ]
+    if router is None:
+        return alerts
+    try:
+        return await router.route(alerts)
+    except StoreError:
+        raise
+    except Exception:
+        log.exception("intake: routing %d alerts failed; stored unrouted", len(alerts))
+        return alerts
+
+
+def new_ids(keys: Sequence[str], inserted: dict[str, int]) -> list[int | None]:
+    """Each alert's id as inserted, or None; a key that occurs twice in one batch is new only
+    the first time."""
+    return [inserted.pop(key, None) for key in keys]
+
+
+def by_delivery(batch: list[PendingInsert], flat: list[int | None]) -> list[list[int | None]]:
+    """A batch's ids (one per event, in order) split back into its deliveries'."""
+    result, start = [], 0
+    for item in batch:
+        result.append(flat[start : start + len(item.events)])
+        start += len(item.events)
+    return result
 
 
 # Commits a batch in one transaction: per delivery, each event's new alert id or None.

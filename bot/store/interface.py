@@ -50,8 +50,24 @@ class Transition:
     changed: bool
 
 
+class IntakeRouter(Protocol):
+    """Routes alerts as they are stored (bot/router.py): their channel is known at once, so an
+    alert of a quiet channel never waits behind a flood's in a queue of unrouted ones."""
+
+    async def route(self, alerts: Sequence[Alert]) -> list[Alert]: ...
+
+    def stored(self, routed: Sequence[Alert]) -> None:
+        """These routed alerts are committed (with their ids)."""
+        ...
+
+
 class Store(Protocol):
     async def close(self) -> None: ...
+
+    def route_with(self, router: IntakeRouter) -> None:
+        """From now on add_events stores each new alert routed. Without a router, or where
+        routing fails, an alert is stored unrouted: `unrouted` gives it to the dispatcher."""
+        ...
 
     def on_change(
         self, wake: Callable[[], None], *, new_alerts: Callable[[], None] | None = None

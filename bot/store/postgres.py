@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -24,10 +25,17 @@ from bot.events import (
     SecurityEvent,
     Verdict,
 )
-from bot.store.group_commit import GroupCommit, PendingInsert
+from bot.store.group_commit import (
+    GroupCommit,
+    PendingInsert,
+    by_delivery,
+    new_ids,
+    route_batch,
+)
 from bot.store.interface import (
     COPIED_TABLES,
     AuditEntry,
+    IntakeRouter,
     OutboxEntry,
     StoreError,
     Transition,
@@ -38,11 +46,9 @@ from bot.store.rows import (
     audit_detail,
     event_value_column,
     expected_detail,
-    expected_to_column,
-    mentions_to_column,
     resolved_action,
-    responders_to_column,
-    severity_column,
+    route_columns,
+    text_column,
     unrouted_from_row,
     window_from_row,
 )
@@ -275,12 +281,6 @@ def redacted(url: str) -> str:
     return str(parsed.update_query(hidden) if hidden else parsed)
 
 
-def _text(value: str | None) -> str | None:
-    """PostgreSQL's text cannot hold NUL, which JSON strings from outside may: shown as U+FFFD
-    (the raw value column keeps it, escaped as JSON)."""
-    return value.replace("\x00", "\ufffd") if value else value
-
-
 _BOOLEAN_COLUMNS = frozenset({"grouped"})
 
 
@@ -293,7 +293,7 @@ def _column_value(column: str, value: Any) -> Any:
     """A copied value as PostgreSQL takes it (SQLite may hold a NUL its text cannot)."""
     if column in _BOOLEAN_COLUMNS:
         return bool(value)
-    return _text(value) if isinstance(value, str) else value
+    return text_column(value) if isinstance(value, str) else value
 
 
 def _changed(status: str) -> int:
@@ -315,6 +315,7 @@ class PostgresStore:
         self._listener: asyncio.Task[None] | None = None
         # No write turns here: PostgreSQL takes concurrent writers; batching is what pays.
         self._intake = GroupCommit(self._insert_batch, contextlib.nullcontext)
+        self._router: IntakeRouter | None = None
 
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
@@ -373,6 +374,9 @@ class PostgresStore:
                         f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                         f" (SELECT max(id) FROM {table}))"
                     )
+
+    def route_with(self, router: IntakeRouter) -> None:
+        self._router = router
 
     def on_change(
         self, wake: Callable[[], None], *, new_alerts: Callable[[], None] | None = None
@@ -456,31 +460,33 @@ class PostgresStore:
         return await self._insert_batch_once(batch)
 
     async def _insert_batch_once(self, batch: list[PendingInsert]) -> list[list[int | None]]:
-        keys = [[event.dedup_key for event in item.events] for item in batch]
-        flat = [
-            (key, event, item.received_at)
-            for item, item_keys in zip(batch, keys, strict=True)
-            for event, key in zip(item.events, item_keys, strict=True)
-        ]
+        alerts = await route_batch(self._router, batch)
+        keys = [alert.event.dedup_key for alert in alerts]
         # A change without a time of its own is a duplicate only within Meta's redelivery
         # horizon: an older alert with its key gives the key up (renamed to stay unique).
-        expiring = [(key, at - REDELIVERY_HORIZON) for key, event, at in flat if event.time is None]
+        expiring = [
+            (key, alert.received_at - REDELIVERY_HORIZON)
+            for key, alert in zip(keys, alerts, strict=True)
+            if alert.event.time is None
+        ]
         columns = list(
             zip(
                 *(
                     (
                         key,
-                        _text(event.waba_id),
-                        _text(event.phone_number),
+                        text_column(event.waba_id),
+                        text_column(event.phone_number),
                         event.phone_digits,
-                        _text(event.event),
+                        text_column(event.event),
                         event.time,
-                        _text(event.requester),
+                        text_column(event.requester),
                         event_value_column(event),
-                        _text(event.field),
-                        at,
+                        text_column(event.field),
+                        alert.received_at,
+                        *route_columns(alert),
                     )
-                    for key, event, at in flat
+                    for key, alert in zip(keys, alerts, strict=True)
+                    for event in (alert.event,)
                 ),
                 strict=True,
             )
@@ -498,13 +504,19 @@ class PostgresStore:
             rows = await db.fetch(
                 """WITH fresh AS (
                        INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event,
-                                           event_time, requester, value, field, received_at)
-                       SELECT k, w, p, d, e, t, r, v, f, at FROM (
+                                           event_time, requester, value, field, received_at,
+                                           team, channel, mentions, responders, ack_deadline,
+                                           severity, window_id, expected)
+                       SELECT k, w, p, d, e, t, r, v, f, at, tm, ch, mn, rs, dl, sv, wi, ex
+                       FROM (
                            SELECT DISTINCT ON (k) *
                            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
                                        $5::text[], $6::bigint[], $7::text[], $8::text[],
-                                       $9::text[], $10::float8[])
-                                WITH ORDINALITY AS x (k, w, p, d, e, t, r, v, f, at, n)
+                                       $9::text[], $10::float8[], $11::text[], $12::text[],
+                                       $13::text[], $14::text[], $15::float8[], $16::text[],
+                                       $17::bigint[], $18::text[])
+                                WITH ORDINALITY AS x (k, w, p, d, e, t, r, v, f, at,
+                                                      tm, ch, mn, rs, dl, sv, wi, ex, n)
                            ORDER BY k, n
                        ) AS fresh
                        -- Known keys are left out before they reach the sequence: a redelivery
@@ -515,16 +527,27 @@ class PostgresStore:
                        RETURNING id, dedup_key
                    ), woken AS (
                        -- In the same round trip: the other replicas wake for the new alerts.
-                       SELECT pg_notify($11, $12) FROM (SELECT 1 FROM fresh LIMIT 1) AS any_new
+                       SELECT pg_notify($19, $20) FROM (SELECT 1 FROM fresh LIMIT 1) AS any_new
                    )
                    SELECT id, dedup_key FROM fresh, (SELECT count(*) FROM woken) AS w""",
                 *columns,
                 OUTBOX_CHANNEL,
                 NEW_ALERTS,
             )
-        new_ids = {row["dedup_key"]: row["id"] for row in rows}
-        # A key that occurs twice in one batch is new only the first time.
-        return [[new_ids.pop(key, None) for key in item_keys] for item_keys in keys]
+            ids = new_ids(keys, {row["dedup_key"]: row["id"] for row in rows})
+            routed = [
+                replace(alert, id=alert_id)
+                for alert, alert_id in zip(alerts, ids, strict=True)
+                if alert_id is not None and alert.channel is not None
+            ]
+            for alert in routed:
+                if (expected := alert.expected) is not None:
+                    await self._audit(
+                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
+                    )
+        if self._router is not None and routed:
+            self._router.stored(routed)
+        return by_delivery(batch, ids)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -569,7 +592,7 @@ class PostgresStore:
             follow_up.event.phone_digits,
             EventType.PIN_RESET_REQUEST.value,
             follow_up.id,
-            _text(follow_up.event.waba_id),
+            text_column(follow_up.event.waba_id),
             follow_up.team,
             follow_up.channel,
             since,
@@ -680,7 +703,14 @@ class PostgresStore:
             "INSERT INTO audit (alert_id, action, actor_id, actor_name, at, detail)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
             [
-                (alert_id, action, actor.user_id, _text(actor.name), actor.at, _text(detail))
+                (
+                    alert_id,
+                    action,
+                    actor.user_id,
+                    text_column(actor.name),
+                    actor.at,
+                    text_column(detail),
+                )
                 for alert_id in alert_ids
             ],
         )
@@ -690,20 +720,7 @@ class PostgresStore:
             await db.executemany(
                 "UPDATE alerts SET team = $1, channel = $2, mentions = $3, responders = $4,"
                 " ack_deadline = $5, severity = $6, window_id = $7, expected = $8 WHERE id = $9",
-                [
-                    (
-                        a.team,
-                        a.channel,
-                        mentions_to_column(a.mentions),
-                        responders_to_column(a.responders),
-                        a.ack_deadline,
-                        severity_column(a.assigned_severity),
-                        a.expected.window_id if a.expected else None,
-                        _text(expected_to_column(a.expected)),
-                        a.id,
-                    )
-                    for a in routed
-                ],
+                [(*route_columns(a), a.id) for a in routed],
             )
             for alert in routed:
                 if (expected := alert.expected) is not None:
@@ -928,7 +945,7 @@ class PostgresStore:
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE alerts SET attempts = attempts + 1, last_error = $1 WHERE id = $2",
-                _text(error),
+                text_column(error),
                 alert_id,
             )
 
@@ -982,7 +999,7 @@ class PostgresStore:
             " next_reminder_at = $4"
             " WHERE id = $5 AND acknowledged_at IS NULL AND resolved_at IS NULL",
             actor.user_id,
-            _text(actor.name),
+            text_column(actor.name),
             actor.at,
             remind_at,
             alert_id,
@@ -1000,7 +1017,7 @@ class PostgresStore:
             " escalation_kind = $4"
             " WHERE id = $5 AND escalated_at IS NULL AND resolved_at IS NULL",
             actor.user_id,
-            _text(actor.name),
+            text_column(actor.name),
             actor.at,
             kind.value,
             alert_id,
@@ -1023,10 +1040,10 @@ class PostgresStore:
                         " verdict = $4, resolution_note = $5, next_reminder_at = NULL"
                         " WHERE id = $6 AND resolved_at IS NULL",
                         actor.user_id,
-                        _text(actor.name),
+                        text_column(actor.name),
                         actor.at,
                         verdict and verdict.value,
-                        _text(note),
+                        text_column(note),
                         alert_id,
                     )
                 )
@@ -1043,7 +1060,7 @@ class PostgresStore:
                         " escalated_at = $3, escalation_kind = $4, escalation_channel = NULL,"
                         " escalation_ts = NULL WHERE id = $5",
                         actor.user_id,
-                        _text(actor.name),
+                        text_column(actor.name),
                         actor.at,
                         EscalationKind.CONFIRMED.value,
                         alert_id,
@@ -1094,11 +1111,11 @@ class PostgresStore:
                 target.kind.value,
                 target.value,
                 json.dumps(list(events)),
-                _text(reason),
+                text_column(reason),
                 team,
                 channel,
                 opened_by.user_id,
-                _text(opened_by.name),
+                text_column(opened_by.name),
                 opened_by.at,
                 until,
             )
@@ -1153,7 +1170,7 @@ class PostgresStore:
                 " cancelled_at = $3 WHERE id = $4 AND cancelled_at IS NULL AND expires_at > $3"
                 " AND announced_ts IS NOT NULL",
                 actor.user_id,
-                _text(actor.name),
+                text_column(actor.name),
                 actor.at,
                 window_id,
             )

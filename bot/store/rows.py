@@ -51,6 +51,29 @@ def severity_column(severity: Severity | None) -> str | None:
     return severity.value if severity is not None else None
 
 
+def text_column(value: str | None) -> str | None:
+    """Text from outside may hold NUL, which PostgreSQL's text cannot and SQLite's JSON
+    functions cut at: shown as U+FFFD, the same in both (the value column keeps it, as JSON)."""
+    return value.replace("\x00", "\ufffd") if value else value
+
+
+def route_columns(alert: Alert) -> tuple[Any, ...]:
+    """team, channel, mentions, responders, ack_deadline, severity, window_id, expected: all
+    NULL for an alert not routed yet."""
+    if alert.channel is None:
+        return (None,) * 8
+    return (
+        text_column(alert.team),
+        text_column(alert.channel),
+        mentions_to_column(alert.mentions),
+        responders_to_column(alert.responders),
+        alert.ack_deadline,
+        severity_column(alert.assigned_severity),
+        alert.expected.window_id if alert.expected else None,
+        expected_to_column(alert.expected),
+    )
+
+
 def event_value_column(event: SecurityEvent) -> str:
     return json.dumps(event.value, ensure_ascii=False, sort_keys=True)
 

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,17 @@ from bot.events import (
     SecurityEvent,
     Verdict,
 )
-from bot.store.group_commit import GroupCommit, PendingInsert
+from bot.store.group_commit import (
+    GroupCommit,
+    PendingInsert,
+    by_delivery,
+    new_ids,
+    route_batch,
+)
 from bot.store.interface import (
     COPIED_TABLES,
     AuditEntry,
+    IntakeRouter,
     OutboxEntry,
     StoreError,
     Transition,
@@ -43,11 +51,9 @@ from bot.store.rows import (
     audit_detail,
     event_value_column,
     expected_detail,
-    expected_to_column,
-    mentions_to_column,
     resolved_action,
-    responders_to_column,
-    severity_column,
+    route_columns,
+    text_column,
     unrouted_from_row,
     window_from_row,
 )
@@ -268,13 +274,21 @@ _PAGERDUTY_DUE_BY_TEAM = f"""
 # key already stored, or met earlier in the batch, is skipped. `WHERE true` lets the upsert parse.
 _INSERT_EVENTS = """
     INSERT INTO alerts (dedup_key, waba_id, phone_number, phone_digits, event, event_time,
-                        requester, value, received_at, field)
+                        requester, value, received_at, field,
+                        team, channel, mentions, responders, ack_deadline, severity, window_id,
+                        expected)
     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-           value ->> 6, value ->> 7, value ->> 8, value ->> 9
+           value ->> 6, value ->> 7, value ->> 8, value ->> 9,
+           value ->> 10, value ->> 11, value ->> 12, value ->> 13, value ->> 14, value ->> 15,
+           value ->> 16, value ->> 17
     FROM json_each(?) WHERE true ORDER BY key
     ON CONFLICT (dedup_key) DO NOTHING
     RETURNING id, dedup_key
 """
+
+
+# `->>` came in SQLite 3.38 and `RETURNING` in 3.35 (Debian 12's Python has 3.40).
+SQLITE_NEEDED = (3, 38, 0)
 
 
 class Writer(Enum):
@@ -341,9 +355,16 @@ class SqliteStore:
         self._turns = _WriteTurns()
         self._leases: dict[str, tuple[str, float]] = {}  # name → holder, monotonic expiry
         self._intake = GroupCommit(self._insert_batch, lambda: self._turns.turn(Writer.INTAKE))
+        self._router: IntakeRouter | None = None
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> SqliteStore:
+        if sqlite3.sqlite_version_info < SQLITE_NEEDED:
+            needed = ".".join(map(str, SQLITE_NEEDED))
+            raise StoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old: pinwatch needs {needed} or later"
+                " (its intake uses ->> and RETURNING); use a newer Python build or PostgreSQL"
+            )
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -408,30 +429,31 @@ class SqliteStore:
         return await self._intake.add(events, received_at)
 
     async def _insert_batch(self, batch: list[PendingInsert]) -> list[list[int | None]]:
-        keys = [[event.dedup_key for event in item.events] for item in batch]
+        alerts = await route_batch(self._router, batch)
+        keys = [alert.event.dedup_key for alert in alerts]
         rows = [
             (
                 key,
-                event.waba_id,
-                event.phone_number,
+                text_column(event.waba_id),
+                text_column(event.phone_number),
                 event.phone_digits,
-                event.event,
+                text_column(event.event),
                 event.time,
-                event.requester,
+                text_column(event.requester),
                 event_value_column(event),
-                item.received_at,
-                event.field,
+                alert.received_at,
+                text_column(event.field),
+                *route_columns(alert),
             )
-            for item, item_keys in zip(batch, keys, strict=True)
-            for event, key in zip(item.events, item_keys, strict=True)
+            for key, alert in zip(keys, alerts, strict=True)
+            for event in (alert.event,)
         ]
         # A change without a time of its own is a duplicate only within Meta's redelivery
         # horizon: an older alert with its key gives the key up (renamed to stay unique).
         expiring = [
-            (key, item.received_at - REDELIVERY_HORIZON)
-            for item, item_keys in zip(batch, keys, strict=True)
-            for event, key in zip(item.events, item_keys, strict=True)
-            if event.time is None
+            (key, alert.received_at - REDELIVERY_HORIZON)
+            for key, alert in zip(keys, alerts, strict=True)
+            if alert.event.time is None
         ]
         # The group commit holds the intake's write turn while this runs.
         async with self._committed() as db:
@@ -444,9 +466,20 @@ class SqliteStore:
             # The whole batch is one parameter and one statement: one trip to the thread.
             # ensure_ascii=False keeps a text SQLite cannot store (a lone surrogate) an error.
             inserted = await _fetch_all(db, _INSERT_EVENTS, (json.dumps(rows, ensure_ascii=False),))
-            new_ids: dict[str, int] = {key: alert_id for alert_id, key in inserted}
-        # A key that occurs twice in one batch is new only the first time.
-        return [[new_ids.pop(key, None) for key in item_keys] for item_keys in keys]
+            ids = new_ids(keys, {key: alert_id for alert_id, key in inserted})
+            routed = [
+                replace(alert, id=alert_id)
+                for alert, alert_id in zip(alerts, ids, strict=True)
+                if alert_id is not None and alert.channel is not None
+            ]
+            for alert in routed:
+                if (expected := alert.expected) is not None:
+                    await self._audit_all(
+                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
+                    )
+        if self._router is not None and routed:
+            self._router.stored(routed)
+        return by_delivery(batch, ids)
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -630,20 +663,7 @@ class SqliteStore:
             await db.executemany(
                 "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
                 " ack_deadline = ?, severity = ?, window_id = ?, expected = ? WHERE id = ?",
-                [
-                    (
-                        a.team,
-                        a.channel,
-                        mentions_to_column(a.mentions),
-                        responders_to_column(a.responders),
-                        a.ack_deadline,
-                        severity_column(a.assigned_severity),
-                        a.expected.window_id if a.expected else None,
-                        expected_to_column(a.expected),
-                        a.id,
-                    )
-                    for a in routed
-                ],
+                [(*route_columns(a), a.id) for a in routed],
             )
             for alert in routed:
                 if (expected := alert.expected) is not None:
@@ -837,6 +857,9 @@ class SqliteStore:
         self, wake: Callable[[], None], *, new_alerts: Callable[[], None] | None = None
     ) -> None:
         """One process writes a SQLite store, and it wakes its own dispatcher."""
+
+    def route_with(self, router: IntakeRouter) -> None:
+        self._router = router
 
     # --- announced windows ----------------------------------------------------------------
 

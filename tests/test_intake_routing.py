@@ -1,0 +1,145 @@
+"""Alerts are routed in the commit that stores them: the first alert of a quiet channel is in the
+outbox the moment Meta gets its 200, however many of a flood's wait to be posted (issue 14's
+W3s: routing was one queue for every channel, a hundred alerts a pass)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from bot.events import Alert, SecurityEvent
+from bot.store import StoreError, open_store
+from tests.conftest import Pinwatch, StartPinwatch, delivery, eventually, security
+from tests.fake_slack import RecordedCall
+
+SUPPORT_PHONE = "+44 20 7946 0018"  # routed to the support team; the flood goes to payments
+
+
+async def test_a_quiet_channels_alert_is_routed_as_it_is_stored_during_a_flood(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    # A pass at most every second, as when a flood's intake starves the event loop.
+    pinwatch = await start_pinwatch(pass_gap=1.0)
+    for start in range(0, 800, 100):
+        changes = [
+            security("PIN_RESET_REQUEST", requester=f"flood-{i}") for i in range(start, start + 100)
+        ]
+        status, _ = await pinwatch.post_webhook(delivery(*changes, time=1748811473 + start))
+        assert status == 200
+
+    status, _ = await pinwatch.post_webhook(
+        delivery(security("PIN_RESET_REQUEST", phone=SUPPORT_PHONE, requester="elsewhere"))
+    )
+    assert status == 200
+    assert await pinwatch.query(
+        "SELECT team, channel, severity FROM alerts WHERE requester = 'elsewhere'"
+    ) == [("support", "#support-security", "high")]
+    assert await pinwatch.query("SELECT count(*) FROM alerts WHERE channel IS NULL") == [(0,)]
+
+    async def posted_elsewhere() -> bool:
+        return bool(pinwatch.slack.top_level("C0SUPPORT"))
+
+    await eventually(posted_elsewhere, timeout=3)  # eight passes and more to route it before
+    [message] = pinwatch.slack.top_level("C0SUPPORT")
+    assert "elsewhere" in str(message.blocks)
+
+
+class _BrokenRouter:
+    async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
+        raise RuntimeError("a bug in routing")
+
+    def stored(self, routed: Sequence[Alert]) -> None:
+        raise AssertionError("nothing was routed")
+
+
+async def test_what_routing_fails_on_is_stored_unrouted(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    store = await open_store(database_url or tmp_path / "pinwatch.db")
+    store.route_with(_BrokenRouter())
+    event = SecurityEvent(
+        waba_id="102290129340398",
+        phone_number="15550783881",
+        event="PIN_CHANGED",
+        time=1748811473,
+        requester=None,
+        value={"event": "PIN_CHANGED"},
+    )
+    try:
+        assert await store.add_events([event], received_at=1748811474.0) == [1]
+        [waiting] = await store.unrouted()
+        assert (waiting.id, waiting.event.event, waiting.channel) == (1, "PIN_CHANGED", None)
+    finally:
+        await store.close()
+
+
+def _unrouted_request(requester: str, phone: str = SUPPORT_PHONE) -> SecurityEvent:
+    return SecurityEvent(
+        waba_id="102290129340398",
+        phone_number=phone,
+        event="PIN_RESET_REQUEST",
+        time=1748811473,
+        requester=requester,
+        value={"event": "PIN_RESET_REQUEST", "requester": requester},
+    )
+
+
+async def test_a_backlog_stored_unrouted_is_routed_pass_after_pass_without_polls(
+    start_pinwatch: StartPinwatch, tmp_path: Path
+) -> None:
+    pinwatch = await start_pinwatch(poll_interval=1.0)
+    stuck = asyncio.Event()
+
+    async def hang(call: RecordedCall) -> None:  # no lane ends, so none wakes the dispatcher
+        await stuck.wait()
+
+    pinwatch.slack.before_answering["chat.postMessage"] = hang
+    older = await open_store(pinwatch.database_url or tmp_path / "pinwatch.db")
+    try:
+        events = [_unrouted_request(f"backlog-{i}", phone="15550783881") for i in range(1000)]
+        await older.add_events(events, received_at=1748811474.0)
+    finally:
+        await older.close()
+
+    async def all_routed() -> bool:
+        return await pinwatch.query("SELECT count(*) FROM alerts WHERE channel IS NULL") == [(0,)]
+
+    try:
+        await eventually(all_routed, timeout=3)  # ten passes of a hundred, not ten polls
+    finally:
+        stuck.set()
+
+
+async def test_alerts_stored_unrouted_are_routed_and_posted(
+    pinwatch: Pinwatch, tmp_path: Path
+) -> None:
+    # As a replica of the version before intake routing (or one whose routing failed) left them.
+    older = await open_store(pinwatch.database_url or tmp_path / "pinwatch.db")
+    try:
+        [alert_id] = await older.add_events(
+            [_unrouted_request("unrouted")], received_at=1748811474.0
+        )
+    finally:
+        await older.close()
+
+    async def posted() -> bool:
+        return bool(pinwatch.slack.top_level("C0SUPPORT"))
+
+    await eventually(posted)
+    assert await pinwatch.query(f"SELECT team, channel FROM alerts WHERE id = {alert_id}") == [
+        ("support", "#support-security")
+    ]
+
+
+async def test_a_sqlite_too_old_for_the_intake_is_refused_with_its_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    with pytest.raises(StoreError, match=r"SQLite 3\.34\.1 is too old: pinwatch needs 3\.38\.0"):
+        await open_store(tmp_path / "pinwatch.db")
+    assert not (tmp_path / "pinwatch.db").exists()
