@@ -234,7 +234,7 @@ class Dispatcher:
         # The intake routes what it stores; what it could not (or a replica of an older
         # version did not) is routed here.
         if waiting := await self._store.unrouted(limit=ROUTE_BATCH):
-            routed = await self._router.route(waiting)
+            routed = [a for a in await self._router.route(waiting) if a.channel is not None]
             await self._store.set_routes(routed)
             self._router.stored(routed)
             if len(waiting) == ROUTE_BATCH:

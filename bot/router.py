@@ -30,13 +30,29 @@ class Router:
         self._windows = windows
 
     async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
-        """Each alert with its route, in order; an empty batch reads nothing."""
+        """Each alert with its route, in order, or as it was where routing failed (logged); an
+        empty batch reads nothing. Raises only StoreError, from reading the windows."""
         if not alerts:
             return []
         times = [happened(alert) for alert in alerts]
         windows = await self._windows.windows_between(min(times), max(times))
         requests = await self._windows.requests_in_windows([w.id for w in windows])
-        return route_alerts(alerts, self._config.config, windows=windows, requests_in=requests)
+        config = self._config.config
+        try:
+            return route_alerts(alerts, config, windows=windows, requests_in=requests)
+        except Exception:
+            log.exception("routing %d alerts failed; routing them one by one", len(alerts))
+        # One alert that routing fails on (a bug) must not hold up the others: it stays
+        # unrouted (channel None), kept and retried, and the rest go on.
+        routed = []
+        for alert in alerts:
+            try:
+                [alone] = route_alerts([alert], config, windows=windows, requests_in=requests)
+            except Exception:
+                for_alert(log, alert).exception("routing failed; left unrouted")
+                alone = alert
+            routed.append(alone)
+        return routed
 
     def stored(self, routed: Sequence[Alert]) -> None:
         """The routes are committed: count each alert once, under the team it went to."""

@@ -8,11 +8,16 @@ import asyncio
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from bot.events import Alert, SecurityEvent
+from bot.config import LiveConfig, load_config
+from bot.events import Actor, SecurityEvent
+from bot.metrics import Metrics
+from bot.router import Router
 from bot.store import StoreError, open_store
+from bot.windows import Target, Window
 from tests.conftest import Pinwatch, StartPinwatch, delivery, eventually, security
 from tests.fake_slack import RecordedCall
 
@@ -48,31 +53,46 @@ async def test_a_quiet_channels_alert_is_routed_as_it_is_stored_during_a_flood(
     assert "elsewhere" in str(message.blocks)
 
 
-class _BrokenRouter:
-    async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
-        raise RuntimeError("a bug in routing")
+class _BrokenWindows:
+    """Announced windows as a store could hand over a corrupt one: the support team's has no
+    target, so routing any support alert raises (as a bug in routing would)."""
 
-    def stored(self, routed: Sequence[Alert]) -> None:
-        raise AssertionError("nothing was routed")
+    async def windows_between(self, since: float, until: float) -> list[Window]:
+        opened = Actor(user_id="U0ALICE", name="alice", at=since - 60)
+        broken = Window(
+            id=1,
+            target=cast(Target, None),
+            events=("PIN_RESET_REQUEST",),
+            reason="audit",
+            team="support",
+            channel="#support-security",
+            opened_by=opened,
+            until=until + 3600,
+            announced_channel="C0SUPPORT",
+            announced_ts="1.0",
+        )
+        return [broken]
+
+    async def requests_in_windows(self, window_ids: Sequence[int]) -> set[tuple[int, str]]:
+        return set()
 
 
-async def test_what_routing_fails_on_is_stored_unrouted(
-    database_url: str | None, tmp_path: Path
+async def test_an_alert_routing_fails_on_is_stored_unrouted_and_holds_up_no_other(
+    database_url: str | None, tmp_path: Path, config_path: Path
 ) -> None:
     store = await open_store(database_url or tmp_path / "pinwatch.db")
-    store.route_with(_BrokenRouter())
-    event = SecurityEvent(
-        waba_id="102290129340398",
-        phone_number="15550783881",
-        event="PIN_CHANGED",
-        time=1748811473,
-        requester=None,
-        value={"event": "PIN_CHANGED"},
-    )
+    live = LiveConfig(load_config(config_path), loaded_at=0.0)
+    store.route_with(Router(config=live, metrics=Metrics(), windows=_BrokenWindows()))
     try:
-        assert await store.add_events([event], received_at=1748811474.0) == [1]
+        ids = await store.add_events(
+            [_unrouted_request("poison"), _unrouted_request("fine", phone="15550783881")],
+            received_at=1748811474.0,
+        )
+        assert ids == [1, 2]
         [waiting] = await store.unrouted()
-        assert (waiting.id, waiting.event.event, waiting.channel) == (1, "PIN_CHANGED", None)
+        assert (waiting.id, waiting.event.requester, waiting.channel) == (1, "poison", None)
+        [fine] = await store.get_many([2])
+        assert (fine.team, fine.channel) == ("payments", "C0PAYMENTS")
     finally:
         await store.close()
 

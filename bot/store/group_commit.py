@@ -23,23 +23,15 @@ class PendingInsert:
 
 
 async def route_batch(router: IntakeRouter | None, batch: list[PendingInsert]) -> list[Alert]:
-    """The batch's events as alerts (id 0 until stored), routed if they can be: a routing bug
-    must not refuse deliveries, so what cannot be routed is stored for the dispatcher to route
-    (and to log its failure again). A failing store fails the batch."""
+    """The batch's events as alerts (id 0 until stored), routed where they can be: a routing
+    bug must not refuse deliveries, so what cannot be routed is stored unrouted, for the
+    dispatcher to try again. A failing store fails the batch."""
     alerts = [
         Alert(id=0, event=event, received_at=item.received_at)
         for item in batch
         for event in item.events
     ]
-    if router is None:
-        return alerts
-    try:
-        return await router.route(alerts)
-    except StoreError:
-        raise
-    except Exception:
-        log.exception("intake: routing %d alerts failed; stored unrouted", len(alerts))
-        return alerts
+    return alerts if router is None else await router.route(alerts)
 
 
 def new_ids(keys: Sequence[str], inserted: dict[str, int]) -> list[int | None]:

@@ -54,7 +54,9 @@ class IntakeRouter(Protocol):
     """Routes alerts as they are stored (bot/router.py): their channel is known at once, so an
     alert of a quiet channel never waits behind a flood's in a queue of unrouted ones."""
 
-    async def route(self, alerts: Sequence[Alert]) -> list[Alert]: ...
+    async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """Each alert routed, or as given where routing failed; raises only StoreError."""
+        ...
 
     def stored(self, routed: Sequence[Alert]) -> None:
         """These routed alerts are committed (with their ids)."""
