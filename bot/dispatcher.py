@@ -235,8 +235,8 @@ class Dispatcher:
         # version did not) is routed here.
         if waiting := await self._store.unrouted(limit=ROUTE_BATCH):
             routed = [a for a in await self._router.route(waiting) if a.channel is not None]
-            await self._store.set_routes(routed)
-            self._router.stored(routed)
+            # Another replica's pass may have routed some first: each is counted once.
+            self._router.stored(await self._store.set_routes(routed))
             if len(waiting) == ROUTE_BATCH:
                 self._wakeup.set()  # more may wait: the next pass comes without a poll
         by_channel: dict[str, list[OutboxEntry]] = {}

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import pytest
 
 from bot.config import LiveConfig, load_config
-from bot.events import Actor, SecurityEvent
+from bot.events import Actor, Expectation, SecurityEvent
 from bot.metrics import Metrics
 from bot.router import Router
 from bot.store import StoreError, open_store
@@ -163,3 +164,28 @@ async def test_a_sqlite_too_old_for_the_intake_is_refused_with_its_version(
     with pytest.raises(StoreError, match=r"SQLite 3\.34\.1 is too old: pinwatch needs 3\.38\.0"):
         await open_store(tmp_path / "pinwatch.db")
     assert not (tmp_path / "pinwatch.db").exists()
+
+
+async def test_an_alert_two_replicas_route_takes_one_route_and_one_audit_row(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    store = await open_store(database_url or tmp_path / "pinwatch.db")
+    try:
+        [alert_id] = await store.add_events([_unrouted_request("twice")], received_at=1.0)
+        assert alert_id is not None
+        [stored] = await store.get_many([alert_id])
+        expected = Expectation(
+            window_id=1,
+            announced_by=Actor(user_id="U0ALICE", name="alice", at=0.0),
+            reason="audit",
+            until=7200.0,
+        )
+        routed = replace(stored, team="support", channel="#support-security", expected=expected)
+        first = await store.set_routes([routed])
+        second = await store.set_routes([replace(routed, channel="#elsewhere")])
+        assert ([a.id for a in first], second) == ([alert_id], [])
+        [after] = await store.get_many([alert_id])
+        assert after.channel == "#support-security"
+        assert [e.action for e in await store.audit_log(alert_id)] == ["expected"]
+    finally:
+        await store.close()

@@ -166,8 +166,9 @@ class Store(Protocol):
 
     # --- writes -------------------------------------------------------------------------------
 
-    async def set_routes(self, routed: Sequence[Alert]) -> None:
-        """Keep each alert's route (team, channel, mentions, responders, deadline, severity)."""
+    async def set_routes(self, routed: Sequence[Alert]) -> list[Alert]:
+        """Keep the route (team, channel, mentions, responders, deadline, severity) of each
+        alert still unrouted, and return those: another replica may have routed one first."""
         ...
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:

@@ -718,18 +718,24 @@ class PostgresStore:
             ],
         )
 
-    async def set_routes(self, routed: Sequence[Alert]) -> None:
+    async def set_routes(self, routed: Sequence[Alert]) -> list[Alert]:
+        kept = []
         async with self._transaction() as db:
-            await db.executemany(
-                "UPDATE alerts SET team = $1, channel = $2, mentions = $3, responders = $4,"
-                " ack_deadline = $5, severity = $6, window_id = $7, expected = $8 WHERE id = $9",
-                [(*route_columns(a), a.id) for a in routed],
-            )
             for alert in routed:
+                if await db.fetchval(
+                    "UPDATE alerts SET team = $1, channel = $2, mentions = $3, responders = $4,"
+                    " ack_deadline = $5, severity = $6, window_id = $7, expected = $8"
+                    " WHERE id = $9 AND channel IS NULL RETURNING id",
+                    *route_columns(alert),
+                    alert.id,
+                ):
+                    kept.append(alert)
+            for alert in kept:
                 if (expected := alert.expected) is not None:
                     await self._audit(
                         db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
                     )
+        return kept
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
         async with self._transaction() as db:

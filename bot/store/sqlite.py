@@ -656,20 +656,25 @@ class SqliteStore:
             [(a, action, actor.user_id, actor.name, actor.at, detail) for a in alert_ids],
         )
 
-    async def set_routes(self, routed: Sequence[Alert]) -> None:
-        """Keep each alert's route (team, channel, mentions, responders, deadline, severity):
-        one commit for all."""
+    async def set_routes(self, routed: Sequence[Alert]) -> list[Alert]:
+        """One commit for all; only rows that store unrouted alerts take a route."""
+        kept = []
         async with self._transaction(Writer.OUTBOX) as db:
-            await db.executemany(
-                "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
-                " ack_deadline = ?, severity = ?, window_id = ?, expected = ? WHERE id = ?",
-                [(*route_columns(a), a.id) for a in routed],
-            )
             for alert in routed:
+                async with db.execute(
+                    "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
+                    " ack_deadline = ?, severity = ?, window_id = ?, expected = ?"
+                    " WHERE id = ? AND channel IS NULL",
+                    (*route_columns(alert), alert.id),
+                ) as cursor:
+                    if cursor.rowcount == 1:
+                        kept.append(alert)
+            for alert in kept:
                 if (expected := alert.expected) is not None:
                     await self._audit_all(
                         db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
                     )
+        return kept
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
         """Remember a Slack request signature until it expires: False if it was seen before."""
