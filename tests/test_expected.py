@@ -205,6 +205,25 @@ async def test_a_success_after_a_request_inside_the_window_is_expected(
     assert "subteam" not in shown(reply)
 
 
+async def test_a_request_and_its_success_in_one_delivery_are_both_expected(
+    pinwatch: Pinwatch,
+) -> None:
+    # Routed in one batch at intake: the request found inside the window makes the success
+    # that follows it in the same batch expected too (no stored row tells it yet).
+    await open_window(pinwatch, f"expect {PAYMENTS_NUMBER} 1h PIN_RESET_REQUEST rotating the PIN")
+    start = now(pinwatch)
+    both = delivery(security("PIN_RESET_REQUEST"), security("PIN_REQUEST_SUCCESS"), time=start)
+    await send(pinwatch, both)
+    request, success = await pinwatch.wait_posted(1), await pinwatch.wait_posted(2)
+    assert (request.event.event, success.event.event) == (
+        "PIN_RESET_REQUEST",
+        "PIN_REQUEST_SUCCESS",
+    )
+    assert request.expected is not None
+    assert success.expected is not None
+    assert success.expected.window_id == request.expected.window_id == 1
+
+
 async def test_a_non_responder_cannot_open_a_window(pinwatch: Pinwatch) -> None:
     reply = await open_window(pinwatch, f"expect {PAYMENTS_NUMBER} 1h trust me", user="U0MALLORY")
     assert reply == "Only the responders of team payments can announce or end its expected changes."
