@@ -15,6 +15,21 @@ FLOOD = 800  # more than one outbox read's worth of the flooded channel's alerts
 SUPPORT_PHONE = "+44 20 7946 0018"  # routed to C0SUPPORT; the flood goes to C0PAYMENTS
 
 
+async def flood_then_elsewhere(pinwatch: Pinwatch) -> None:
+    """FLOOD reset requests for the payments channel, then one for the support channel."""
+    for start in range(0, FLOOD, 100):
+        changes = [
+            security("PIN_RESET_REQUEST", requester=f"flood-{i}") for i in range(start, start + 100)
+        ]
+        status, _ = await pinwatch.post_webhook(delivery(*changes, time=1748811473 + start))
+        assert status == 200
+
+    status, _ = await pinwatch.post_webhook(
+        delivery(security("PIN_RESET_REQUEST", phone=SUPPORT_PHONE, requester="elsewhere"))
+    )
+    assert status == 200
+
+
 async def test_a_new_alert_elsewhere_is_posted_while_a_flooded_channel_is_stuck(
     pinwatch: Pinwatch,
 ) -> None:
@@ -27,17 +42,7 @@ async def test_a_new_alert_elsewhere_is_posted_while_a_flooded_channel_is_stuck(
             await stuck.wait()
 
     pinwatch.slack.before_answering["chat.postMessage"] = hang_storm_summaries
-    for start in range(0, FLOOD, 100):
-        changes = [
-            security("PIN_RESET_REQUEST", requester=f"flood-{i}") for i in range(start, start + 100)
-        ]
-        status, _ = await pinwatch.post_webhook(delivery(*changes, time=1748811473 + start))
-        assert status == 200
-
-    status, _ = await pinwatch.post_webhook(
-        delivery(security("PIN_RESET_REQUEST", phone=SUPPORT_PHONE, requester="elsewhere"))
-    )
-    assert status == 200
+    await flood_then_elsewhere(pinwatch)
 
     async def posted_elsewhere() -> bool:
         return bool(pinwatch.slack.top_level("C0SUPPORT"))

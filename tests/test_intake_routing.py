@@ -19,10 +19,9 @@ from bot.metrics import Metrics
 from bot.router import Router
 from bot.store import StoreError, open_store
 from bot.windows import Target, Window
-from tests.conftest import Pinwatch, StartPinwatch, delivery, eventually, security
+from tests.conftest import Pinwatch, StartPinwatch, eventually
 from tests.fake_slack import RecordedCall
-
-SUPPORT_PHONE = "+44 20 7946 0018"  # routed to the support team; the flood goes to payments
+from tests.test_fairness import SUPPORT_PHONE, flood_then_elsewhere
 
 
 async def test_a_quiet_channels_alert_is_routed_as_it_is_stored_during_a_flood(
@@ -30,17 +29,7 @@ async def test_a_quiet_channels_alert_is_routed_as_it_is_stored_during_a_flood(
 ) -> None:
     # A pass at most every second, as when a flood's intake starves the event loop.
     pinwatch = await start_pinwatch(pass_gap=1.0)
-    for start in range(0, 800, 100):
-        changes = [
-            security("PIN_RESET_REQUEST", requester=f"flood-{i}") for i in range(start, start + 100)
-        ]
-        status, _ = await pinwatch.post_webhook(delivery(*changes, time=1748811473 + start))
-        assert status == 200
-
-    status, _ = await pinwatch.post_webhook(
-        delivery(security("PIN_RESET_REQUEST", phone=SUPPORT_PHONE, requester="elsewhere"))
-    )
-    assert status == 200
+    await flood_then_elsewhere(pinwatch)
     assert await pinwatch.query(
         "SELECT team, channel, severity FROM alerts WHERE requester = 'elsewhere'"
     ) == [("support", "#support-security", "high")]

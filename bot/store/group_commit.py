@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.events import Alert, SecurityEvent
 from bot.store.interface import IntakeRouter, StoreError
@@ -38,6 +38,15 @@ def new_ids(keys: Sequence[str], inserted: dict[str, int]) -> list[int | None]:
     """Each alert's id as inserted, or None; a key that occurs twice in one batch is new only
     the first time."""
     return [inserted.pop(key, None) for key in keys]
+
+
+def routed_and_new(alerts: Sequence[Alert], ids: Sequence[int | None]) -> list[Alert]:
+    """The alerts of a batch that were both routed and new, each with the id it was given."""
+    return [
+        replace(alert, id=alert_id)
+        for alert, alert_id in zip(alerts, ids, strict=True)
+        if alert_id is not None and alert.channel is not None
+    ]
 
 
 def by_delivery(batch: list[PendingInsert], flat: list[int | None]) -> list[list[int | None]]:

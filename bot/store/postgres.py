@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import replace
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -31,6 +30,7 @@ from bot.store.group_commit import (
     by_delivery,
     new_ids,
     route_batch,
+    routed_and_new,
 )
 from bot.store.interface import (
     COPIED_TABLES,
@@ -538,16 +538,8 @@ class PostgresStore:
                 NEW_ALERTS,
             )
             ids = new_ids(keys, {row["dedup_key"]: row["id"] for row in rows})
-            routed = [
-                replace(alert, id=alert_id)
-                for alert, alert_id in zip(alerts, ids, strict=True)
-                if alert_id is not None and alert.channel is not None
-            ]
-            for alert in routed:
-                if (expected := alert.expected) is not None:
-                    await self._audit(
-                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
-                    )
+            routed = routed_and_new(alerts, ids)
+            await self._audit_expected(db, routed)
         if self._router is not None and routed:
             self._router.stored(routed)
         return by_delivery(batch, ids)
@@ -694,6 +686,15 @@ class PostgresStore:
 
     # --- writes ---------------------------------------------------------------------------
 
+    @classmethod
+    async def _audit_expected(cls, db: _Connection, routed: Sequence[Alert]) -> None:
+        """Who announced the window each alert was routed inside, in the commit routing it."""
+        for alert in routed:
+            if (expected := alert.expected) is not None:
+                await cls._audit(
+                    db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
+                )
+
     @staticmethod
     async def _audit(
         db: _Connection,
@@ -730,11 +731,7 @@ class PostgresStore:
                     alert.id,
                 ):
                     kept.append(alert)
-            for alert in kept:
-                if (expected := alert.expected) is not None:
-                    await self._audit(
-                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
-                    )
+            await self._audit_expected(db, kept)
         return kept
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:

@@ -11,7 +11,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from bot.store.group_commit import (
     by_delivery,
     new_ids,
     route_batch,
+    routed_and_new,
 )
 from bot.store.interface import (
     COPIED_TABLES,
@@ -467,16 +467,8 @@ class SqliteStore:
             # ensure_ascii=False keeps a text SQLite cannot store (a lone surrogate) an error.
             inserted = await _fetch_all(db, _INSERT_EVENTS, (json.dumps(rows, ensure_ascii=False),))
             ids = new_ids(keys, {key: alert_id for alert_id, key in inserted})
-            routed = [
-                replace(alert, id=alert_id)
-                for alert, alert_id in zip(alerts, ids, strict=True)
-                if alert_id is not None and alert.channel is not None
-            ]
-            for alert in routed:
-                if (expected := alert.expected) is not None:
-                    await self._audit_all(
-                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
-                    )
+            routed = routed_and_new(alerts, ids)
+            await self._audit_expected(db, routed)
         if self._router is not None and routed:
             self._router.stored(routed)
         return by_delivery(batch, ids)
@@ -656,6 +648,14 @@ class SqliteStore:
             [(a, action, actor.user_id, actor.name, actor.at, detail) for a in alert_ids],
         )
 
+    async def _audit_expected(self, db: aiosqlite.Connection, routed: Sequence[Alert]) -> None:
+        """Who announced the window each alert was routed inside, in the commit routing it."""
+        for alert in routed:
+            if (expected := alert.expected) is not None:
+                await self._audit_all(
+                    db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
+                )
+
     async def set_routes(self, routed: Sequence[Alert]) -> list[Alert]:
         """One commit for all; only rows that store unrouted alerts take a route."""
         kept = []
@@ -669,11 +669,7 @@ class SqliteStore:
                 ) as cursor:
                     if cursor.rowcount == 1:
                         kept.append(alert)
-            for alert in kept:
-                if (expected := alert.expected) is not None:
-                    await self._audit_all(
-                        db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
-                    )
+            await self._audit_expected(db, kept)
         return kept
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
