@@ -9,12 +9,11 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from enum import Enum
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
@@ -61,7 +60,6 @@ from bot.store.rows import (
 from bot.windows import Target, Window
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Each entry migrates the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -397,18 +395,24 @@ class SqliteStore:
         await self._reader.close()
         await self._db.close()
 
-    async def _write(self, writer: Writer, work: Callable[[sqlite3.Connection], T]) -> T:
-        """A write transaction in one trip to the writer's thread, on its turn."""
-        async with self._turns.turn(writer):
-            return await self._committed_in_thread(work)
+    @asynccontextmanager
+    async def _transaction(self, writer: Writer) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._turns.turn(writer), self._committed() as db:
+            yield db
 
-    async def _committed_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work`, then the commit, or the rollback if it raised, all on the writer's thread;
-        the caller holds the write turn. SQLite failing (locked, full, I/O) is a StoreError."""
+    @asynccontextmanager
+    async def _committed(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Commit what the block wrote, or roll it back; the caller holds the write turn.
+        SQLite failing (disk full, locked, I/O) is a StoreError to the caller."""
         try:
-            return await _in_thread(self._db, partial(_commit_or_roll_back, work))
-        except sqlite3.OperationalError as exc:  # locked, full, I/O, read-only
-            raise StoreError(f"store write failed: {exc}") from exc
+            yield self._db
+            await self._db.commit()
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.rollback()
+            if isinstance(exc, sqlite3.OperationalError):  # locked, full, I/O, read-only
+                raise StoreError(f"store write failed: {exc}") from exc
+            raise
 
     # --- intake ---------------------------------------------------------------------------
 
@@ -451,25 +455,20 @@ class SqliteStore:
             for key, alert in zip(keys, alerts, strict=True)
             if alert.event.time is None
         ]
-        payload = json.dumps(rows, ensure_ascii=False)
-
-        def insert(db: sqlite3.Connection) -> tuple[list[int | None], list[Alert]]:
+        # The group commit holds the intake's write turn while this runs.
+        async with self._committed() as db:
             if expiring:
-                db.executemany(
+                await db.executemany(
                     "UPDATE alerts SET dedup_key = dedup_key || ':' || id"
                     " WHERE dedup_key = ? AND received_at < ?",
                     expiring,
                 )
-            # The whole batch is one parameter and one statement.
-            inserted = db.execute(_INSERT_EVENTS, (payload,)).fetchall()
+            # The whole batch is one parameter and one statement: one trip to the thread.
+            # ensure_ascii=False keeps a text SQLite cannot store (a lone surrogate) an error.
+            inserted = await _fetch_all(db, _INSERT_EVENTS, (json.dumps(rows, ensure_ascii=False),))
             ids = new_ids(keys, {key: alert_id for alert_id, key in inserted})
             routed = routed_and_new(alerts, ids)
-            _audit_expected(db, routed)
-            return ids, routed
-
-        # The group commit holds the intake's write turn while this runs; ensure_ascii=False
-        # above keeps a text SQLite cannot store (a lone surrogate) an error.
-        ids, routed = await self._committed_in_thread(insert)
+            await self._audit_expected(db, routed)
         if self._router is not None and routed:
             self._router.stored(routed)
         return by_delivery(batch, ids)
@@ -635,39 +634,54 @@ class SqliteStore:
 
     # --- transitions ----------------------------------------------------------------------
 
+    async def _audit_all(
+        self,
+        db: aiosqlite.Connection,
+        alert_ids: Sequence[int],
+        action: str,
+        actor: Actor,
+        detail: str | None,
+    ) -> None:
+        await db.executemany(
+            "INSERT INTO audit (alert_id, action, actor_id, actor_name, at, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(a, action, actor.user_id, actor.name, actor.at, detail) for a in alert_ids],
+        )
+
+    async def _audit_expected(self, db: aiosqlite.Connection, routed: Sequence[Alert]) -> None:
+        """Who announced the window each alert was routed inside, in the commit routing it."""
+        for alert in routed:
+            if (expected := alert.expected) is not None:
+                await self._audit_all(
+                    db, [alert.id], "expected", expected.announced_by, expected_detail(alert)
+                )
+
     async def set_routes(self, routed: Sequence[Alert]) -> list[Alert]:
         """One commit for all; only rows that store unrouted alerts take a route."""
-
-        def set_routes(db: sqlite3.Connection) -> list[Alert]:
-            kept = [
-                alert
-                for alert in routed
-                if _changed(
-                    db,
+        kept = []
+        async with self._transaction(Writer.OUTBOX) as db:
+            for alert in routed:
+                async with db.execute(
                     "UPDATE alerts SET team = ?, channel = ?, mentions = ?, responders = ?,"
                     " ack_deadline = ?, severity = ?, window_id = ?, expected = ?"
                     " WHERE id = ? AND channel IS NULL",
                     (*route_columns(alert), alert.id),
-                )
-            ]
-            _audit_expected(db, kept)
-            return kept
-
-        return await self._write(Writer.OUTBOX, set_routes)
+                ) as cursor:
+                    if cursor.rowcount == 1:
+                        kept.append(alert)
+            await self._audit_expected(db, kept)
+        return kept
 
     async def first_sight(self, digest: str, *, expires_at: float, now: float) -> bool:
         """Remember a Slack request signature until it expires: False if it was seen before."""
-
-        def first_sight(db: sqlite3.Connection) -> bool:
-            db.execute("DELETE FROM slack_signatures WHERE expires_at < ?", (now,))
-            return _changed(
-                db,
+        async with self._transaction(Writer.PEOPLE) as db:
+            await db.execute("DELETE FROM slack_signatures WHERE expires_at < ?", (now,))
+            async with db.execute(
                 "INSERT INTO slack_signatures (digest, expires_at) VALUES (?, ?)"
                 " ON CONFLICT (digest) DO NOTHING",
                 (digest, expires_at),
-            )
-
-        return await self._write(Writer.PEOPLE, first_sight)
+            ) as cursor:
+                return cursor.rowcount == 1
 
     async def mark_posted(
         self,
@@ -680,17 +694,14 @@ class SqliteStore:
         actor: Actor,
         send: str,
     ) -> None:
-
-        def mark_posted(db: sqlite3.Connection) -> None:
-            db.execute(
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.execute(
                 "UPDATE alerts SET slack_channel = ?, slack_ts = ?, thread_ts = ?,"
                 " delivery_note = ?, last_error = NULL WHERE id = ?",
                 (slack_channel, ts, thread_ts, note, alert_id),
             )
-            _audit_all(db, [alert_id], "posted", actor, f"{slack_channel} {ts}")
-            db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
-
-        await self._write(Writer.OUTBOX, mark_posted)
+            await self._audit_all(db, [alert_id], "posted", actor, f"{slack_channel} {ts}")
+            await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def mark_grouped(
         self,
@@ -701,18 +712,15 @@ class SqliteStore:
         actor: Actor,
         send: str | None,
     ) -> None:
-
-        def mark_grouped(db: sqlite3.Connection) -> None:
-            db.executemany(
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.executemany(
                 "UPDATE alerts SET slack_channel = ?, slack_ts = ?, grouped = 1, last_error = NULL"
                 " WHERE id = ?",
                 [(slack_channel, ts, alert_id) for alert_id in alert_ids],
             )
-            _audit_all(db, alert_ids, "posted", actor, f"{slack_channel} {ts} (storm)")
+            await self._audit_all(db, alert_ids, "posted", actor, f"{slack_channel} {ts} (storm)")
             if send is not None:
-                db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
-
-        await self._write(Writer.OUTBOX, mark_grouped)
+                await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def mark_paged(
         self,
@@ -723,19 +731,16 @@ class SqliteStore:
         actor: Actor,
         send: str | None,
     ) -> None:
-
-        def mark_paged(db: sqlite3.Connection) -> None:
-            done = _updated_each(
+        async with self._transaction(Writer.OUTBOX) as db:
+            done = await _updated_each(
                 db,
                 "UPDATE alerts SET escalation_channel = ?, escalation_ts = ?"
                 " WHERE id = ? AND escalation_kind = ?",
                 [(alert_id, (channel, ts, alert_id, kind.value)) for alert_id, kind in paged],
             )
-            _audit_all(db, done, "paged", actor, f"{channel} {ts}")
+            await self._audit_all(db, done, "paged", actor, f"{channel} {ts}")
             if send is not None:
-                db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
-
-        await self._write(Writer.OUTBOX, mark_paged)
+                await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def mark_pagerduty(
         self,
@@ -748,10 +753,8 @@ class SqliteStore:
         detail: str | None = None,
         key_env: str | None = None,
     ) -> bool:
-
-        def mark_pagerduty(db: sqlite3.Connection) -> bool:
-            changed = _changed(
-                db,
+        async with self._transaction(Writer.OUTBOX) as db:
+            async with db.execute(
                 "UPDATE alerts SET pagerduty_kind = ?, pagerduty_state = ?,"
                 " pagerduty_key_env = coalesce(?, pagerduty_key_env)"
                 " WHERE id = ? AND pagerduty_kind IS ? AND pagerduty_state IS ?",
@@ -762,12 +765,13 @@ class SqliteStore:
                     alert_id,
                     *(v.value if v else None for v in was),
                 ),
-            )
+            ) as cursor:
+                changed = cursor.rowcount == 1
             if changed and state is not PagerDutyState.NONE:
-                _audit_all(db, [alert_id], f"pagerduty {state.value} ({kind.value})", actor, detail)
-            return changed
-
-        return await self._write(Writer.OUTBOX, mark_pagerduty)
+                await self._audit_all(
+                    db, [alert_id], f"pagerduty {state.value} ({kind.value})", actor, detail
+                )
+        return changed
 
     async def mark_reminded(
         self,
@@ -777,33 +781,28 @@ class SqliteStore:
         actor: Actor,
         send: str,
     ) -> None:
-
-        def mark_reminded(db: sqlite3.Connection) -> None:
-            done = _updated_each(
+        async with self._transaction(Writer.OUTBOX) as db:
+            done = await _updated_each(
                 db,
                 "UPDATE alerts SET next_reminder_at = ?"
                 " WHERE id = ? AND next_reminder_at = ? AND resolved_at IS NULL",
                 [(alert_id, (next_at, alert_id, due)) for alert_id, due in reminded],
             )
-            _audit_all(db, done, "reminded", actor, None)
-            db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
-
-        await self._write(Writer.OUTBOX, mark_reminded)
+            await self._audit_all(db, done, "reminded", actor, None)
+            await db.execute("DELETE FROM slack_sends WHERE key = ?", (send,))
 
     async def begin_send(self, key: str, *, channel: str, at: float) -> list[tuple[str, float]]:
-
-        def begin_send(db: sqlite3.Connection) -> list[tuple[str, float]]:
-            rows = db.execute(
-                "SELECT channel, started_at FROM slack_sends WHERE key = ?", (key,)
-            ).fetchall()
-            db.execute(
+        async with self._transaction(Writer.OUTBOX) as db:
+            rows = await _fetch_all(
+                db, "SELECT channel, started_at FROM slack_sends WHERE key = ?", (key,)
+            )
+            earlier = [(row[0], row[1]) for row in rows]
+            await db.execute(
                 "INSERT INTO slack_sends (key, channel, started_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (key, channel) DO NOTHING",
                 (key, channel, at),
             )
-            return [(row[0], row[1]) for row in rows]
-
-        return await self._write(Writer.OUTBOX, begin_send)
+        return earlier
 
     async def channel_id(self, name: str) -> str | None:
         row = await _fetch_one(
@@ -812,15 +811,12 @@ class SqliteStore:
         return str(row[0]) if row else None
 
     async def remember_channel_id(self, name: str, channel_id: str) -> None:
-        await self._write(
-            Writer.OUTBOX,
-            partial(
-                _run,
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.execute(
                 "INSERT INTO slack_channel_ids (name, id) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET id = excluded.id",
                 (name, channel_id),
-            ),
-        )
+            )
 
     async def is_empty(self) -> bool:
         for table in COPIED_TABLES:
@@ -845,19 +841,16 @@ class SqliteStore:
             raise StoreError(f"store read failed: {exc}") from exc
 
     async def import_tables(self, tables: dict[str, list[dict[str, Any]]]) -> None:
-
-        def import_tables(db: sqlite3.Connection) -> None:
-            for table in COPIED_TABLES:
-                if rows := tables.get(table):
-                    columns = list(rows[0])
-                    db.executemany(
-                        f"INSERT INTO {table} ({', '.join(columns)})"
-                        f" VALUES ({', '.join('?' for _ in columns)})",
-                        [tuple(row[c] for c in columns) for row in rows],
-                    )
-
         try:
-            await self._write(Writer.OUTBOX, import_tables)
+            async with self._transaction(Writer.OUTBOX) as db:
+                for table in COPIED_TABLES:
+                    if rows := tables.get(table):
+                        columns = list(rows[0])
+                        await db.executemany(
+                            f"INSERT INTO {table} ({', '.join(columns)})"
+                            f" VALUES ({', '.join('?' for _ in columns)})",
+                            [tuple(row[c] for c in columns) for row in rows],
+                        )
         except sqlite3.Error as exc:  # e.g. a key already there: not a store to copy into
             raise StoreError(f"store write failed: {exc}") from exc
 
@@ -882,12 +875,12 @@ class SqliteStore:
         opened_by: Actor,
         until: float,
     ) -> Window:
-
-        def add_window(db: sqlite3.Connection) -> Window:
-            row = db.execute(
+        async with (
+            self._transaction(Writer.PEOPLE) as db,
+            db.execute(
                 "INSERT INTO expected_windows (target_kind, target, events, reason, team,"
                 " channel, opened_by, opened_name, opened_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     target.kind.value,
                     target.value,
@@ -900,10 +893,13 @@ class SqliteStore:
                     opened_by.at,
                     until,
                 ),
-            ).fetchone()
-            return window_from_row(row)
-
-        return await self._write(Writer.PEOPLE, add_window)
+            ) as cursor,
+        ):
+            window_id = cursor.lastrowid
+        assert window_id is not None
+        window = await self.window(window_id)
+        assert window is not None
+        return window
 
     async def window(self, window_id: int) -> Window | None:
         row = await _fetch_one(
@@ -912,26 +908,19 @@ class SqliteStore:
         return window_from_row(row) if row else None
 
     async def announce_window(self, window_id: int, *, channel: str, ts: str) -> Window | None:
-
-        def announce_window(db: sqlite3.Connection) -> Window | None:
-            db.execute(
+        async with self._transaction(Writer.PEOPLE) as db:
+            await db.execute(
                 "UPDATE expected_windows SET announced_channel = ?, announced_ts = ?"
                 " WHERE id = ? AND announced_ts IS NULL",
                 (channel, ts, window_id),
             )
-            return _window(db, window_id)
-
-        return await self._write(Writer.PEOPLE, announce_window)
+        return await self.window(window_id)
 
     async def drop_window(self, window_id: int) -> None:
-        await self._write(
-            Writer.PEOPLE,
-            partial(
-                _run,
-                "DELETE FROM expected_windows WHERE id = ? AND announced_ts IS NULL",
-                (window_id,),
-            ),
-        )
+        async with self._transaction(Writer.PEOPLE) as db:
+            await db.execute(
+                "DELETE FROM expected_windows WHERE id = ? AND announced_ts IS NULL", (window_id,)
+            )
 
     async def windows_between(self, since: float, until: float) -> list[Window]:
         rows = await _fetch_all(
@@ -952,18 +941,17 @@ class SqliteStore:
         return [window_from_row(row) for row in rows]
 
     async def cancel_window(self, window_id: int, actor: Actor) -> tuple[Window | None, bool]:
-
-        def cancel_window(db: sqlite3.Connection) -> tuple[Window | None, bool]:
-            changed = _changed(
-                db,
+        async with (
+            self._transaction(Writer.PEOPLE) as db,
+            db.execute(
                 "UPDATE expected_windows SET cancelled_by = ?, cancelled_name = ?,"
                 " cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL AND expires_at > ?"
                 " AND announced_ts IS NOT NULL",
                 (actor.user_id, actor.name, actor.at, window_id, actor.at),
-            )
-            return _window(db, window_id), changed
-
-        return await self._write(Writer.PEOPLE, cancel_window)
+            ) as cursor,
+        ):
+            changed = cursor.rowcount == 1
+        return await self.window(window_id), changed
 
     async def unresolved(
         self, teams: Sequence[str], *, with_defaults: bool, limit: int
@@ -1016,20 +1004,17 @@ class SqliteStore:
         return current is not None and current[0] == holder and current[1] > time.monotonic()
 
     async def end_send(self, key: str, *, channel: str) -> None:
-        await self._write(
-            Writer.OUTBOX,
-            partial(_run, "DELETE FROM slack_sends WHERE key = ? AND channel = ?", (key, channel)),
-        )
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.execute(
+                "DELETE FROM slack_sends WHERE key = ? AND channel = ?", (key, channel)
+            )
 
     async def mark_attempt_failed(self, alert_id: int, error: str) -> None:
-        await self._write(
-            Writer.OUTBOX,
-            partial(
-                _run,
+        async with self._transaction(Writer.OUTBOX) as db:
+            await db.execute(
                 "UPDATE alerts SET attempts = attempts + 1, last_error = ? WHERE id = ?",
                 (error, alert_id),
-            ),
-        )
+            )
 
     async def mark_verification_off(self, alert_id: int, actor: Actor) -> Transition:
         return await self._transition(
@@ -1062,10 +1047,8 @@ class SqliteStore:
         )
 
     async def add_audit(self, alert_id: int, action: str, actor: Actor, detail: str | None) -> None:
-        await self._write(
-            Writer.PEOPLE,
-            partial(_audit_all, alert_ids=[alert_id], action=action, actor=actor, detail=detail),
-        )
+        async with self._transaction(Writer.PEOPLE) as db:
+            await self._audit_all(db, [alert_id], action, actor, detail)
 
     async def acknowledge(
         self,
@@ -1108,28 +1091,28 @@ class SqliteStore:
         note: str | None,
         detail: str | None = None,
     ) -> Transition:
-
-        def resolve(db: sqlite3.Connection) -> Transition:
-            changed = _changed(
-                db,
+        async with self._transaction(Writer.PEOPLE) as db:
+            async with db.execute(
                 "UPDATE alerts SET resolved_by = ?, resolved_name = ?, resolved_at = ?,"
                 " verdict = ?, resolution_note = ?, next_reminder_at = NULL"
                 " WHERE id = ? AND resolved_at IS NULL",
                 (actor.user_id, actor.name, actor.at, verdict and verdict.value, note, alert_id),
-            )
+            ) as cursor:
+                changed = cursor.rowcount == 1
             if changed:
-                _audit_all(
+                await self._audit_all(
                     db, [alert_id], resolved_action(verdict), actor, audit_detail(note, detail)
                 )
                 if verdict is Verdict.CONFIRMED_TAKEOVER:
                     # Paged again, whatever was paged before: the outbox sends it.
-                    db.execute(_RE_ESCALATE, _re_escalation(actor, alert_id))
-                    _audit_all(
+                    await db.execute(_RE_ESCALATE, _re_escalation(actor, alert_id))
+                    await self._audit_all(
                         db, [alert_id], f"escalated ({EscalationKind.CONFIRMED.value})", actor, None
                     )
-            return _transition_of(db, alert_id, changed)
-
-        return await self._write(Writer.PEOPLE, resolve)
+        alert = await self.get(alert_id)
+        if alert is None:
+            raise StoreError(f"alert {alert_id} does not exist")
+        return Transition(alert=alert, changed=changed)
 
     async def _transition(
         self,
@@ -1141,89 +1124,27 @@ class SqliteStore:
         detail: str | None = None,
     ) -> Transition:
         """A guarded UPDATE and its audit row in one transaction: racing clicks change it once."""
-
-        def transition(db: sqlite3.Connection) -> Transition:
-            changed = _changed(db, sql, params)
+        async with self._transaction(Writer.PEOPLE) as db:
+            async with db.execute(sql, params) as cursor:
+                changed = cursor.rowcount == 1
             if changed:
-                _audit_all(db, [alert_id], action, actor, detail)
-            return _transition_of(db, alert_id, changed)
-
-        return await self._write(Writer.PEOPLE, transition)
-
-
-# --- on the writer's thread, inside a transaction ------------------------------------------
+                await self._audit_all(db, [alert_id], action, actor, detail)
+        alert = await self.get(alert_id)
+        if alert is None:
+            raise StoreError(f"alert {alert_id} does not exist")
+        return Transition(alert=alert, changed=changed)
 
 
-def _run(sql: str, params: Sequence[Any], db: sqlite3.Connection) -> None:
-    db.execute(sql, params)
-
-
-def _changed(db: sqlite3.Connection, sql: str, params: Sequence[Any]) -> bool:
-    """Whether a guarded statement changed its row (the guard held)."""
-    return db.execute(sql, params).rowcount == 1
-
-
-def _updated_each(
-    db: sqlite3.Connection, sql: str, updates: Sequence[tuple[int, tuple[Any, ...]]]
+async def _updated_each(
+    db: aiosqlite.Connection, sql: str, updates: Sequence[tuple[int, tuple[Any, ...]]]
 ) -> list[int]:
     """Run a guarded UPDATE for each alert: the ids of those it changed (the guard held)."""
-    return [alert_id for alert_id, params in updates if _changed(db, sql, params)]
-
-
-def _audit_all(
-    db: sqlite3.Connection,
-    alert_ids: Sequence[int],
-    action: str,
-    actor: Actor,
-    detail: str | None,
-) -> None:
-    db.executemany(
-        "INSERT INTO audit (alert_id, action, actor_id, actor_name, at, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [(a, action, actor.user_id, actor.name, actor.at, detail) for a in alert_ids],
-    )
-
-
-def _audit_expected(db: sqlite3.Connection, routed: Sequence[Alert]) -> None:
-    """Who announced the window each alert was routed inside, in the commit routing it."""
-    for alert in routed:
-        if (expected := alert.expected) is not None:
-            _audit_all(db, [alert.id], "expected", expected.announced_by, expected_detail(alert))
-
-
-def _window(db: sqlite3.Connection, window_id: int) -> Window | None:
-    row = db.execute("SELECT * FROM expected_windows WHERE id = ?", (window_id,)).fetchone()
-    return window_from_row(row) if row else None
-
-
-def _transition_of(db: sqlite3.Connection, alert_id: int, changed: bool) -> Transition:
-    """The alert as this transaction leaves it."""
-    row = db.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
-    if row is None:
-        raise StoreError(f"alert {alert_id} does not exist")
-    return Transition(alert=alert_from_row(row), changed=changed)
-
-
-def _commit_or_roll_back(work: Callable[[sqlite3.Connection], T], db: sqlite3.Connection) -> T:
-    try:
-        result = work(db)
-        db.commit()
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.rollback()
-        raise
-    return result
-
-
-async def _in_thread(conn: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    """`work` with the connection, on the connection's own thread, in one trip there and back.
-    Each aiosqlite call is such a trip: a wake-up of its thread, then of the event loop, about
-    150 µs of CPU on our 2-core machines (bench/README.md), so a transaction of five statements
-    paid five. aiosqlite has no public call for several statements in one trip (its maintainer
-    on omnilib/aiosqlite#19), so this uses the one every public call goes through;
-    pyproject.toml bounds aiosqlite to the versions that have it."""
-    trip: Callable[..., Awaitable[T]] = conn._execute
-    return await trip(work, conn._conn)
+    done = []
+    for alert_id, params in updates:
+        async with db.execute(sql, params) as cursor:
+            if cursor.rowcount == 1:
+                done.append(alert_id)
+    return done
 
 
 _RE_ESCALATE = (
