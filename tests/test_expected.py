@@ -155,6 +155,29 @@ async def test_a_cancelled_window_is_announced_and_matches_nothing_after(
     assert alert.ack_deadline is not None
 
 
+async def test_a_window_counts_from_its_announcement_to_its_end_between_deliveries(
+    pinwatch: Pinwatch,
+) -> None:
+    """The intake keeps the announced windows it routes by: each change must reach it."""
+    await send(pinwatch, event_now(pinwatch, "PIN_RESET_REQUEST"))
+    assert (await pinwatch.wait_posted(1)).expected is None
+
+    await open_window(pinwatch, f"expect {PAYMENTS_NUMBER} 1h PIN rotation")
+    pinwatch.clock.advance(1)  # a new event, not Meta's redelivery of the first
+    await send(pinwatch, event_now(pinwatch, "PIN_RESET_REQUEST"))
+    inside = await pinwatch.wait_posted(2)
+    assert inside.expected is not None
+    assert inside.expected.window_id == 1
+
+    _first, url = await command(pinwatch, "cancel 1", user="U0CAROL")
+    assert await later(pinwatch, url) == ("Window #1 has ended; alerts are handled as usual again.")
+    pinwatch.clock.advance(1)
+    await send(pinwatch, event_now(pinwatch, "PIN_RESET_REQUEST"))
+    after = await pinwatch.wait_posted(3)
+    assert after.expected is None
+    assert after.ack_deadline is not None
+
+
 async def test_a_takeover_chain_inside_a_window_is_still_paged(pinwatch: Pinwatch) -> None:
     await open_window(pinwatch, f"expect {PAYMENTS_WABA} 1h PIN rotation")
     start = now(pinwatch)
