@@ -13,6 +13,8 @@ from bot.catalog import KNOWN_EVENTS, META_FIELDS
 from bot.events import Clock
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+# A commit Meta waits for: a healthy one takes milliseconds, a flood's tens of them.
+_COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _ACK_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 86400)
 
 
@@ -99,6 +101,13 @@ class Metrics:
             "pinwatch_receipt_to_post_seconds",
             "From webhook receipt to the alert's Slack post",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.intake_commit = Histogram(
+            "pinwatch_intake_commit_seconds",
+            "From a delivery's events handed to the store to their durable commit, which Meta's"
+            " 200 waits for (deliveries arriving together share one commit)",
+            buckets=_COMMIT_BUCKETS,
             registry=r,
         )
         self.time_to_ack = Histogram(

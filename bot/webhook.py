@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, TypeVar
 
 import msgspec
@@ -362,7 +363,9 @@ async def handle_delivery(request: web.Request) -> web.Response:
         return web.Response(text="ok")
     try:
         # Committed before we answer: once Meta has its 200 it will not send this again.
+        handed_over = perf_counter()
         ids = await app[keys.STORE].add_events(parsed.events, received_at=app[keys.CLOCK]())
+        metrics.intake_commit.observe(perf_counter() - handed_over)
     except StoreError as exc:
         metrics.delivery[Delivery.STORE_UNAVAILABLE].inc()
         log.error("webhook: store unavailable, answered 503 for Meta to retry: %s", exc)

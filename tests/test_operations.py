@@ -334,6 +334,7 @@ async def test_metrics_after_a_scripted_sequence(pinwatch: Pinwatch) -> None:
         ("pinwatch_time_to_acknowledge_seconds_count", ""): 1,
         ("pinwatch_time_to_acknowledge_seconds_sum", ""): 30,
         ("pinwatch_receipt_to_post_seconds_count", ""): 1,
+        ("pinwatch_intake_commit_seconds_count", ""): 2,  # the delivery and its duplicate
         ("pinwatch_alerts_pending", ""): 0,
     }
     seen = {key: await metric(pinwatch, *key) for key in expected}
