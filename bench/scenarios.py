@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench import profile, servers
 from bench.load import (
     OpenLoopResult,
@@ -182,15 +180,6 @@ async def _profiled(
     ctx.log(profile.report(recording))
 
 
-async def intake_commit_ms(server: servers.Server) -> tuple[float, int]:
-    """The mean of pinwatch_intake_commit_seconds so far, in ms, and how many it averages."""
-    async with aiohttp.ClientSession() as session, session.get(server.url + "/metrics") as got:
-        text = await got.text()
-    values = dict(re.findall(r"^pinwatch_intake_commit_seconds_(sum|count) (\S+)$", text, re.M))
-    count = int(float(values.get("count", "0")))
-    return (1000 * float(values.get("sum", "0")) / count if count else 0.0), count
-
-
 async def _warm(ctx: Context, url: str) -> None:
     warm = ctx.lua_file("other-fields", lambda: other_field_bodies(20_000))
     await run_wrk(
@@ -245,7 +234,7 @@ async def _saturation(
                 wrap=False,
                 workdir=workdir,
             )
-        commit_ms, commits = await intake_commit_ms(pw)
+        commit_ms, commits = await servers.intake_commit_ms(pw)
     stored = stored_alerts(workdir / "pinwatch.db")
     async with servers.baseline(workdir) as base:
         await _warm(ctx, base.url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -98,6 +99,20 @@ class Server:
         # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+async def intake_commit_ms(server: Server) -> tuple[float, int]:
+    """pinwatch's mean pinwatch_intake_commit_seconds so far, in ms, and how many it averages."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(server.url + "/metrics") as response,
+    ):
+        response.raise_for_status()  # a METRICS_TOKEN in the bench's environment, say
+        text = await response.text()
+    values = dict(re.findall(r"^pinwatch_intake_commit_seconds_(sum|count) (\S+)$", text, re.M))
+    count = int(float(values.get("count", "0")))
+    return (1000 * float(values.get("sum", "0")) / count if count else 0.0), count
 
 
 async def _wait_ready(server: Server, path: str) -> None:

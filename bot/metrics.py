@@ -105,8 +105,9 @@ class Metrics:
         )
         self.intake_commit = Histogram(
             "pinwatch_intake_commit_seconds",
-            "From a delivery's events handed to the store to their durable commit, which Meta's"
-            " 200 waits for (deliveries arriving together share one commit)",
+            "From a delivery's events handed to the store to the webhook resuming after their"
+            " commit, which Meta's 200 waits for (deliveries arriving together share one);"
+            " successful commits only",
             buckets=_COMMIT_BUCKETS,
             registry=r,
         )

@@ -362,8 +362,8 @@ async def handle_delivery(request: web.Request) -> web.Response:
         metrics.delivery[Delivery.IGNORED].inc()
         return web.Response(text="ok")
     try:
-        # Committed before we answer: once Meta has its 200 it will not send this again.
         handed_over = perf_counter()
+        # Committed before we answer: once Meta has its 200 it will not send this again.
         ids = await app[keys.STORE].add_events(parsed.events, received_at=app[keys.CLOCK]())
         metrics.intake_commit.observe(perf_counter() - handed_over)
     except StoreError as exc:

@@ -356,10 +356,11 @@ class SqliteStore:
         self._leases: dict[str, tuple[str, float]] = {}  # name → holder, monotonic expiry
         self._intake = GroupCommit(self._insert_batch, lambda: self._turns.turn(Writer.INTAKE))
         self._router: IntakeRouter | None = None
-        # Every announced window, read once and again after each change to one: this process
-        # alone writes them, and the intake routes each batch inside them.
+        # Every announced window, read once and again after each change to one: one process
+        # serves a SQLite store (README), and the intake routes each batch inside them. Never
+        # pruned, like the table: windows are announced by people, a few a day.
         self._announced: list[Window] | None = None
-        self._windows_changed = 0  # a read that began before a change must not be kept
+        self._windows_generation = 0  # a read that began before a change must not be kept
 
     @classmethod
     async def open(cls, path: str | Path, *, busy_timeout: float = 5.0) -> SqliteStore:
@@ -403,6 +404,17 @@ class SqliteStore:
     async def _transaction(self, writer: Writer) -> AsyncIterator[aiosqlite.Connection]:
         async with self._turns.turn(writer), self._committed() as db:
             yield db
+
+    @asynccontextmanager
+    async def _changing_windows(self, writer: Writer) -> AsyncIterator[aiosqlite.Connection]:
+        """A transaction that may change announced windows: the intake's copy is dropped after
+        it whatever happened, since a commit can complete even when its task is cancelled."""
+        try:
+            async with self._transaction(writer) as db:
+                yield db
+        finally:
+            self._windows_generation += 1
+            self._announced = None
 
     @asynccontextmanager
     async def _committed(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -846,7 +858,7 @@ class SqliteStore:
 
     async def import_tables(self, tables: dict[str, list[dict[str, Any]]]) -> None:
         try:
-            async with self._transaction(Writer.OUTBOX) as db:
+            async with self._changing_windows(Writer.OUTBOX) as db:
                 for table in COPIED_TABLES:
                     if rows := tables.get(table):
                         columns = list(rows[0])
@@ -855,7 +867,6 @@ class SqliteStore:
                             f" VALUES ({', '.join('?' for _ in columns)})",
                             [tuple(row[c] for c in columns) for row in rows],
                         )
-            self._announced_changed()
         except sqlite3.Error as exc:  # e.g. a key already there: not a store to copy into
             raise StoreError(f"store write failed: {exc}") from exc
 
@@ -913,13 +924,12 @@ class SqliteStore:
         return window_from_row(row) if row else None
 
     async def announce_window(self, window_id: int, *, channel: str, ts: str) -> Window | None:
-        async with self._transaction(Writer.PEOPLE) as db:
+        async with self._changing_windows(Writer.PEOPLE) as db:
             await db.execute(
                 "UPDATE expected_windows SET announced_channel = ?, announced_ts = ?"
                 " WHERE id = ? AND announced_ts IS NULL",
                 (channel, ts, window_id),
             )
-        self._announced_changed()
         return await self.window(window_id)
 
     async def drop_window(self, window_id: int) -> None:
@@ -929,24 +939,19 @@ class SqliteStore:
             )
 
     async def windows_between(self, since: float, until: float) -> list[Window]:
-        """Kept in memory: a trip to the reader's thread in every intake commit was a quarter
-        of a flood's commit time (bench/README.md)."""
+        """From memory: a trip to the reader's thread in every intake commit queued behind the
+        dispatcher's reads in a storm (bench/README.md, issue 14's fourth sitting)."""
         announced = self._announced
         if announced is None:
-            changes = self._windows_changed
+            generation = self._windows_generation
             rows = await _fetch_all(
                 self._reader,
                 "SELECT * FROM expected_windows WHERE announced_ts IS NOT NULL ORDER BY id",
             )
             announced = [window_from_row(row) for row in rows]
-            if changes == self._windows_changed:
+            if generation == self._windows_generation:
                 self._announced = announced
         return [w for w in announced if w.until > since and w.opened_at <= until]
-
-    def _announced_changed(self) -> None:
-        """After a commit that changed an announced window (or made one)."""
-        self._windows_changed += 1
-        self._announced = None
 
     async def open_windows(self, now: float) -> list[Window]:
         rows = await _fetch_all(
@@ -959,7 +964,7 @@ class SqliteStore:
 
     async def cancel_window(self, window_id: int, actor: Actor) -> tuple[Window | None, bool]:
         async with (
-            self._transaction(Writer.PEOPLE) as db,
+            self._changing_windows(Writer.PEOPLE) as db,
             db.execute(
                 "UPDATE expected_windows SET cancelled_by = ?, cancelled_name = ?,"
                 " cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL AND expires_at > ?"
@@ -968,7 +973,6 @@ class SqliteStore:
             ) as cursor,
         ):
             changed = cursor.rowcount == 1
-        self._announced_changed()
         return await self.window(window_id), changed
 
     async def unresolved(
