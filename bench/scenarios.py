@@ -340,16 +340,17 @@ async def w2(ctx: Context) -> None:
         servers.pinwatch(workdir, slack_url=sink.url + "/api/") as pw,
     ):
         await _warm(ctx, pw.url)
-        results.append(
-            await run_wrk(
-                pw.url,
-                bodies,
-                duration=plan.saturation_seconds,
-                connections=plan.connections,
-                wrap=True,
-                workdir=workdir,
+        async with _profiled(ctx, pw, workdir / "w2.pyspy.txt", plan.saturation_seconds):
+            results.append(
+                await run_wrk(
+                    pw.url,
+                    bodies,
+                    duration=plan.saturation_seconds,
+                    connections=plan.connections,
+                    wrap=True,
+                    workdir=workdir,
+                )
             )
-        )
     async with servers.baseline(workdir) as base:
         await _warm(ctx, base.url)
         results.append(
