@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.payloads import (
     CHANNELS,
@@ -110,9 +110,15 @@ async def intake_commit_ms(server: Server) -> tuple[float, int]:
     ):
         response.raise_for_status()  # a METRICS_TOKEN in the bench's environment, say
         text = await response.text()
-    values = dict(re.findall(r"^pinwatch_intake_commit_seconds_(sum|count) (\S+)$", text, re.M))
-    count = int(float(values.get("count", "0")))
-    return (1000 * float(values.get("sum", "0")) / count if count else 0.0), count
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "pinwatch_intake_commit_seconds"
+        for sample in family.samples
+    }
+    count = int(values.get("pinwatch_intake_commit_seconds_count", 0))
+    total = values.get("pinwatch_intake_commit_seconds_sum", 0.0)
+    return (1000 * total / count if count else 0.0), count
 
 
 async def _wait_ready(server: Server, path: str) -> None:
