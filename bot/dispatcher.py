@@ -244,7 +244,11 @@ class Dispatcher:
         # read, and read or not, they never stand in the way of another channel's.
         now = asyncio.get_running_loop().time()
         skip = self._busy | {key for key, b in self._backoff.items() if b.until > now}
-        for entry in await self._store.outbox(skip=skip):
+        # A channel whose summary is held back offers its head alone: all that can go out
+        # before the hold ends comes before its first storm row (see _delivery_jobs), and in a
+        # flood every pass read its whole backlog to find that out.
+        held = {key for key, until in self._storm_hold.items() if until > now}
+        for entry in await self._store.outbox(skip=skip, oldest_only=held):
             by_channel.setdefault(entry.channel, []).append(entry)
         for channel, entries in by_channel.items():
             if self._lane_free(channel) and (jobs := await self._delivery_jobs(channel, entries)):
@@ -256,11 +260,12 @@ class Dispatcher:
         storm = self._config.config.defaults.storm
         since = min(a.received_at for a in alerts) - storm.window
         history = self._storm_history.setdefault(channel, ChannelHistory())
-        fetch = history.missing(since)
-        history.add(
-            await self._store.received_since(channel, fetch.since, after=fetch.after),
-            read_to=max(a.id for a in alerts),
-        )
+        newest = max(a.id for a in alerts)
+        if (fetch := history.missing(since, up_to=newest)) is not None:
+            history.add(
+                await self._store.received_since(channel, fetch.since, after=fetch.after),
+                read_to=newest,
+            )
         history.drop_before(since)
         jobs: list[Job] = []
         stormed: list[int] = []

@@ -28,13 +28,17 @@ class ChannelHistory:
     floor: float | None = None  # every alert received since then is held; None: nothing is
     read_to: int = 0  # every alert with an id up to this one has been read
 
-    def missing(self, since: float) -> Fetch:
-        """What to read before counting windows that start at `since`."""
+    def missing(self, since: float, *, up_to: int) -> Fetch | None:
+        """What to read before counting windows that start at `since` for alerts with ids up
+        to `up_to`; None when all of it is held (a pass over alerts already seen, such as the
+        head of a channel whose summary is held back, reads nothing)."""
         if self.floor is None or since < self.floor:
             # Cold, or a window reaching back before what was kept (a longer window after a
             # reload, a clock stepped back): read it all again.
             self.ids, self.times, self.floor, self.read_to = [], [], since, 0
             return Fetch(since=since, after=0)
+        if up_to <= self.read_to:
+            return None
         return Fetch(since=since, after=self.read_to)
 
     def add(self, rows: list[tuple[int, float]], *, read_to: int) -> None:

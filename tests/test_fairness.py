@@ -77,3 +77,30 @@ async def test_the_outbox_leaves_out_the_channels_it_is_told_to_skip(
         assert [e.id for e in await store.outbox(skip={"#a", "#c"}, per_channel=1)] == [2]
     finally:
         await store.close()
+
+
+async def test_a_channel_asked_for_its_oldest_alone_gives_just_that(
+    database_url: str | None, tmp_path: Path
+) -> None:
+    """A held storm summary's channel: only its head can go out before the hold ends, and a
+    pass must not read its whole backlog to find that out."""
+    store = await open_store(database_url or tmp_path / "pinwatch.db")
+    try:
+        ids = await store.add_events([change(f"1555000{i:04d}") for i in range(7)], received_at=1.0)
+        alerts = await store.get_many([i for i in ids if i is not None])
+        channels = ["#a", "#b", "#c"]
+        await store.set_routes(
+            [replace(a, channel=channels[n % 3], team=None) for n, a in enumerate(alerts)]
+        )
+        assert [(e.id, e.channel) for e in await store.outbox(oldest_only={"#a"})] == [
+            (1, "#a"),
+            (2, "#b"),
+            (3, "#c"),
+            (5, "#b"),
+            (6, "#c"),
+        ]
+        held_and_skipped = await store.outbox(skip={"#b"}, oldest_only={"#a", "#c"})
+        assert [e.id for e in held_and_skipped] == [1, 3]
+        assert [e.id for e in await store.outbox(skip={"#a"}, oldest_only={"#a"})] == [2, 3, 5, 6]
+    finally:
+        await store.close()

@@ -18,8 +18,9 @@ def _read(stored: Rows, since: float, after: int) -> Rows:
 def _counted(history: ChannelHistory, stored: Rows, batch: Rows, window: float) -> list[int]:
     """One dispatcher pass over a channel's outbox `batch`, as _delivery_jobs runs it."""
     since = min(t for _, t in batch) - window
-    fetch = history.missing(since)
-    history.add(_read(stored, fetch.since, fetch.after), read_to=max(i for i, _ in batch))
+    newest = max(i for i, _ in batch)
+    if (fetch := history.missing(since, up_to=newest)) is not None:
+        history.add(_read(stored, fetch.since, fetch.after), read_to=newest)
     history.drop_before(since)
     return [history.recent(i, t, window) for i, t in batch]
 
@@ -56,15 +57,27 @@ def test_a_pass_reads_only_what_arrived_since_the_last_one() -> None:
     history = ChannelHistory()
     stored: Rows = [(i, float(i)) for i in range(1, 101)]
     _counted(history, stored[:50], stored[40:50], window=60.0)
-    fetch = history.missing(50.0 - 60.0)
+    fetch = history.missing(50.0 - 60.0, up_to=51)
+    assert fetch is not None
     assert fetch.after == 50  # rows up to 50 are held; only those after are read
+
+
+def test_a_pass_over_alerts_already_read_reads_nothing() -> None:
+    """A channel whose summary is held back offers the same oldest alert pass after pass."""
+    history = ChannelHistory()
+    stored: Rows = [(i, float(i)) for i in range(1, 101)]
+    _counted(history, stored[:50], stored[40:50], window=60.0)
+    assert history.missing(41.0 - 60.0, up_to=41) is None
+    assert history.missing(45.0 - 60.0, up_to=50) is None
+    assert history.missing(45.0 - 60.0, up_to=51) == Fetch(since=45.0 - 60.0, after=50)
+    assert history.recent(41, 41.0, 60.0) == 40
 
 
 def test_a_window_reaching_back_before_what_is_held_reads_it_all_again() -> None:
     history = ChannelHistory()
     stored: Rows = [(i, float(i)) for i in range(1, 101)]
     _counted(history, stored, stored[90:], window=10.0)  # holds from t=81 on
-    fetch = history.missing(91.0 - 60.0)  # the window grew to 60 s by a reload
+    fetch = history.missing(91.0 - 60.0, up_to=91)  # the window grew to 60 s by a reload
     assert fetch == Fetch(since=31.0, after=0)
     assert _counted(history, stored, stored[90:], window=60.0) == _brute_force(
         stored, stored[90:], 60.0

@@ -7,7 +7,7 @@ import json
 
 from bot.config import Storm
 from bot.render import STORM_MAX_ROWS
-from tests.conftest import Pinwatch, delivery, eventually, security
+from tests.conftest import Pinwatch, StartPinwatch, delivery, eventually, security
 
 THRESHOLD = Storm().threshold  # the default: the config under test sets no storm options
 
@@ -137,3 +137,26 @@ async def test_alerts_posted_one_pass_at_a_time_still_add_up_to_a_storm(pinwatch
     await wait_all_posted(pinwatch, THRESHOLD + 1)
     last = pinwatch.slack.top_level("C0PAYMENTS")[-1]
     assert last.text.startswith("[STORM]")
+
+
+async def test_a_follow_up_goes_out_while_its_channels_storm_summary_is_held_back(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    """A channel whose summary is held back offers only its oldest alert to a pass (the
+    outbox's oldest_only): a follow-up at its head still goes out at once, storm rows wait."""
+    pinwatch = await start_pinwatch(storm_update_gap=60.0)
+    await send_reset_requests(pinwatch, THRESHOLD + 1)
+    await wait_all_posted(pinwatch, THRESHOLD + 1)
+    assert pinwatch.slack.top_level("C0PAYMENTS")[-1].text.startswith("[STORM]")
+    posts = len(pinwatch.slack.calls_to("chat.postMessage"))
+
+    success = delivery(security("PIN_REQUEST_SUCCESS"), time=1748811473 + THRESHOLD + 1)
+    status, _ = await pinwatch.post_webhook(success)
+    assert status == 200
+    [*_, reply] = await pinwatch.slack.wait_for_calls("chat.postMessage", posts + 1)
+    assert reply.params["metadata"]["event_payload"]["alert_id"] == THRESHOLD + 2
+    assert reply.params["text"].startswith("[CRITICAL] Two-step verification turned off")
+
+    await send_reset_requests(pinwatch, 1, start=THRESHOLD + 2)
+    await asyncio.sleep(0.5)  # many passes: the row waits for the summary's next rewrite
+    assert await pinwatch.store.count_unposted() == (1, pinwatch.clock())

@@ -113,11 +113,17 @@ class Store(Protocol):
         ...
 
     async def outbox(
-        self, *, per_channel: int = 500, skip: Collection[str] = ()
+        self,
+        *,
+        per_channel: int = 500,
+        skip: Collection[str] = (),
+        oldest_only: Collection[str] = (),
     ) -> list[OutboxEntry]:
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs. Each
         channel not in `skip` gives up to `per_channel` of its oldest, whatever the others
-        hold, so that a flood in one channel never hides the first alert of another."""
+        hold, so that a flood in one channel never hides the first alert of another; one in
+        `oldest_only` gives its oldest alone (a channel whose storm summary is held back: all
+        that can go out before the hold ends is what comes before its first storm row)."""
         ...
 
     async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:

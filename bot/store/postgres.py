@@ -229,7 +229,8 @@ _OUTBOX = f"""
     )
     SELECT oldest.* FROM waiting CROSS JOIN LATERAL (
         SELECT id, channel, received_at, event FROM alerts
-        WHERE {_WAITING} AND channel = waiting.channel ORDER BY id LIMIT $2
+        WHERE {_WAITING} AND channel = waiting.channel ORDER BY id
+        LIMIT CASE WHEN waiting.channel = ANY($3::text[]) THEN 1 ELSE $2 END
     ) AS oldest
     WHERE waiting.channel <> ALL($1::text[])
     ORDER BY oldest.id
@@ -565,10 +566,14 @@ class PostgresStore:
         return [unrouted_from_row(row) for row in rows]
 
     async def outbox(
-        self, *, per_channel: int = 500, skip: Collection[str] = ()
+        self,
+        *,
+        per_channel: int = 500,
+        skip: Collection[str] = (),
+        oldest_only: Collection[str] = (),
     ) -> list[OutboxEntry]:
         async with self._connection() as db:
-            rows = await db.fetch(_OUTBOX, sorted(skip), per_channel)
+            rows = await db.fetch(_OUTBOX, sorted(skip), per_channel, sorted(oldest_only))
         return [OutboxEntry(*row) for row in rows]
 
     async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:

@@ -232,20 +232,31 @@ _STILL_A_ROOT = "(resolved_at IS NULL OR verdict IN ('expected_change', 'confirm
 _WAITING = "slack_ts IS NULL AND severity IS NOT 'off'"
 
 # The oldest waiting alerts of each channel not skipped: the channels that have any are found
-# by skipping through the alerts_outbox index (one probe each), then each gives its own oldest.
+# by skipping through the alerts_outbox index (one probe each), then each gives its own oldest,
+# or its oldest alone (SQLite's LIMIT cannot depend on the channel, hence two branches).
 _OUTBOX = f"""
     WITH RECURSIVE waiting(channel) AS (
         SELECT min(channel) FROM alerts WHERE {_WAITING} AND channel IS NOT NULL
         UNION ALL
         SELECT (SELECT min(channel) FROM alerts WHERE {_WAITING} AND channel > waiting.channel)
         FROM waiting WHERE waiting.channel IS NOT NULL
+    ),
+    asked(channel, oldest_only) AS (
+        SELECT channel, channel IN (SELECT value FROM json_each(?3)) FROM waiting
+        WHERE channel NOT IN (SELECT value FROM json_each(?1))
     )
-    SELECT id, alerts.channel, received_at, event FROM waiting JOIN alerts
+    SELECT id, alerts.channel, received_at, event FROM asked JOIN alerts
         ON alerts.id IN (
-            SELECT id FROM alerts WHERE {_WAITING} AND channel = waiting.channel
+            SELECT id FROM alerts WHERE {_WAITING} AND channel = asked.channel
             ORDER BY id LIMIT ?2
         )
-    WHERE waiting.channel NOT IN (SELECT value FROM json_each(?1))
+    WHERE NOT asked.oldest_only
+    UNION ALL
+    SELECT id, alerts.channel, received_at, event FROM asked JOIN alerts
+        ON alerts.id = (
+            SELECT min(id) FROM alerts WHERE {_WAITING} AND channel = asked.channel
+        )
+    WHERE asked.oldest_only
     ORDER BY id
 """
 
@@ -514,11 +525,16 @@ class SqliteStore:
         return [unrouted_from_row(row) for row in rows]
 
     async def outbox(
-        self, *, per_channel: int = 500, skip: Collection[str] = ()
+        self,
+        *,
+        per_channel: int = 500,
+        skip: Collection[str] = (),
+        oldest_only: Collection[str] = (),
     ) -> list[OutboxEntry]:
         """Routed alerts not yet in Slack, oldest first: just what scheduling needs, since a
         backlog is read again on every pass (each job reads its whole alert when it runs)."""
-        rows = await _fetch_all(self._reader, _OUTBOX, (json.dumps(sorted(skip)), per_channel))
+        params = (json.dumps(sorted(skip)), per_channel, json.dumps(sorted(oldest_only)))
+        rows = await _fetch_all(self._reader, _OUTBOX, params)
         return [OutboxEntry(*row) for row in rows]
 
     async def root_for(self, follow_up: Alert, *, since: float) -> Alert | None:
