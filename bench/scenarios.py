@@ -282,6 +282,7 @@ class FixedRun:
     sent: OpenLoopResult
     cpu_per_alert: tuple[float, float]  # pinwatch's user and system CPU seconds per delivery
     unposted: int  # alerts not in Slack when the CPU time was read
+    commit_ms: float  # the mean wait for the intake's commit (pinwatch_intake_commit_seconds)
 
 
 async def _pinwatch_fixed_rate(ctx: Context, workdir: Path, *, store: Path | None) -> FixedRun:
@@ -297,8 +298,9 @@ async def _pinwatch_fixed_rate(ctx: Context, workdir: Path, *, store: Path | Non
         # The outbox may still be draining: its work is part of what each delivery costs.
         unposted, _ = await _drained(store or workdir / "pinwatch.db", within=60)
         used = [after - before for after, before in zip(pw.cpu_seconds(), cpu, strict=True)]
+        commit_ms, _ = await servers.intake_commit_ms(pw)  # the warm-up commits nothing
     user, system = (seconds / max(1, len(sent.due_at)) for seconds in used)
-    return FixedRun(sent, (user, system), unposted)
+    return FixedRun(sent, (user, system), unposted, commit_ms)
 
 
 async def w1_fixed(ctx: Context) -> None:
@@ -322,7 +324,8 @@ async def w1_fixed(ctx: Context) -> None:
             note=f"pinwatch {_loop_note(ours)}, p50 {_ms(percentile(ours.latencies, 50)):.1f} ms,"
             f" CPU {_ms(run.cpu_per_alert[0]):.2f} ms user + {_ms(run.cpu_per_alert[1]):.2f} ms"
             " system per delivery (webhook to Slack,"
-            f" {run.unposted} unposted when read); baseline {_loop_note(theirs)}",
+            f" {run.unposted} unposted when read), commit waited for, mean {run.commit_ms:.1f} ms;"
+            f" baseline {_loop_note(theirs)}",
         )
     )
 
