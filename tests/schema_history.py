@@ -45,6 +45,7 @@ SQLITE_UNDO = {
         " ALTER TABLE alerts DROP COLUMN pagerduty_key_env;"
     ),
     11: "DROP INDEX alerts_outbox;",
+    12: "UPDATE alerts SET dedup_key = substr(dedup_key, instr(dedup_key, ':') + 1);",
 }
 
 POSTGRES_UNDO = {
@@ -68,6 +69,7 @@ POSTGRES_UNDO = {
         " DROP COLUMN pagerduty_state, DROP COLUMN pagerduty_key_env;"
     ),
     8: "DROP INDEX alerts_outbox;",
+    9: "UPDATE alerts SET dedup_key = substr(dedup_key, strpos(dedup_key, ':') + 1);",
 }
 
 

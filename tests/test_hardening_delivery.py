@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from bot.events import REDELIVERY_HORIZON
+from bot.events import REDELIVERY_HORIZON, SecurityEvent
+from bot.webhook import parse_delivery
 from tests.conftest import (
     REFERENCE_BODY,
     Pinwatch,
@@ -23,6 +24,7 @@ from tests.conftest import (
     security,
 )
 from tests.fake_slack import RecordedCall
+from tests.schema_history import downgrade
 from tests.store_failure import StoreFailure
 from tests.test_operations import metric
 
@@ -291,3 +293,42 @@ async def test_a_batch_holding_the_same_timeless_change_twice_alerts_once(
     assert status == 200
     await pinwatch.wait_posted(1)
     assert await pinwatch.store.get(2) is None
+
+
+# REFERENCE_BODY's change as every pinwatch before dedup keys led with Meta's time keyed it: the
+# migration to them keeps this digest, and so do PagerDuty's keys of incidents opened before.
+REFERENCE_DIGEST = "2f4803db4ac8adbe94e4ce424dbc8a7e030a88191bb4db837e64916d7ab9da05"
+
+
+def test_dedup_keys_sort_by_metas_time_and_end_with_the_changes_digest() -> None:
+    [reference] = parse_delivery(REFERENCE_BODY).events
+    assert reference.digest == REFERENCE_DIGEST
+    assert reference.dedup_key == f"{reference.time:019d}:{REFERENCE_DIGEST}"
+    events = [
+        SecurityEvent(waba_id="1", phone_number="2", event="PIN_CHANGED", time=time)
+        for time in (None, 0, 9, 10, 1748811473, 2**63 - 1)
+    ]
+    keys = [event.dedup_key for event in events]
+    assert keys == sorted(keys)
+    assert keys[0] == f"-:{events[0].digest}"
+    assert [key.split(":")[1] for key in keys] == [event.digest for event in events]
+
+
+async def test_a_change_stored_before_keys_led_with_metas_time_is_still_a_duplicate(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    first = await start_pinwatch()
+    await first.post_webhook(REFERENCE_BODY)
+    await first.post_webhook(timeless("PIN_CHANGED"))
+    await first.wait_posted(2)
+    await first.stop()
+    await downgrade(first, sqlite=11, postgres=8)  # keys were the digest alone
+
+    second = await start_pinwatch()
+    for body in (REFERENCE_BODY, timeless("PIN_CHANGED")):
+        assert await second.post_webhook(body) == (200, "ok")
+    assert await metric(second, "pinwatch_webhook_deliveries_total", 'result="duplicate"') == 2
+    assert await second.store.get(3) is None
+    [(timed,), (untimed,)] = await second.query("SELECT dedup_key FROM alerts ORDER BY id")
+    assert timed == f"0000000001748811473:{REFERENCE_DIGEST}"
+    assert untimed.startswith("-:")

@@ -72,7 +72,7 @@ def alert_of(
 def test_dedup_key_names_the_alert_and_its_event() -> None:
     alert = alert_of()
     key = dedup_key(alert)
-    assert key == f"pinwatch:alert:7:{alert.event.dedup_key[:20]}"
+    assert key == f"pinwatch:alert:7:{alert.event.digest[:20]}"
     assert len(key) <= DEDUP_KEY_MAX
     assert alert_id_of(key) == 7
 

@@ -80,7 +80,7 @@ def dedup_key(alert: Alert, reason: PageReason = PageReason.MANUAL) -> str:
     acknowledgement and resolution are that alert's.
     """
     own = _OWN_INCIDENT.get(reason)
-    return f"pinwatch:alert:{alert.id}:{alert.event.dedup_key[:20]}" + (f":{own}" if own else "")
+    return f"pinwatch:alert:{alert.id}:{alert.event.digest[:20]}" + (f":{own}" if own else "")
 
 
 _OWN_INCIDENT = {PageReason.TAKEOVER: "takeover", PageReason.CONFIRMED_TAKEOVER: "confirmed"}

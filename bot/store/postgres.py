@@ -211,6 +211,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_outbox ON alerts (channel, id)
         WHERE slack_ts IS NULL AND severity IS DISTINCT FROM 'off';
     """,
+    # 9: dedup keys lead with Meta's time (events.dedup_order), so that new keys are inserted
+    # at the end of their index; a key given up (`key:id`) stays given up. A replica still on
+    # an older version meanwhile keys by the digest alone: a redelivery it takes is stored again.
+    """
+    UPDATE alerts SET dedup_key =
+        CASE WHEN event_time IS NULL THEN '-' ELSE lpad(event_time::text, 19, '0') END
+        || ':' || dedup_key;
+    """,
 )
 
 # What waits for Slack: not posted yet, and not routed to silence by the `alerts:` map.

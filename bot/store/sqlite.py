@@ -221,6 +221,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX alerts_outbox ON alerts (channel, id)
         WHERE slack_ts IS NULL AND severity IS NOT 'off';
     """,
+    # 12: dedup keys lead with Meta's time (events.dedup_order), so that new keys are inserted
+    # at the end of their index; a key given up (`key:id`) stays given up.
+    """
+    UPDATE alerts SET dedup_key =
+        CASE WHEN event_time IS NULL THEN '-' ELSE printf('%019d', event_time) END
+        || ':' || dedup_key;
+    """,
 )
 
 # A request resolved as nothing happened (a false alarm, or in PagerDuty with no verdict) is
