@@ -35,7 +35,7 @@ from bench.payloads import (
     security_bodies,
     write_lua_table,
 )
-from bot.events import Alert, SecurityEvent
+from bot.events import Alert, SecurityEvent, dedup_order
 from bot.render import ACKNOWLEDGE_ACTION
 from tests.conftest import block_actions_body, slack_signature
 from tests.fake_slack import FakeSlack
@@ -729,7 +729,8 @@ async def w5(ctx: Context) -> None:
 
 
 def prefill(store: Path, count: int) -> None:
-    """Bulk-load posted, acknowledged alerts into a store pinwatch has created (not served)."""
+    """Bulk-load posted, acknowledged alerts into a store pinwatch has created (not served),
+    keyed as pinwatch keys them (events.dedup_order)."""
     value_template = (
         '{{"display_phone_number":"{phone}","event":"PIN_RESET_REQUEST","requester":"P{i:09d}"}}'
     )
@@ -738,13 +739,14 @@ def prefill(store: Path, count: int) -> None:
         for i in range(start, stop):
             k = i % CHANNELS
             received = 1_600_000_000.0 + i * 30
+            happened = 1_600_000_000 + i * 30
             yield (
-                hashlib.sha256(b"prefill %d" % i).hexdigest(),
+                f"{dedup_order(happened)}:{hashlib.sha256(b'prefill %d' % i).hexdigest()}",
                 WABA_ID,
                 PHONES[k],
                 PHONES[k],
                 "PIN_RESET_REQUEST",
-                1_600_000_000 + i * 30,
+                happened,
                 f"P{i:09d}",
                 value_template.format(phone=PHONES[k], i=i),
                 received,
