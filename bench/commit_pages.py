@@ -5,7 +5,9 @@ A WAL commit writes every page the transaction changed, whole: a batch of new al
 the table's last pages and, in each index, the leaf pages its keys land on. The store is the
 real one (``SqliteStore`` routing with the bench's 20-team routing file, as ``serve`` does),
 filled first with ``--prefill`` alerts, and each batch is ``batch`` W1 deliveries committed
-together, as concurrent webhooks are.
+together, as concurrent webhooks are. Each delivery has a Meta time of its own, one second after
+the one before, as a flood's new events do (a redelivery keeps its old time: its key lands
+among older keys).
 """
 
 from __future__ import annotations
@@ -32,18 +34,23 @@ from bot.webhook import parse_delivery
 WAL_HEADER = 32
 FRAME_HEADER = 24
 # The store's writer checkpoints the WAL past 1,000 pages: each size is measured on this many
-# commits after a checkpoint, few enough to stay under it.
+# commits after emptying it, which stays under that up to about 200 pages a commit.
 COMMITS = 5
 
 
 def _frames(wal: Path, page_size: int) -> list[int]:
-    """The page number of each frame in the WAL file, in order."""
+    """The page number of each frame written since the WAL last restarted: a frame whose salts
+    differ from the header's is left over from before a checkpoint (the file is reused, not
+    truncated), and a commit that ran past the checkpoint threshold is an error."""
     data = wal.read_bytes()
+    salts = data[16:24]
     frame = FRAME_HEADER + page_size
-    return [
-        struct.unpack_from(">I", data, offset)[0]
-        for offset in range(WAL_HEADER, len(data) - frame + 1, frame)
-    ]
+    offsets = range(WAL_HEADER, len(data) - frame + 1, frame)
+    if any(data[offset + 8 : offset + 16] != salts for offset in offsets):
+        raise SystemExit(
+            "the WAL was checkpointed between the commits measured: use a smaller --batch"
+        )
+    return [struct.unpack_from(">I", data, offset)[0] for offset in offsets]
 
 
 def _owners(path: Path) -> dict[int, str]:
@@ -54,7 +61,9 @@ def _owners(path: Path) -> dict[int, str]:
 
 def _checkpoint(path: Path) -> None:
     with sqlite3.connect(path) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (busy, _, _) = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        raise SystemExit("the WAL could not be emptied before measuring")
 
 
 async def _commit(store: SqliteStore, deliveries: list[list[SecurityEvent]], at: float) -> None:

@@ -251,12 +251,23 @@ class Dispatcher:
         for entry in await self._store.outbox(skip=skip, oldest_only=held):
             by_channel.setdefault(entry.channel, []).append(entry)
         for channel, entries in by_channel.items():
-            if self._lane_free(channel) and (jobs := await self._delivery_jobs(channel, entries)):
+            if not self._lane_free(channel):
+                continue
+            if jobs := await self._delivery_jobs(channel, entries, held=channel in held):
                 self._start_lane(channel, jobs)
+        # A channel read as held whose hold ended meanwhile is read whole at once, not after
+        # the poll interval (_sleep waits only for holds still to end).
+        loop_now = asyncio.get_running_loop().time()
+        if any(self._storm_hold.get(channel, 0.0) <= loop_now for channel in held):
+            self._wakeup.set()
 
-    async def _delivery_jobs(self, channel: str, alerts: list[OutboxEntry]) -> list[Job]:
+    async def _delivery_jobs(
+        self, channel: str, alerts: list[OutboxEntry], *, held: bool
+    ) -> list[Job]:
         """One job per alert, except that an alert arriving when `threshold` others reached
-        this channel within `window` joins a storm summary instead of taking a message."""
+        this channel within `window` joins a storm summary instead of taking a message. `held`
+        is as the outbox was read: a held channel gave its head alone, and folding that into
+        the summary once its hold ended meanwhile would restart the hold for one row."""
         storm = self._config.config.defaults.storm
         since = min(a.received_at for a in alerts) - storm.window
         history = self._storm_history.setdefault(channel, ChannelHistory())
@@ -269,7 +280,6 @@ class Dispatcher:
         history.drop_before(since)
         jobs: list[Job] = []
         stormed: list[int] = []
-        held = self._storm_hold.get(channel, 0.0) > asyncio.get_running_loop().time()
         for alert in alerts:
             recent = history.recent(alert.id, alert.received_at, storm.window)
             # A follow-up may belong under its request's thread: never fold it into a storm.

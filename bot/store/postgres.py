@@ -214,6 +214,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 9: dedup keys lead with Meta's time (events.dedup_order), so that new keys are inserted
     # at the end of their index; a key given up (`key:id`) stays given up. A replica still on
     # an older version meanwhile keys by the digest alone: a redelivery it takes is stored again.
+    # lpad matches Python's f"{time:019d}" for every time the intake keeps (0 to 2**63 - 1).
     """
     UPDATE alerts SET dedup_key =
         CASE WHEN event_time IS NULL THEN '-' ELSE lpad(event_time::text, 19, '0') END
