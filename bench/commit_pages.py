@@ -116,9 +116,11 @@ async def measure(workdir: Path, *, prefill: int, batches: list[int]) -> list[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--prefill", type=int, default=20_000, help="alerts stored first")
-    parser.add_argument("--batch", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=[8, 32, 64], help="deliveries per commit"
+    )
     args = parser.parse_args()
     if args.prefill < 0 or any(batch < 1 for batch in args.batch):
         parser.error("--prefill must be 0 or more and each --batch 1 or more")
