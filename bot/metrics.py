@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter as Tally
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -162,8 +162,13 @@ class Metrics:
             registry=r,
         )
 
-    def count_event(self, event: str, team: str) -> None:
-        self.events.labels(known(event, EVENT_NAMES), team).inc()
+    def count_events(self, events: Iterable[tuple[str, str]]) -> None:
+        """Each (event, team) stored: one increment per label pair, however many a batch has."""
+        by_label: Tally[tuple[str, str]] = Tally(
+            (known(event, EVENT_NAMES), team) for event, team in events
+        )
+        for (event, team), count in by_label.items():
+            self.events.labels(event, team).inc(count)
 
     def count_ignored(self, fields: Mapping[str, int]) -> None:
         by_label: Tally[str] = Tally()

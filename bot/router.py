@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bot.config import LiveConfig
-from bot.events import Alert
+from bot.events import Alert, Assignment, Incoming
 from bot.logs import for_alert
 from bot.metrics import Metrics
-from bot.routing import happened, route_alerts
+from bot.routing import assign_all, happened_at
 from bot.windows import Window
 
 log = logging.getLogger(__name__)
@@ -30,33 +30,48 @@ class Router:
         self._windows = windows
 
     async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
-        """Each alert with its route, in order, or as it was where routing failed (logged); an
-        empty batch reads nothing. Raises only StoreError, from reading the windows."""
-        if not alerts:
+        """Alerts stored unrouted, each with its route, or as it was where routing failed."""
+        assigned = await self.assign([(alert.event, alert.received_at) for alert in alerts])
+        return [
+            alert if assignment is None else assignment.applied_to(alert)
+            for alert, assignment in zip(alerts, assigned, strict=True)
+        ]
+
+    async def assign(self, incoming: Sequence[Incoming]) -> list[Assignment | None]:
+        """Each event's assignment, in order, or None where routing failed (logged); an empty
+        batch reads nothing. Raises only StoreError, from reading the windows."""
+        if not incoming:
             return []
-        times = [happened(alert) for alert in alerts]
+        times = [happened_at(event, received_at) for event, received_at in incoming]
         windows = await self._windows.windows_between(min(times), max(times))
         requests = await self._windows.requests_in_windows([w.id for w in windows])
         config = self._config.config
         try:
-            return route_alerts(alerts, config, windows=windows, requests_in=requests)
+            return list(assign_all(incoming, config, windows=windows, requests_in=requests))
         except Exception:
-            log.exception("routing %d alerts failed; routing them one by one", len(alerts))
-        # One alert that routing fails on (a bug) must not hold up the others: it stays
+            log.exception("routing %d events failed; routing them one by one", len(incoming))
+        # One event that routing fails on (a bug) must not hold up the others: it stays
         # unrouted (channel None), kept and retried, and the rest go on.
-        routed = []
-        for alert in alerts:
+        assigned: list[Assignment | None] = []
+        for event, received_at in incoming:
             try:
-                [alone] = route_alerts([alert], config, windows=windows, requests_in=requests)
+                [alone] = assign_all(
+                    [(event, received_at)], config, windows=windows, requests_in=requests
+                )
             except Exception:
-                for_alert(log, alert).exception("routing failed; left unrouted")
-                alone = alert
-            routed.append(alone)
-        return routed
+                log.exception(
+                    "routing a %s event of WABA %s failed; left unrouted",
+                    event.event[:64],
+                    event.waba_id[:64],
+                )
+                assigned.append(None)
+            else:
+                assigned.append(alone)
+        return assigned
 
     def stored(self, routed: Sequence[Alert]) -> None:
         """The routes are committed: count each alert once, under the team it went to."""
+        self._metrics.count_events((alert.event.event, alert.team or "") for alert in routed)
         for alert in routed:
-            self._metrics.count_event(alert.event.event, alert.team or "")
             if alert.expected is not None:
                 for_alert(log, alert).info("expected: inside window %d", alert.expected.window_id)

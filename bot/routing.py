@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from bot.catalog import ACKNOWLEDGED, FIELD_OF_EVENT, Severity, default_severity
 from bot.config import Config, Escalation, Route
-from bot.events import Alert, EventType, Expectation, Responders, SecurityEvent
+from bot.events import (
+    Alert,
+    Assignment,
+    EventType,
+    Expectation,
+    Incoming,
+    Responders,
+    SecurityEvent,
+)
 from bot.windows import Window, window_for
 
 
@@ -81,29 +89,34 @@ def route(event: SecurityEvent, config: Config) -> Destination:
     return team_destination(team, config)
 
 
-def happened(alert: Alert) -> float:
+def happened_at(event: SecurityEvent, received_at: float) -> float:
     """When Meta says the event happened; a redelivery days later still happened then."""
-    return float(alert.event.time) if alert.event.time is not None else alert.received_at
+    return float(event.time) if event.time is not None else received_at
 
 
-def route_alert(
-    alert: Alert,
+def happened(alert: Alert) -> float:
+    return happened_at(alert.event, alert.received_at)
+
+
+def assign(
+    event: SecurityEvent,
+    received_at: float,
     config: Config,
     *,
     windows: Sequence[Window] = (),
     requests_in: Collection[tuple[int, str]] = (),
-) -> Alert:
+) -> Assignment:
     """Where it goes and how loud: an alert routed `off` is kept, counted and never posted
     (the outbox does not hold it); one inside an announced window is posted marked as
     expected, without mentions or a deadline (so never escalated automatically)."""
-    destination = route(alert.event, config)
-    severity = severity_of(alert.event, config)
-    deadline = alert.received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
+    destination = route(event, config)
+    severity = severity_of(event, config)
+    deadline = received_at + destination.ack_timeout if severity in ACKNOWLEDGED else None
     mentions = destination.mentions
     window = window_for(
-        alert.event,
+        event,
         team=destination.team,
-        happened=happened(alert),
+        happened=happened_at(event, received_at),
         windows=windows,
         requests_in=requests_in,
     )
@@ -116,8 +129,7 @@ def route_alert(
             reason=window.reason,
             until=window.ends_at,
         )
-    return replace(
-        alert,
+    return Assignment(
         team=destination.team,
         channel=destination.channel,
         mentions=mentions,
@@ -128,20 +140,21 @@ def route_alert(
     )
 
 
-def route_alerts(
-    alerts: Sequence[Alert],
+def assign_all(
+    incoming: Sequence[Incoming],
     config: Config,
     *,
     windows: Sequence[Window],
     requests_in: Collection[tuple[int, str]],
-) -> list[Alert]:
-    """Each alert routed, in order: a reset request found inside a window makes its
+) -> list[Assignment]:
+    """Each event assigned, in order: a reset request found inside a window makes its
     number's success that follows in the same batch expected too."""
     requests = set(requests_in)
-    routed = []
-    for alert in alerts:
-        routed.append(route_alert(alert, config, windows=windows, requests_in=requests))
-        expected = routed[-1].expected
-        if expected is not None and alert.event.known_type == EventType.PIN_RESET_REQUEST:
-            requests.add((expected.window_id, alert.event.phone_digits))
-    return routed
+    assigned = []
+    for event, received_at in incoming:
+        assignment = assign(event, received_at, config, windows=windows, requests_in=requests)
+        assigned.append(assignment)
+        expected = assignment.expected
+        if expected is not None and event.known_type == EventType.PIN_RESET_REQUEST:
+            requests.add((expected.window_id, event.phone_digits))
+    return assigned

@@ -7,9 +7,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from bot.events import Alert, SecurityEvent
+from bot.events import Alert, Assignment, Incoming, SecurityEvent
 from bot.store.interface import IntakeRouter, StoreError
 
 log = logging.getLogger(__name__)
@@ -22,16 +22,16 @@ class PendingInsert:
     done: asyncio.Future[list[int | None]]
 
 
-async def route_batch(router: IntakeRouter | None, batch: list[PendingInsert]) -> list[Alert]:
-    """The batch's events as alerts (id 0 until stored), routed where they can be: a routing
-    bug must not refuse deliveries, so what cannot be routed is stored unrouted, for the
-    dispatcher to try again. A failing store fails the batch."""
-    alerts = [
-        Alert(id=0, event=event, received_at=item.received_at)
-        for item in batch
-        for event in item.events
-    ]
-    return alerts if router is None else await router.route(alerts)
+async def assign_batch(
+    router: IntakeRouter | None, batch: list[PendingInsert]
+) -> tuple[list[Incoming], list[Assignment | None]]:
+    """The batch's events, each with when it was received, and where routing placed them: a
+    routing bug must not refuse deliveries, so what cannot be routed (None) is stored unrouted,
+    for the dispatcher to try again. A failing store fails the batch."""
+    incoming = [(event, item.received_at) for item in batch for event in item.events]
+    if router is None:
+        return incoming, [None] * len(incoming)
+    return incoming, await router.assign(incoming)
 
 
 def new_ids(keys: Sequence[str], inserted: dict[str, int]) -> list[int | None]:
@@ -40,12 +40,16 @@ def new_ids(keys: Sequence[str], inserted: dict[str, int]) -> list[int | None]:
     return [inserted.pop(key, None) for key in keys]
 
 
-def routed_and_new(alerts: Sequence[Alert], ids: Sequence[int | None]) -> list[Alert]:
+def routed_and_new(
+    incoming: Sequence[Incoming],
+    assigned: Sequence[Assignment | None],
+    ids: Sequence[int | None],
+) -> list[Alert]:
     """The alerts of a batch that were both routed and new, each with the id it was given."""
     return [
-        replace(alert, id=alert_id)
-        for alert, alert_id in zip(alerts, ids, strict=True)
-        if alert_id is not None and alert.channel is not None
+        assignment.new_alert(alert_id, event, received_at)
+        for (event, received_at), assignment, alert_id in zip(incoming, assigned, ids, strict=True)
+        if alert_id is not None and assignment is not None
     ]
 
 

@@ -6,7 +6,16 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.events import Actor, Alert, EscalationKind, PagerDutyState, SecurityEvent, Verdict
+from bot.events import (
+    Actor,
+    Alert,
+    Assignment,
+    EscalationKind,
+    Incoming,
+    PagerDutyState,
+    SecurityEvent,
+    Verdict,
+)
 from bot.windows import Target, Window
 
 
@@ -54,8 +63,8 @@ class IntakeRouter(Protocol):
     """Routes alerts as they are stored (bot/router.py): their channel is known at once, so an
     alert of a quiet channel never waits behind a flood's in a queue of unrouted ones."""
 
-    async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
-        """Each alert routed, or as given where routing failed; raises only StoreError."""
+    async def assign(self, incoming: Sequence[Incoming]) -> list[Assignment | None]:
+        """Each event's assignment, or None where routing failed; raises only StoreError."""
         ...
 
     def stored(self, routed: Sequence[Alert]) -> None:

@@ -27,9 +27,9 @@ from bot.events import (
 from bot.store.group_commit import (
     GroupCommit,
     PendingInsert,
+    assign_batch,
     by_delivery,
     new_ids,
-    route_batch,
     routed_and_new,
 )
 from bot.store.interface import (
@@ -470,14 +470,14 @@ class PostgresStore:
         return await self._insert_batch_once(batch)
 
     async def _insert_batch_once(self, batch: list[PendingInsert]) -> list[list[int | None]]:
-        alerts = await route_batch(self._router, batch)
-        keys = [alert.event.dedup_key for alert in alerts]
+        incoming, assigned = await assign_batch(self._router, batch)
+        keys = [event.dedup_key for event, _ in incoming]
         # A change without a time of its own is a duplicate only within Meta's redelivery
         # horizon: an older alert with its key gives the key up (renamed to stay unique).
         expiring = [
-            (key, alert.received_at - REDELIVERY_HORIZON)
-            for key, alert in zip(keys, alerts, strict=True)
-            if alert.event.time is None
+            (key, received_at - REDELIVERY_HORIZON)
+            for key, (event, received_at) in zip(keys, incoming, strict=True)
+            if event.time is None
         ]
         columns = list(
             zip(
@@ -492,18 +492,19 @@ class PostgresStore:
                         text_column(event.requester),
                         event_value_column(event),
                         text_column(event.field),
-                        alert.received_at,
-                        *route_columns(alert),
+                        received_at,
+                        *route_columns(assignment),
                     )
-                    for key, alert in zip(keys, alerts, strict=True)
-                    for event in (alert.event,)
+                    for key, (event, received_at), assignment in zip(
+                        keys, incoming, assigned, strict=True
+                    )
                 ),
                 strict=True,
             )
         )
         # One statement is a transaction of its own: a batch with nothing else to write (no key
         # given up, no alert inside a window to audit) is one round trip, without BEGIN and COMMIT.
-        alone = not expiring and all(alert.expected is None for alert in alerts)
+        alone = not expiring and all(a is None or a.expected is None for a in assigned)
         async with self._connection() if alone else self._transaction() as db:
             if expiring:
                 expiring_keys, before = zip(*expiring, strict=True)
@@ -548,7 +549,7 @@ class PostgresStore:
                 NEW_ALERTS,
             )
             ids = new_ids(keys, {row["dedup_key"]: row["id"] for row in rows})
-            routed = routed_and_new(alerts, ids)
+            routed = routed_and_new(incoming, assigned, ids)
             await self._audit_expected(db, routed)
         if self._router is not None and routed:
             self._router.stored(routed)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Protocol
 
 from bot.events import (
     Actor,
     Alert,
+    Assignment,
     EscalationKind,
     Expectation,
     PagerDutyState,
@@ -31,6 +33,8 @@ def _actor(user_id: str | None, name: str | None, at: float | None) -> Actor | N
     return Actor(user_id=user_id, name=name, at=at)
 
 
+# A team's mentions and responders are the same for each of its alerts: encoded once each.
+@lru_cache(maxsize=1024)
 def responders_to_column(responders: Responders | None) -> str | None:
     """JSON list, or JSON null for anyone; SQL NULL: routed before responders were kept."""
     return None if responders is None else json.dumps(responders.ids)
@@ -43,6 +47,7 @@ def _responders_from_column(text: str | None) -> Responders | None:
     return Responders(tuple(ids) if ids is not None else None)
 
 
+@lru_cache(maxsize=1024)
 def mentions_to_column(mentions: tuple[str, ...]) -> str:
     return json.dumps(list(mentions))
 
@@ -57,20 +62,20 @@ def text_column(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd") if value else value
 
 
-def route_columns(alert: Alert) -> tuple[Any, ...]:
-    """team, channel, mentions, responders, ack_deadline, severity, window_id, expected: all
-    NULL for an alert not routed yet."""
-    if alert.channel is None:
+def route_columns(routed: Alert | Assignment | None) -> tuple[Any, ...]:
+    """team, channel, mentions, responders, ack_deadline, severity, window_id, expected, of an
+    alert or of the assignment it is stored with: all NULL for one not routed yet."""
+    if routed is None or routed.channel is None:
         return (None,) * 8
     return (
-        text_column(alert.team),
-        text_column(alert.channel),
-        mentions_to_column(alert.mentions),
-        responders_to_column(alert.responders),
-        alert.ack_deadline,
-        severity_column(alert.assigned_severity),
-        alert.expected.window_id if alert.expected else None,
-        expected_to_column(alert.expected),
+        text_column(routed.team),
+        text_column(routed.channel),
+        mentions_to_column(routed.mentions),
+        responders_to_column(routed.responders),
+        routed.ack_deadline,
+        severity_column(routed.assigned_severity),
+        routed.expected.window_id if routed.expected else None,
+        expected_to_column(routed.expected),
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import msgspec
 
 from bot.catalog import TAKEOVER_SUMMARY
 from bot.events import (
@@ -32,9 +33,9 @@ from bot.events import (
 from bot.store.group_commit import (
     GroupCommit,
     PendingInsert,
+    assign_batch,
     by_delivery,
     new_ids,
-    route_batch,
     routed_and_new,
 )
 from bot.store.interface import (
@@ -305,6 +306,9 @@ _INSERT_EVENTS = """
 """
 
 
+# A batch's rows as one JSON array for _INSERT_EVENTS, several times faster than json.dumps.
+_BATCH = msgspec.json.Encoder()
+
 # `->>` came in SQLite 3.38 and `RETURNING` in 3.35 (Debian 12's Python has 3.40).
 SQLITE_NEEDED = (3, 38, 0)
 
@@ -463,8 +467,8 @@ class SqliteStore:
         return await self._intake.add(events, received_at)
 
     async def _insert_batch(self, batch: list[PendingInsert]) -> list[list[int | None]]:
-        alerts = await route_batch(self._router, batch)
-        keys = [alert.event.dedup_key for alert in alerts]
+        incoming, assigned = await assign_batch(self._router, batch)
+        keys = [event.dedup_key for event, _ in incoming]
         rows = [
             (
                 key,
@@ -475,19 +479,18 @@ class SqliteStore:
                 event.time,
                 text_column(event.requester),
                 event_value_column(event),
-                alert.received_at,
+                received_at,
                 text_column(event.field),
-                *route_columns(alert),
+                *route_columns(assignment),
             )
-            for key, alert in zip(keys, alerts, strict=True)
-            for event in (alert.event,)
+            for key, (event, received_at), assignment in zip(keys, incoming, assigned, strict=True)
         ]
         # A change without a time of its own is a duplicate only within Meta's redelivery
         # horizon: an older alert with its key gives the key up (renamed to stay unique).
         expiring = [
-            (key, alert.received_at - REDELIVERY_HORIZON)
-            for key, alert in zip(keys, alerts, strict=True)
-            if alert.event.time is None
+            (key, received_at - REDELIVERY_HORIZON)
+            for key, (event, received_at) in zip(keys, incoming, strict=True)
+            if event.time is None
         ]
         # The group commit holds the intake's write turn while this runs.
         async with self._committed() as db:
@@ -497,11 +500,11 @@ class SqliteStore:
                     " WHERE dedup_key = ? AND received_at < ?",
                     expiring,
                 )
-            # The whole batch is one parameter and one statement: one trip to the thread.
-            # ensure_ascii=False keeps a text SQLite cannot store (a lone surrogate) an error.
-            inserted = await _fetch_all(db, _INSERT_EVENTS, (json.dumps(rows, ensure_ascii=False),))
+            # The whole batch is one parameter and one statement: one trip to the thread. The
+            # encoder refuses a text SQLite cannot store (a lone surrogate), as binding it would.
+            inserted = await _fetch_all(db, _INSERT_EVENTS, (_BATCH.encode(rows).decode(),))
             ids = new_ids(keys, {key: alert_id for alert_id, key in inserted})
-            routed = routed_and_new(alerts, ids)
+            routed = routed_and_new(incoming, assigned, ids)
             await self._audit_expected(db, routed)
         if self._router is not None and routed:
             self._router.stored(routed)
