@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -42,12 +43,18 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 90s, 15m or 1h")
     if isinstance(value, int | float):
-        seconds = float(value)
+        whole: int | float = value
     elif isinstance(value, str) and (match := _DURATION.match(value.strip())) and value.strip():
         hours, minutes, secs = (int(part or 0) for part in match.groups())
-        seconds = float(hours * 3600 + minutes * 60 + secs)
+        whole = hours * 3600 + minutes * 60 + secs
     else:
         raise ValueError(f"{value!r} is not a duration such as 90s, 15m or 1h")
+    try:
+        seconds = float(whole)
+    except OverflowError:  # an integer no float holds
+        seconds = math.inf
+    if not math.isfinite(seconds):  # YAML's .inf and .nan: no deadline can be made of them
+        raise ValueError("a duration must be a finite number of seconds")
     if seconds <= 0:
         raise ValueError("a duration must be longer than zero")
     return seconds

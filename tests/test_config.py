@@ -250,6 +250,19 @@ def test_zero_negative_and_garbage_durations_are_refused(value: object) -> None:
         parse_duration(value)
 
 
+@pytest.mark.parametrize(
+    "value", [".inf", "-.inf", ".nan", "1.0e+400", str(10**400), f"{10**400}h"]
+)
+def test_a_duration_that_is_no_number_of_seconds_is_refused(value: str) -> None:
+    """YAML reads these as infinity, not-a-number or an integer no float holds: a deadline
+    made of one could not be stored (SQLite's JSON has no infinity) or compared."""
+    with pytest.raises(ConfigError) as caught:
+        parse(MINIMAL.replace("defaults:\n", f"defaults:\n  ack_timeout: {value}\n"))
+    assert [str(p) for p in caught.value.problems] == [
+        "config.yaml:2: defaults.ack_timeout: a duration must be a finite number of seconds"
+    ]
+
+
 ROUTES_WITH_UNQUOTED_NUMBERS = (
     MINIMAL
     + """\
