@@ -4,12 +4,12 @@ in the commit that stores them, and in the dispatcher for a row that was stored 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from bot.config import LiveConfig
 from bot.events import Alert, Assignment, Incoming
-from bot.logs import for_alert
+from bot.logs import AlertLog, for_alert
 from bot.metrics import Metrics
 from bot.routing import assign_all, happened_at
 from bot.windows import Window
@@ -31,15 +31,21 @@ class Router:
 
     async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
         """Alerts stored unrouted, each with its route, or as it was where routing failed."""
-        assigned = await self.assign([(alert.event, alert.received_at) for alert in alerts])
+        incoming = [(alert.event, alert.received_at) for alert in alerts]
+        assigned = await self._assign(incoming, lambda index: for_alert(log, alerts[index]))
         return [
             alert if assignment is None else assignment.applied_to(alert)
             for alert, assignment in zip(alerts, assigned, strict=True)
         ]
 
-    async def assign(self, incoming: Sequence[Incoming]) -> list[Assignment | None]:
-        """Each event's assignment, in order, or None where routing failed (logged); an empty
-        batch reads nothing. Raises only StoreError, from reading the windows."""
+    async def assign(self, incoming: Sequence[Incoming]) -> Sequence[Assignment | None]:
+        """Each event's assignment, in order, or None where routing failed (logged)."""
+        return await self._assign(incoming, lambda index: log)
+
+    async def _assign(
+        self, incoming: Sequence[Incoming], log_for: Callable[[int], logging.Logger | AlertLog]
+    ) -> Sequence[Assignment | None]:
+        """An empty batch reads nothing. Raises only StoreError, from reading the windows."""
         if not incoming:
             return []
         times = [happened_at(event, received_at) for event, received_at in incoming]
@@ -47,19 +53,19 @@ class Router:
         requests = await self._windows.requests_in_windows([w.id for w in windows])
         config = self._config.config
         try:
-            return list(assign_all(incoming, config, windows=windows, requests_in=requests))
+            return assign_all(incoming, config, windows=windows, requests_in=requests)
         except Exception:
             log.exception("routing %d events failed; routing them one by one", len(incoming))
         # One event that routing fails on (a bug) must not hold up the others: it stays
         # unrouted (channel None), kept and retried, and the rest go on.
         assigned: list[Assignment | None] = []
-        for event, received_at in incoming:
+        for index, (event, received_at) in enumerate(incoming):
             try:
                 [alone] = assign_all(
                     [(event, received_at)], config, windows=windows, requests_in=requests
                 )
             except Exception:
-                log.exception(
+                log_for(index).exception(
                     "routing a %s event of WABA %s failed; left unrouted",
                     event.event[:64],
                     event.waba_id[:64],

@@ -95,6 +95,7 @@ def happened_at(event: SecurityEvent, received_at: float) -> float:
 
 
 def happened(alert: Alert) -> float:
+    """When Meta says the alert's event happened (see happened_at)."""
     return happened_at(alert.event, alert.received_at)
 
 

@@ -5,6 +5,7 @@ W3s: routing was one queue for every channel, a hundred alerts a pass)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
@@ -85,6 +86,27 @@ async def test_an_alert_routing_fails_on_is_stored_unrouted_and_holds_up_no_othe
         assert (fine.team, fine.channel) == ("payments", "C0PAYMENTS")
     finally:
         await store.close()
+
+
+async def test_a_stored_alert_routing_fails_on_is_named_in_the_log(
+    database_url: str | None, tmp_path: Path, config_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dispatcher routes again, pass after pass, what was stored unrouted: the line saying
+    it failed names the alert, so that an operator can find the one left behind."""
+    store = await open_store(database_url or tmp_path / "pinwatch.db")
+    live = LiveConfig(load_config(config_path), loaded_at=0.0)
+    router = Router(config=live, metrics=Metrics(), windows=_BrokenWindows())
+    try:
+        await store.add_events([_unrouted_request("poison")], received_at=1748811474.0)
+        [waiting] = await store.unrouted()
+        with caplog.at_level(logging.ERROR, logger="bot.router"):
+            [still] = await router.route([waiting])
+    finally:
+        await store.close()
+    assert still.channel is None
+    failed = [r for r in caplog.records if "left unrouted" in r.getMessage()]
+    assert [getattr(r, "alert_id", None) for r in failed] == [waiting.id]
+    assert f"alert {waiting.id} " in failed[0].getMessage()
 
 
 def _unrouted_request(requester: str, phone: str = SUPPORT_PHONE) -> SecurityEvent:

@@ -24,7 +24,7 @@ class PendingInsert:
 
 async def assign_batch(
     router: IntakeRouter | None, batch: list[PendingInsert]
-) -> tuple[list[Incoming], list[Assignment | None]]:
+) -> tuple[list[Incoming], Sequence[Assignment | None]]:
     """The batch's events, each with when it was received, and where routing placed them: a
     routing bug must not refuse deliveries, so what cannot be routed (None) is stored unrouted,
     for the dispatcher to try again. A failing store fails the batch."""

@@ -63,7 +63,7 @@ class IntakeRouter(Protocol):
     """Routes alerts as they are stored (bot/router.py): their channel is known at once, so an
     alert of a quiet channel never waits behind a flood's in a queue of unrouted ones."""
 
-    async def assign(self, incoming: Sequence[Incoming]) -> list[Assignment | None]:
+    async def assign(self, incoming: Sequence[Incoming]) -> Sequence[Assignment | None]:
         """Each event's assignment, or None where routing failed; raises only StoreError."""
         ...
 

@@ -65,7 +65,7 @@ def text_column(value: str | None) -> str | None:
 def route_columns(routed: Alert | Assignment | None) -> tuple[Any, ...]:
     """team, channel, mentions, responders, ack_deadline, severity, window_id, expected, of an
     alert or of the assignment it is stored with: all NULL for one not routed yet."""
-    if routed is None or routed.channel is None:
+    if routed is None or routed.channel is None:  # an assignment always has a channel
         return (None,) * 8
     return (
         text_column(routed.team),
