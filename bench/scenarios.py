@@ -333,17 +333,27 @@ async def w1_fixed(ctx: Context) -> None:
 # --- W2: other fields -------------------------------------------------------------------------
 
 
+def _cpu_us_per_request(
+    server: servers.Server, before: tuple[float, float], requests: int
+) -> float:
+    """The server's user and system CPU since `before`, per request, in µs."""
+    used = sum(after - start for after, start in zip(server.cpu_seconds(), before, strict=True))
+    return used / max(1, requests) * 1e6
+
+
 async def w2(ctx: Context) -> None:
     plan = ctx.plan
     bodies = ctx.lua_file("other-fields", lambda: other_field_bodies(20_000))
     workdir = ctx.fresh_dir("w2")
     results: list[WrkResult] = []
+    cpu: list[float] = []  # µs per request, pinwatch then the bare server
     async with (
         servers.sink(workdir) as sink,
         servers.pinwatch(workdir, slack_url=sink.url + "/api/") as pw,
     ):
         await _warm(ctx, pw.url)
         async with _profiled(ctx, pw, workdir / "w2.pyspy.txt", plan.saturation_seconds):
+            before = pw.cpu_seconds()
             results.append(
                 await run_wrk(
                     pw.url,
@@ -354,8 +364,10 @@ async def w2(ctx: Context) -> None:
                     workdir=workdir,
                 )
             )
+            cpu.append(_cpu_us_per_request(pw, before, results[-1].responses))
     async with servers.baseline(workdir) as base:
         await _warm(ctx, base.url)
+        before = base.cpu_seconds()
         results.append(
             await run_wrk(
                 base.url,
@@ -366,6 +378,7 @@ async def w2(ctx: Context) -> None:
                 workdir=workdir,
             )
         )
+        cpu.append(_cpu_us_per_request(base, before, results[-1].responses))
     ours, theirs = results
     ctx.report(
         Row(
@@ -376,7 +389,8 @@ async def w2(ctx: Context) -> None:
             "req/s",
             "ratio ≥ 0.85",
             ours.rate / theirs.rate >= 0.85 and ours.not_ok == 0,
-            note=f"pinwatch {_wrk_note(ours)}",
+            note=f"pinwatch {_wrk_note(ours)}; CPU per request {cpu[0]:.0f} µs"
+            f" (user + system), the bare server's {cpu[1]:.0f} µs",
         )
     )
 
