@@ -49,10 +49,6 @@ from bot.store import open_store
 log = logging.getLogger(__name__)
 
 SLACK_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
-# Every route but POST /webhook (which takes Meta's 3 MB batches) serves Slack. A block_actions
-# payload carries the message clicked: a full storm summary (45 rows, the most pinwatch posts)
-# comes back as 28 KB, 250 KB with every row at Slack's 3,000 characters of markup.
-MAX_REQUEST_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +160,9 @@ def build_app(
 ) -> web.Application:
     tuning = tuning or Tuning()
     app = web.Application(
-        client_max_size=MAX_REQUEST_BYTES,
+        # The largest body a route takes, Meta's batches: the webhook reads its body as it
+        # is, where cutting a request down to a smaller limit (Slack's routes do) copies it.
+        client_max_size=webhook.MAX_BODY_BYTES,
         middlewares=[body_deadline(tuning.body_timeout)],
         # A body the handler left unread (a refusal before reading it) ends the connection at
         # once: aiohttp would otherwise linger up to 10 s reading it, for whoever sent it.

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import MAX_REQUEST_BYTES, Tuning
+from bot.actions.http import SLACK_MAX_BODY_BYTES
+from bot.app import Tuning
 from bot.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER
 from tests.conftest import REFERENCE_BODY, Pinwatch
 from tests.serve import Serve, start_serve
@@ -167,9 +168,10 @@ async def test_a_declared_length_over_the_limit_is_413_before_reading(serve: Ser
 
 
 async def test_slack_routes_keep_a_smaller_limit(pinwatch: Pinwatch) -> None:
-    big = io.BytesIO(b"payload=" + b"x" * MAX_REQUEST_BYTES)
-    async with pinwatch.client.post("/slack/actions", data=big) as response:
-        assert response.status == 413
+    for route in ("/slack/actions", "/slack/commands"):
+        big = io.BytesIO(b"payload=" + b"x" * SLACK_MAX_BODY_BYTES)
+        async with pinwatch.client.post(route, data=big) as response:
+            assert response.status == 413, route
     # ... while the webhook still takes a batch of Meta's size (tests/test_webhook_e2e.py).
     status, _ = await pinwatch.post_webhook(REFERENCE_BODY + b" " * (2 * MiB))
     assert status == 200
