@@ -538,7 +538,13 @@ class _Loader(_SafeLoader):
         text = str(node.value).replace("_", "")
         if len(text.lstrip("+-")) > 1 and text.lstrip("+-").startswith("0"):
             return str(node.value)
-        return int(super().construct_yaml_int(node))
+        try:
+            return int(super().construct_yaml_int(node))
+        except ValueError as exc:  # longer than Python reads (4,300 digits)
+            raise yaml.constructor.ConstructorError(
+                problem=f"an integer of {len(text.lstrip('+-'))} digits is too long",
+                problem_mark=node.start_mark,
+            ) from exc
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)

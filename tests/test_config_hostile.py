@@ -29,7 +29,7 @@ from tests.conftest import (
     eventually,
     security,
 )
-from tests.test_operations import config_version, metric, wait_for_version_change
+from tests.test_operations import RELOAD_WAIT, config_version, metric, wait_for_version_change
 
 ROOT = Path(__file__).parent.parent
 # A child that runs away is stopped by the kernel, not by the machine running out of memory.
@@ -298,5 +298,26 @@ async def test_a_reload_whose_parsing_process_is_killed_keeps_the_version_in_for
 
     # The watcher lives on: the next edit is read (a small one: on a loaded machine the parser,
     # at a lower priority, takes longer than the wait over a megabyte).
+    replace_file(pinwatch.config_path, original + "# again\n")
+    await wait_for_version_change(pinwatch, before)
+
+
+async def test_a_reload_refuses_an_integer_too_long_to_read_and_the_watcher_lives_on(
+    pinwatch: Pinwatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python reads no integer of more than 4,300 digits: the file is refused like any other
+    mistake, with its line, and the next edit is still read."""
+    before = await config_version(pinwatch)
+    original = pinwatch.config_path.read_text()
+    long = "1" * 5000
+    replace_file(pinwatch.config_path, original.replace("ack_timeout: 15m", f"ack_timeout: {long}"))
+
+    async def refused() -> bool:
+        return await metric(pinwatch, "pinwatch_config_reloads_total", 'result="refused"') >= 1
+
+    await eventually(refused, timeout=RELOAD_WAIT)
+    assert await config_version(pinwatch) == before
+    assert f"{pinwatch.config_path}:3: yaml: an integer of 5000 digits is too long" in caplog.text
+
     replace_file(pinwatch.config_path, original + "# again\n")
     await wait_for_version_change(pinwatch, before)
