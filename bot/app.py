@@ -27,7 +27,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import keys, webhook
-from bot.actions.http import handle_actions, socket_mode_listener
+from bot.actions.http import SLACK_MAX_BODY_BYTES, handle_actions, socket_mode_listener
 from bot.actions.service import ActionService
 from bot.actions.verify import SlackRequestVerifier
 from bot.commands.form import EXPECT_CALLBACK
@@ -160,9 +160,9 @@ def build_app(
 ) -> web.Application:
     tuning = tuning or Tuning()
     app = web.Application(
-        # The largest body a route takes, Meta's batches: the webhook reads its body as it
-        # is, where cutting a request down to a smaller limit (Slack's routes do) copies it.
-        client_max_size=webhook.MAX_BODY_BYTES,
+        # Each route reads its body within its own limit (bot/request_body.py): this one
+        # bounds any read that would not.
+        client_max_size=SLACK_MAX_BODY_BYTES,
         middlewares=[body_deadline(tuning.body_timeout)],
         # A body the handler left unread (a refusal before reading it) ends the connection at
         # once: aiohttp would otherwise linger up to 10 s reading it, for whoever sent it.

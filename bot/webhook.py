@@ -21,6 +21,7 @@ from bot.catalog import IGNORED_FIELDS
 from bot.events import MAX_FIELD_CHARS as MAX_FIELD_CHARS
 from bot.events import SECURITY_FIELD, SecurityEvent, as_text
 from bot.metrics import Delivery
+from bot.request_body import read_body
 from bot.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -319,12 +320,8 @@ def _refuse_signature(request: web.Request, error: SignatureError) -> web.Respon
 async def _read_body(request: web.Request) -> bytes:
     """Up to MAX_BODY_BYTES, within the app's body deadline (a 408 past it)."""
     metrics = request.app[keys.METRICS]
-    declared = request.content_length
-    if declared is not None and declared > MAX_BODY_BYTES:
-        metrics.delivery[Delivery.TOO_LARGE].inc()
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=declared)
     try:
-        return await request.read()  # the app's limit is this route's (bot/app.py)
+        return await read_body(request, limit=MAX_BODY_BYTES)
     except web.HTTPRequestEntityTooLarge:
         metrics.delivery[Delivery.TOO_LARGE].inc()
         raise

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,8 +15,8 @@ import pytest
 
 from bot.actions.http import SLACK_MAX_BODY_BYTES
 from bot.app import Tuning
-from bot.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER
-from tests.conftest import REFERENCE_BODY, Pinwatch
+from bot.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, sign
+from tests.conftest import META_APP_SECRET, REFERENCE_BODY, Pinwatch
 from tests.serve import Serve, start_serve
 
 UPLOADS = 20
@@ -167,14 +166,53 @@ async def test_a_declared_length_over_the_limit_is_413_before_reading(serve: Ser
     assert closed < 2
 
 
-async def test_slack_routes_keep_a_smaller_limit(pinwatch: Pinwatch) -> None:
+async def test_slack_routes_keep_a_smaller_limit(serve: Serve) -> None:
+    """Slack's routes refuse a declared length past their limit before reading it, as the
+    webhook does past Meta's; the webhook takes a body at its own limit (below)."""
     for route in ("/slack/actions", "/slack/commands"):
-        big = io.BytesIO(b"payload=" + b"x" * SLACK_MAX_BODY_BYTES)
-        async with pinwatch.client.post(route, data=big) as response:
-            assert response.status == 413, route
-    # ... while the webhook still takes a batch of Meta's size (tests/test_webhook_e2e.py).
-    status, _ = await pinwatch.post_webhook(REFERENCE_BODY + b" " * (2 * MiB))
-    assert status == 200
+        upload = await Upload.start(
+            serve.port, {}, sent=b"payload=", declared=SLACK_MAX_BODY_BYTES + 1, path=route
+        )
+        status, closed = await upload.outcome(timeout=5)
+        assert status == 413, route
+        assert closed is not None, route
+        assert closed < 2, route
+
+
+async def _chunked(body: bytes) -> AsyncIterator[bytes]:
+    """A body sent without a Content-Length, in pieces: only what arrives tells its size."""
+    for start in range(0, len(body), 256 * 1024):
+        yield body[start : start + 256 * 1024]
+
+
+async def _post_chunked(
+    pinwatch: Pinwatch, route: str, body: bytes, headers: dict[str, str]
+) -> int:
+    async with pinwatch.client.post(route, data=_chunked(body), headers=headers) as response:
+        assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
+        return response.status
+
+
+async def test_a_chunked_delivery_is_held_to_the_limit_a_declared_one_is(
+    pinwatch: Pinwatch,
+) -> None:
+    """Meta's limit, counted as the body arrives when no length is declared: at the limit the
+    delivery is taken, one byte past it refused."""
+    for size, expected in ((MAX_BODY_BYTES, 200), (MAX_BODY_BYTES + 1, 413)):
+        body = REFERENCE_BODY + b" " * (size - len(REFERENCE_BODY))
+        signature = sign(META_APP_SECRET.encode(), body)
+        signed = {"Content-Type": "application/json", SIGNATURE_HEADER: signature}
+        assert await _post_chunked(pinwatch, "/webhook", body, signed) == expected, size
+
+
+async def test_slack_routes_hold_a_chunked_body_to_their_limit(pinwatch: Pinwatch) -> None:
+    """Slack's limit, counted as the body arrives: at it the request reaches the signature check
+    (unsigned here, so 401), past it it is refused unread."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for route in ("/slack/actions", "/slack/commands"):
+        for size, expected in ((SLACK_MAX_BODY_BYTES, 401), (SLACK_MAX_BODY_BYTES + 1, 413)):
+            body = b"payload=" + b"x" * (size - len(b"payload="))
+            assert await _post_chunked(pinwatch, route, body, form) == expected, (route, size)
 
 
 async def metrics_of(serve: Serve) -> str:

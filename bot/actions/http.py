@@ -15,13 +15,13 @@ from bot import keys
 from bot.actions.payloads import MalformedInteraction, parse_interaction, parse_socket_payload
 from bot.actions.service import ActionService
 from bot.actions.verify import RequestRefused
+from bot.request_body import read_body
 from bot.store import StoreError
 
 log = logging.getLogger(__name__)
 
-# Slack's routes take less than the app's limit (Meta's batches). A block_actions payload
-# carries the message clicked: a full storm summary (45 rows, the most pinwatch posts) comes
-# back as 28 KB, 250 KB with every row at Slack's 3,000 characters of markup.
+# A block_actions payload carries the message clicked: a full storm summary (45 rows, the most
+# pinwatch posts) comes back as 28 KB, 250 KB with every row at Slack's 3,000 characters.
 SLACK_MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -51,7 +51,7 @@ def socket_mode_listener(
 async def signed_body(request: web.Request, *, what: str) -> bytes | web.Response:
     """The body of a request Slack signed (and has not sent before), or the answer to give
     instead: 401 for a bad, stale or replayed signature, 503 while the store is down."""
-    body = await request.clone(client_max_size=SLACK_MAX_BODY_BYTES).read()
+    body = await read_body(request, limit=SLACK_MAX_BODY_BYTES)
     try:
         await request.app[keys.SLACK_VERIFIER].verify(
             body,

@@ -15,6 +15,7 @@ from bot.pagerduty.webhook import (
     parse_webhook,
     verify_signature,
 )
+from bot.request_body import read_body
 from bot.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
     app = request.app
     counted = app[keys.METRICS].pagerduty_webhooks
     # PagerDuty never sends more: a larger body is not PagerDuty's, and is not read whole.
-    # read(n) returns what has arrived, up to n: read on to the end (or just past the limit).
-    body = b""
-    while len(body) <= MAX_BODY_BYTES and (
-        chunk := await request.content.read(MAX_BODY_BYTES + 1 - len(body))
-    ):
-        body += chunk
-    if len(body) > MAX_BODY_BYTES:
+    try:
+        body = await read_body(request, limit=MAX_BODY_BYTES)
+    except web.HTTPRequestEntityTooLarge:
         counted.labels("too_large").inc()
         return web.Response(status=413, text=f"larger than {MAX_BODY_BYTES} bytes")
     try:
