@@ -66,12 +66,16 @@ def _checkpoint(path: Path) -> None:
         raise SystemExit("the WAL could not be emptied before measuring")
 
 
-async def _commit(store: SqliteStore, deliveries: list[list[SecurityEvent]], at: float) -> None:
+async def commit_together(
+    store: SqliteStore, deliveries: list[list[SecurityEvent]], at: float
+) -> None:
     """The deliveries in one group commit: all handed over before the first commit starts."""
     await asyncio.gather(*(store.add_events(events, received_at=at) for events in deliveries))
 
 
-async def measure(workdir: Path, *, prefill: int, batches: list[int]) -> list[str]:
+async def routed_store(workdir: Path) -> tuple[SqliteStore, Path]:
+    """A new store in `workdir` that routes at intake with the bench's routing file, as
+    ``serve`` does, and the database's path."""
     path = workdir / "pinwatch.db"
     config = workdir / "config.yaml"
     config.write_text(servers.routing_file(path))
@@ -83,12 +87,17 @@ async def measure(workdir: Path, *, prefill: int, batches: list[int]) -> list[st
             windows=store,
         )
     )
+    return store, path
+
+
+async def measure(workdir: Path, *, prefill: int, batches: list[int]) -> list[str]:
+    store, path = await routed_store(workdir)
     needed = prefill + COMMITS * sum(batches)
     events = [parse_delivery(body.body).events for body in security_bodies(needed, tag="CP")]
     lines = []
     try:
         for start in range(0, prefill, 500):
-            await _commit(store, events[start : min(prefill, start + 500)], time.time())
+            await commit_together(store, events[start : min(prefill, start + 500)], time.time())
         taken = prefill
         with sqlite3.connect(path) as db:
             (page_size,) = db.execute("PRAGMA page_size").fetchone()
@@ -96,7 +105,7 @@ async def measure(workdir: Path, *, prefill: int, batches: list[int]) -> list[st
             _checkpoint(path)
             started = time.perf_counter()
             for _ in range(COMMITS):
-                await _commit(store, events[taken : taken + batch], time.time())
+                await commit_together(store, events[taken : taken + batch], time.time())
                 taken += batch
             elapsed = (time.perf_counter() - started) / COMMITS
             pages = _frames(Path(f"{path}-wal"), page_size)

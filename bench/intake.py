@@ -12,9 +12,9 @@ the machine counts as little as it can. Python work on the store's threads (buil
 SQLite returns) holds the GIL against the loop without being counted: a change that moves work
 there would read as a gain here.
 
-To time another checkout, copy this file into its ``bench/`` and run it from that checkout's
-directory (``python -m`` puts the current directory first on the path); the first line printed
-names the ``bot`` package timed.
+To time another checkout, copy this file and ``bench/commit_pages.py`` into its ``bench/`` and
+run it from that checkout's directory (``python -m`` puts the current directory first on the
+path); the first line printed names the ``bot`` package timed.
 """
 
 from __future__ import annotations
@@ -26,34 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import servers
+from bench.commit_pages import commit_together, routed_store
 from bench.payloads import security_bodies
-from bot.config import LiveConfig, load_config
-from bot.events import SecurityEvent
-from bot.metrics import Metrics
-from bot.router import Router
-from bot.store.sqlite import SqliteStore
 from bot.webhook import parse_delivery
-
-
-async def _commit(store: SqliteStore, deliveries: list[list[SecurityEvent]], at: float) -> None:
-    """The deliveries in one group commit: all handed over before the first commit starts."""
-    await asyncio.gather(*(store.add_events(events, received_at=at) for events in deliveries))
 
 
 async def measure(workdir: Path, *, rounds: int, commits: int, batch: int) -> float:
     """µs of the event loop's thread CPU per delivery, in the cheapest round."""
-    path = workdir / "pinwatch.db"
-    config = workdir / "config.yaml"
-    config.write_text(servers.routing_file(path))
-    store = await SqliteStore.open(path)
-    store.route_with(
-        Router(
-            config=LiveConfig(load_config(config), loaded_at=0.0),
-            metrics=Metrics(meta_secrets=1),
-            windows=store,
-        )
-    )
+    store, _ = await routed_store(workdir)
     per_round = commits * batch
     bodies = security_bodies((rounds + 1) * per_round, tag="IN")
     events = [parse_delivery(body.body).events for body in bodies]
@@ -63,7 +43,7 @@ async def measure(workdir: Path, *, rounds: int, commits: int, batch: int) -> fl
             deliveries = events[start : start + per_round]
             cpu = time.thread_time_ns()
             for at in range(0, per_round, batch):
-                await _commit(store, deliveries[at : at + batch], time.time())
+                await commit_together(store, deliveries[at : at + batch], time.time())
             if start:  # the first round warms the caches up
                 best = min(best, time.thread_time_ns() - cpu)
     finally:

@@ -7,7 +7,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from enum import StrEnum
 from typing import Any
@@ -255,21 +255,9 @@ class Assignment:
     assigned_severity: Severity
     expected: Expectation | None
 
-    def applied_to(self, alert: Alert) -> Alert:
-        return replace(
-            alert,
-            team=self.team,
-            channel=self.channel,
-            mentions=self.mentions,
-            responders=self.responders,
-            ack_deadline=self.ack_deadline,
-            assigned_severity=self.assigned_severity,
-            expected=self.expected,
-        )
-
     def new_alert(self, alert_id: int, event: SecurityEvent, received_at: float) -> Alert:
-        """The alert just stored with this assignment, built in one go: a flood builds one
-        per new event."""
+        """The alert stored with this assignment, to which nothing has happened yet: built in
+        one go, as a flood builds one per new event."""
         return Alert(
             id=alert_id,
             event=event,

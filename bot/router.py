@@ -30,12 +30,13 @@ class Router:
         self._windows = windows
 
     async def route(self, alerts: Sequence[Alert]) -> list[Alert]:
-        """Alerts stored unrouted, each with its route, or as it was where routing failed."""
+        """Alerts stored unrouted (nothing has happened to them yet: store.unrouted), each
+        with its route, or as it was where routing failed."""
         incoming = [(alert.event, alert.received_at) for alert in alerts]
         assigned = await self._assign(incoming, lambda index: for_alert(log, alerts[index]))
         return [
-            alert if assignment is None else assignment.applied_to(alert)
-            for alert, assignment in zip(alerts, assigned, strict=True)
+            alert if assignment is None else assignment.new_alert(alert.id, *event_at)
+            for alert, event_at, assignment in zip(alerts, incoming, assigned, strict=True)
         ]
 
     async def assign(self, incoming: Sequence[Incoming]) -> Sequence[Assignment | None]:
