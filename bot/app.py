@@ -19,7 +19,6 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError
@@ -68,32 +67,6 @@ class Tuning:
     body_timeout: float = 10.0
     backlog_refresh: float = 5.0  # how old the pending-alert gauges may be in a scrape
     socket_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(first=1.0, limit=60.0))
-
-
-def body_deadline(seconds: float) -> Middleware:
-    """A request body must arrive within `seconds` of its headers, or reading it fails (408):
-    without this, a client that stalls mid-body holds what it sent for as long as it likes."""
-
-    @web.middleware
-    async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # A body that came with its headers (most webhooks) needs no timer.
-        if not request.body_exists or request.content.is_eof():
-            return await handler(request)
-        timer = asyncio.get_running_loop().call_later(seconds, _expire_body, request, seconds)
-        try:
-            return await handler(request)
-        finally:
-            timer.cancel()
-
-    return deadline
-
-
-def _expire_body(request: web.Request, seconds: float) -> None:
-    if not request.content.is_eof():
-        # Raised by whichever read is waiting, or the next one: the handler needs no timer.
-        request.content.set_exception(
-            web.HTTPRequestTimeout(text=f"request body not received within {seconds:g}s")
-        )
 
 
 class SocketModeLink:
@@ -163,12 +136,12 @@ def build_app(
         # Each route reads its body within its own limit (bot/request_body.py): this one
         # bounds any read that would not.
         client_max_size=SLACK_MAX_BODY_BYTES,
-        middlewares=[body_deadline(tuning.body_timeout)],
         # A body the handler left unread (a refusal before reading it) ends the connection at
         # once: aiohttp would otherwise linger up to 10 s reading it, for whoever sent it.
         handler_args={"lingering_time": 0},
     )
     app[keys.SECRETS] = settings
+    app[keys.BODY_TIMEOUT] = tuning.body_timeout
     if environ is not None:  # where the routing file's PagerDuty routing keys are read from
         app[keys.ENVIRON] = dict(environ)
     app[keys.META_SECRETS] = tuple(s.get_secret_value().encode() for s in settings.meta_app_secrets)

@@ -26,6 +26,8 @@ SECRETS: web.AppKey[Settings] = web.AppKey("secrets")
 META_SECRETS: web.AppKey[tuple[bytes, ...]] = web.AppKey("meta_secrets")
 CONFIG: web.AppKey[LiveConfig] = web.AppKey("config")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+# Seconds a request body may take to arrive after its headers (bot/request_body.py).
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BACKLOG: web.AppKey[Backlog] = web.AppKey("backlog")
 STORE: web.AppKey[Store] = web.AppKey("store")

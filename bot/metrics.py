@@ -72,6 +72,7 @@ class Metrics:
             ["field"],
             registry=r,
         )
+        self._ignored_by_label: dict[str, Counter] = {}
         self.events = Counter(
             "pinwatch_events",
             "Events stored and routed (security and account-level), by type and team",
@@ -171,11 +172,13 @@ class Metrics:
             self.events.labels(event, team).inc(count)
 
     def count_ignored(self, fields: Mapping[str, int]) -> None:
-        by_label: Tally[str] = Tally()
         for name, count in fields.items():
-            by_label[known(name, META_FIELDS)] += count
-        for label, count in by_label.items():
-            self.ignored_changes.labels(label).inc(count)
+            label = known(name, META_FIELDS)
+            # Bound once per label: labels() is a lock and a lookup, on every ignored delivery.
+            child = self._ignored_by_label.get(label)
+            if child is None:
+                child = self._ignored_by_label[label] = self.ignored_changes.labels(label)
+            child.inc(count)
 
 
 Count = tuple[int, float | None]  # alerts waiting for Slack, and when the oldest arrived

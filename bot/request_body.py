@@ -1,19 +1,39 @@
-"""A request's body within its route's own limit: Meta's batches, Slack's forms and PagerDuty's
-webhooks each have theirs, where aiohttp has one limit for a whole application (a route cutting
-it down with request.clone copies the request, on the webhook's hot path)."""
+"""A request's body within its route's own limits: Meta's batches, Slack's forms and PagerDuty's
+webhooks each have their size, where aiohttp has one limit for a whole application (a route
+cutting it down with request.clone copies the request, on the webhook's hot path); and every body
+has the app's deadline (keys.BODY_TIMEOUT), so that a client stalling mid-body does not hold what
+it sent for as long as it likes."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
+
+from bot import keys
 
 
 async def read_body(request: web.Request, *, limit: int) -> bytes:
     """The whole body, or 413 once more than `limit` bytes are declared or sent: a declared
     length is refused before a byte is read, a chunked body as soon as it passes the limit.
-    A read past the app's body deadline raises its 408 (bot/app.py)."""
+    408 when the body has not all arrived within the app's deadline."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
+    # A body that came with its headers (most webhooks) needs no timer.
+    if request.content.is_eof():
+        return await _read(request, limit)
+    seconds = request.app[keys.BODY_TIMEOUT]
+    try:
+        async with asyncio.timeout(seconds):
+            return await _read(request, limit)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"request body not received within {seconds:g}s"
+        ) from None
+
+
+async def _read(request: web.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     # read(n) returns what has arrived, up to n, and b"" at the end of the body.

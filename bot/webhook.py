@@ -43,21 +43,20 @@ class MalformedDelivery(Exception):
 _SIGNATURE_SHAPE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
-def signature_digest(header: str | None) -> str:
-    """The hex digest a signature header carries, checked for shape only: this is all that can
-    be known of a delivery before its body has been read."""
+def signature_digest(header: str | None) -> bytes:
+    """The digest a signature header carries, checked for shape only: this is all that can be
+    known of a delivery before its body has been read."""
     if not header:
         raise SignatureError("missing signature")
     shaped = _SIGNATURE_SHAPE.fullmatch(header.strip())
     if shaped is None:
         raise SignatureError("signature is not sha256=<64 hex digits>")
-    return shaped.group(1).lower()
+    return bytes.fromhex(shaped.group(1))
 
 
-def verify_signature(secrets: Sequence[bytes], body: bytes, header: str | None) -> int:
-    """Which of the secrets signed the body (0 for the first). Meta signs the raw bytes it
-    sends: HMAC-SHA256, hex, prefixed 'sha256='."""
-    given = bytes.fromhex(signature_digest(header))
+def verify_signature(secrets: Sequence[bytes], body: bytes, given: bytes) -> int:
+    """Which of the secrets signed the body (0 for the first), given the header's digest. Meta
+    signs the raw bytes it sends: HMAC-SHA256, hex, prefixed 'sha256='."""
     # Every secret is tried, matching or not, so that the time taken says nothing of which one
     # matched; each comparison takes constant time.
     matches = [hmac.compare_digest(hmac.digest(key, body, "sha256"), given) for key in secrets]
@@ -337,13 +336,13 @@ async def handle_delivery(request: web.Request) -> web.Response:
     try:
         # Before the body: anyone can open a connection and declare 3 MB, and only a delivery
         # that at least looks signed is worth holding memory for.
-        signature_digest(header)
+        given = signature_digest(header)
     except SignatureError as exc:
         return _refuse_signature(request, exc)
     body = await _read_body(request)
     secrets = app[keys.META_SECRETS]
     try:
-        signed_by = verify_signature(secrets, body, header)
+        signed_by = verify_signature(secrets, body, given)
     except SignatureError as exc:
         return _refuse_signature(request, exc)
     metrics.signed_by[signed_by].inc()

@@ -158,6 +158,24 @@ async def test_slow_signed_looking_uploads_are_cut_off_at_the_deadline(
     assert metric in await metrics_of(serve)
 
 
+async def test_every_route_that_reads_a_body_cuts_off_a_slow_one_at_the_deadline(
+    serve: Serve,
+) -> None:
+    """Slack's and PagerDuty's routes read their bodies before checking the signature: a
+    stalled body is answered 408 there too, not held open."""
+    routes = ("/slack/actions", "/slack/commands", "/pagerduty/webhook")
+    uploads = await asyncio.gather(
+        *(Upload.start(serve.port, {}, sent=b"payload=", declared=1024, path=r) for r in routes)
+    )
+    trickles = [asyncio.create_task(upload.trickle()) for upload in uploads]
+    outcomes = await asyncio.gather(*(u.outcome(BODY_TIMEOUT + 5) for u in uploads))
+    for task in trickles:
+        task.cancel()
+    for route, (status, closed) in zip(routes, outcomes, strict=True):
+        assert status == 408, route
+        assert closed is not None and BODY_TIMEOUT - 1 < closed < BODY_TIMEOUT + 2, (route, closed)
+
+
 async def test_a_declared_length_over_the_limit_is_413_before_reading(serve: Serve) -> None:
     upload = await Upload.start(serve.port, LOOKS_SIGNED, sent=b"{", declared=MAX_BODY_BYTES + 1)
     status, closed = await upload.outcome(timeout=5)
