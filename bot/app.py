@@ -144,7 +144,9 @@ def build_app(
     app[keys.BODY_TIMEOUT] = tuning.body_timeout
     if environ is not None:  # where the routing file's PagerDuty routing keys are read from
         app[keys.ENVIRON] = dict(environ)
-    app[keys.META_SECRETS] = tuple(s.get_secret_value().encode() for s in settings.meta_app_secrets)
+    app[keys.META_SECRETS] = tuple(
+        webhook.keyed(s.get_secret_value().encode()) for s in settings.meta_app_secrets
+    )
     app[keys.PAGERDUTY_SECRETS] = tuple(
         s.get_secret_value().encode() for s in settings.pagerduty_webhook_secrets
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -22,8 +23,8 @@ if TYPE_CHECKING:  # the adapters import this module: name their types without i
     from bot.store import Store
 
 SECRETS: web.AppKey[Settings] = web.AppKey("secrets")
-# META_APP_SECRET's secrets as HMAC keys, in order, encoded once rather than per delivery.
-META_SECRETS: web.AppKey[tuple[bytes, ...]] = web.AppKey("meta_secrets")
+# META_APP_SECRET's secrets, in order, each an HMAC keyed once rather than per delivery.
+META_SECRETS: web.AppKey[tuple[hmac.HMAC, ...]] = web.AppKey("meta_secrets")
 CONFIG: web.AppKey[LiveConfig] = web.AppKey("config")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 # Seconds a request body may take to arrive after its headers (bot/request_body.py).

@@ -10,14 +10,21 @@ import hmac
 import os
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
 
 from bot.settings import Settings, SettingsError
-from bot.webhook import SIGNATURE_HEADER, SignatureError, sign, verify_signature
+from bot.webhook import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    keyed,
+    sign,
+    signature_digest,
+    verify_signature,
+)
 from tests.conftest import REFERENCE_BODY, Pinwatch, StartPinwatch, delivery, security
 from tests.serve import start_serve
 from tests.test_metrics_hardening import series
@@ -86,23 +93,33 @@ async def test_one_secret_is_position_1(pinwatch: Pinwatch) -> None:
     assert by_position(await scrape(pinwatch)) == {'{secret="1"}': 1}
 
 
-def test_every_secret_is_tried_whichever_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+class Tried:
+    """A keyed secret that notes each time a delivery's digest is made with it."""
+
+    def __init__(self, secret: bytes, tried: list[bytes]) -> None:
+        self._secret = secret
+        self._keyed = keyed(secret)
+        self._tried = tried
+
+    def copy(self) -> hmac.HMAC:
+        self._tried.append(self._secret)
+        return self._keyed.copy()
+
+
+def test_every_secret_is_tried_whichever_matches() -> None:
     tried: list[bytes] = []
-    digest: Callable[[bytes, bytes, str], bytes] = hmac.digest
-
-    def counting(key: bytes, body: bytes, name: str) -> bytes:
-        tried.append(key)
-        return digest(key, body, name)
-
-    monkeypatch.setattr(hmac, "digest", counting)
     keys = [OLD.encode(), NEW.encode(), OTHER.encode()]
+    secrets = cast(list[hmac.HMAC], [Tried(key, tried) for key in keys])
     for position, key in enumerate(keys):
         tried.clear()
-        assert verify_signature(keys, REFERENCE_BODY, sign(key, REFERENCE_BODY)) == position
+        given = signature_digest(sign(key, REFERENCE_BODY))
+        assert verify_signature(secrets, REFERENCE_BODY, given) == position
         assert tried == keys
     tried.clear()
     with pytest.raises(SignatureError):
-        verify_signature(keys, REFERENCE_BODY, sign(b"neither", REFERENCE_BODY))
+        verify_signature(
+            secrets, REFERENCE_BODY, signature_digest(sign(b"neither", REFERENCE_BODY))
+        )
     assert tried == keys
 
 
