@@ -61,6 +61,11 @@ async def test_webhooks_are_accepted_while_socket_mode_cannot_connect(
         assert body["status"] == "ready"
         assert body["socket_mode"] == "connecting"
         await serve.wait_for_output("socket mode: cannot connect")
+        if slack == "unreachable":
+            # The alert's post is failing too: stopped between two of its attempts. A stop
+            # waits for a Slack call under way, and slack-sdk's connect retries take up to
+            # 3.5 s with their jitter, which made this flaky; that wait is not what it tests.
+            await serve.wait_for_output("paused for")
 
         seconds = await serve.terminate(timeout=5)
         print(f"Slack {slack}: exited {seconds:.2f}s after one SIGTERM")
