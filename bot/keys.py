@@ -27,7 +27,7 @@ SECRETS: web.AppKey[Settings] = web.AppKey("secrets")
 META_SECRETS: web.AppKey[tuple[hmac.HMAC, ...]] = web.AppKey("meta_secrets")
 CONFIG: web.AppKey[LiveConfig] = web.AppKey("config")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-# Seconds a request body may take to arrive after its headers (bot/request_body.py).
+# Seconds a request body may take to arrive once its route reads it (bot/request_body.py).
 BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BACKLOG: web.AppKey[Backlog] = web.AppKey("backlog")

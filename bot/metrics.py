@@ -172,8 +172,11 @@ class Metrics:
             self.events.labels(event, team).inc(count)
 
     def count_ignored(self, fields: Mapping[str, int]) -> None:
+        by_label: dict[str, int] = {}  # one increment per label, however many fields share it
         for name, count in fields.items():
             label = known(name, META_FIELDS)
+            by_label[label] = by_label.get(label, 0) + count
+        for label, count in by_label.items():
             # Bound once per label: labels() is a lock and a lookup, on every ignored delivery.
             child = self._ignored_by_label.get(label)
             if child is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import pytest
 from bot.actions.http import SLACK_MAX_BODY_BYTES
 from bot.app import Tuning
 from bot.webhook import MAX_BODY_BYTES, SIGNATURE_HEADER, sign
-from tests.conftest import META_APP_SECRET, REFERENCE_BODY, Pinwatch
+from tests.conftest import META_APP_SECRET, REFERENCE_BODY, Pinwatch, StartPinwatch
 from tests.serve import Serve, start_serve
 
 UPLOADS = 20
@@ -175,6 +176,44 @@ async def test_every_route_that_reads_a_body_cuts_off_a_slow_one_at_the_deadline
         assert status == 408, route
         assert closed is not None, route
         assert BODY_TIMEOUT - 1 < closed < BODY_TIMEOUT + 2, (route, closed)
+
+
+def _send_the_rest_late(port: int, head: bytes, rest: bytes, *, after: float) -> bytes:
+    """From a thread, so that it goes on while the server's event loop is held up: a request's
+    head and part of its body, the rest `after` seconds later, then the whole answer."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head)
+        time.sleep(after)
+        sock.sendall(rest)
+        sock.settimeout(10)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+async def test_a_body_that_came_in_time_is_read_when_the_loop_is_late_for_the_deadline(
+    start_pinwatch: StartPinwatch,
+) -> None:
+    """The rest of the body arrives before the deadline, while the event loop is busy; the loop
+    comes back after the deadline, and reads the data and sees the deadline in one pass. The
+    delivery is accepted: the deadline is for bodies that have not come."""
+    pinwatch = await start_pinwatch(body_timeout=0.5)
+    half = len(REFERENCE_BODY) // 2
+    head = (
+        f"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(REFERENCE_BODY)}\r\nConnection: close\r\n"
+        f"{SIGNATURE_HEADER}: {sign(META_APP_SECRET.encode(), REFERENCE_BODY)}\r\n\r\n"
+    ).encode() + REFERENCE_BODY[:half]
+    port = pinwatch.client.port
+    assert port is not None
+    # Busy from 0.2 s to 0.8 s: the rest comes at 0.3 s, the deadline passes at 0.5 s.
+    asyncio.get_running_loop().call_later(0.2, time.sleep, 0.6)
+    answer = await asyncio.to_thread(
+        _send_the_rest_late, port, head, REFERENCE_BODY[half:], after=0.3
+    )
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    await pinwatch.wait_posted(1)
 
 
 async def test_a_declared_length_over_the_limit_is_413_before_reading(serve: Serve) -> None:
