@@ -285,7 +285,10 @@ class FixedRun:
     commit_ms: float  # the mean wait for the intake's commit (pinwatch_intake_commit_seconds)
 
 
-async def _pinwatch_fixed_rate(ctx: Context, workdir: Path, *, store: Path | None) -> FixedRun:
+async def _pinwatch_fixed_rate(
+    ctx: Context, workdir: Path, *, store: Path | None, tag: str
+) -> FixedRun:
+    """W1's fixed rate into pinwatch; `tag` makes the bodies new to a store used before."""
     async with (
         servers.sink(workdir) as sink,
         servers.pinwatch(workdir, slack_url=sink.url + "/api/", store=store) as pw,
@@ -294,7 +297,7 @@ async def _pinwatch_fixed_rate(ctx: Context, workdir: Path, *, store: Path | Non
         recording = workdir / f"{workdir.name}-fixed.pyspy.txt"
         cpu = pw.cpu_seconds()
         async with _profiled(ctx, pw, recording, ctx.plan.fixed_seconds):
-            sent = await _fixed_rate_p99(ctx, pw.url, f"{workdir.name[:3].upper()}F")
+            sent = await _fixed_rate_p99(ctx, pw.url, tag)
         # The outbox may still be draining: its work is part of what each delivery costs.
         unposted, _ = await _drained(store or workdir / "pinwatch.db", within=60)
         used = [after - before for after, before in zip(pw.cpu_seconds(), cpu, strict=True)]
@@ -306,7 +309,7 @@ async def _pinwatch_fixed_rate(ctx: Context, workdir: Path, *, store: Path | Non
 async def w1_fixed(ctx: Context) -> None:
     plan = ctx.plan
     workdir = ctx.fresh_dir("w1-fixed")
-    run = await _pinwatch_fixed_rate(ctx, workdir, store=None)
+    run = await _pinwatch_fixed_rate(ctx, workdir, store=None, tag="W1F")
     ours = run.sent
     async with servers.baseline(workdir) as base:
         await _warm(ctx, base.url)
@@ -812,9 +815,12 @@ async def w6(ctx: Context) -> None:
     empty: list[OpenLoopResult] = []
     full: list[OpenLoopResult] = []
     for k in range(plan.w6_rounds):
-        empty_run = await _pinwatch_fixed_rate(ctx, ctx.fresh_dir(f"w6-empty{k}"), store=None)
-        empty.append(empty_run.sent)
-        full.append((await _pinwatch_fixed_rate(ctx, workdir, store=store)).sent)
+        empty_dir = ctx.fresh_dir(f"w6-empty{k}")
+        empty.append((await _pinwatch_fixed_rate(ctx, empty_dir, store=None, tag="W6E")).sent)
+        # Each round's own bodies: the full store keeps every round's alerts, and the same
+        # bodies again would be duplicates, which cost pinwatch none of a new alert's work.
+        full_run = await _pinwatch_fixed_rate(ctx, workdir, store=store, tag=f"W6F{k}")
+        full.append(full_run.sent)
         ctx.log(
             f"  round {k + 1}: p99 empty {_ms(percentile(empty[-1].latencies, 99)):.1f} ms,"
             f" full {_ms(percentile(full[-1].latencies, 99)):.1f} ms"
