@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from pathlib import Path
 
 from yarl import URL
@@ -13,7 +13,7 @@ from yarl import URL
 from bench import servers
 from bench.load import OpenLoopResult, WrkResult, open_loop, percentile, run_wrk, webhook_requests
 from bench.payloads import security_bodies, write_lua_table
-from bench.scenarios import Context, Row, _loop_note, _ms, _warm
+from bench.scenarios import Context, Row, _loop_note, _ms, _profiled, _warm
 from tests.postgres import fresh_database, throwaway_cluster
 
 # Each load is split this way over the replicas: the load balancer is the senders themselves.
@@ -143,7 +143,15 @@ async def _measure(ctx: Context, cluster: URL) -> None:
     for replicas in REPLICAS:
         name = f"w1pg-{replicas}"
         async with _pinwatches(ctx, name, replicas=replicas, cluster=cluster) as started:
-            saturated = await _saturate(ctx, started, f"PG{replicas}S")
+            # With --profile, py-spy records the one replica during its saturation run.
+            recording = ctx.workdir / f"{name}.pyspy.txt"
+            watched = (
+                _profiled(ctx, started[0], recording, plan.saturation_seconds)
+                if replicas == 1
+                else nullcontext()
+            )
+            async with watched:
+                saturated = await _saturate(ctx, started, f"PG{replicas}S")
             fixed = await _fixed_rate(ctx, started, f"PG{replicas}F")
         rate = _rate(saturated)
         if replicas == 1:
