@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import phonenumbers
@@ -307,11 +307,11 @@ def _acknowledge_button(alert_id: int) -> ButtonElement:
     )
 
 
-def _escalate_button(alert: Alert) -> ButtonElement:
+def _escalate_button(alert_id: int) -> ButtonElement:
     return ButtonElement(
         text="Escalate",
         action_id=ESCALATE_ACTION,
-        value=str(alert.id),
+        value=str(alert_id),
         style="danger",
         confirm=ConfirmObject(
             title="Escalate this alert?",
@@ -337,7 +337,7 @@ def _buttons(alert: Alert) -> list[ButtonElement]:
     if alert.needs_acknowledgement and alert.acknowledged is None:
         buttons.append(_acknowledge_button(alert.id))
     if alert.escalated is None:
-        buttons.append(_escalate_button(alert))
+        buttons.append(_escalate_button(alert.id))
     buttons.append(_resolve_button(alert.id))
     return buttons
 
@@ -550,6 +550,11 @@ def render_reminder(alerts: Sequence[Alert]) -> Message:
 STORM_MAX_ROWS = 45  # with the header, context and actions: within Slack's 50 blocks
 
 
+# A summary is rewritten with all its rows each time rows join it: each row, as the alert
+# stands, is made once. Alerts equal in every compared field are the same stored alert in the
+# same state (the id is one stored event, whose `value` never changes). Callers must not change
+# the dict.
+@lru_cache(maxsize=2048)
 def _storm_row(alert: Alert) -> dict[str, Any]:
     event = alert.event
     parts = [f"*{safe(plain_title(alert))}*"]
@@ -581,21 +586,55 @@ def _row_button(alert: Alert) -> str | None:
     return RESOLVE_ACTION
 
 
-# A summary is rewritten with every row each time rows join it, and building Block Kit's models
-# costs far more than the row's text (a third of the event loop's time in a flood, issue 14):
-# each row, as its text and button make it, is built once. Callers must not change the dict.
-@lru_cache(maxsize=4096)
-def _row_block(alert_id: int, text: str, button: str | None) -> dict[str, Any]:
+# Block Kit's models validate every object as they build its dict: for a flood's new rows that
+# was most of its rendering (issue 14). A row is its button kind's template, which the models
+# built and validated once, with the alert's id and text put in: an id is a few digits and the
+# text is clipped, so within the limits the models check. Nested dicts are shared with the
+# template.
+@cache
+def _row_template(button: str | None) -> dict[str, Any]:
     accessory = None
     if button == ACKNOWLEDGE_ACTION:
-        accessory = _acknowledge_button(alert_id)
+        accessory = _acknowledge_button(0)
     elif button == RESOLVE_ACTION:
-        accessory = _resolve_button(alert_id)
+        accessory = _resolve_button(0)
     return SectionBlock(
-        block_id=f"pinwatch-{alert_id}",
-        text=MarkdownTextObject(text=text),
-        accessory=accessory,
+        block_id="pinwatch-0", text=MarkdownTextObject(text="-"), accessory=accessory
     ).to_dict()
+
+
+def _row_block(alert_id: int, text: str, button: str | None) -> dict[str, Any]:
+    template = _row_template(button)
+    block = {
+        **template,
+        "block_id": f"pinwatch-{alert_id}",
+        "text": {**template["text"], "text": text},
+    }
+    if button is not None:
+        block["accessory"] = {**template["accessory"], "value": str(alert_id)}
+    return block
+
+
+# The rewrites of one summary mostly show the same head and buttons: each is made once.
+@lru_cache(maxsize=256)
+def _storm_head(rows: int, intro: str) -> tuple[dict[str, Any], ...]:
+    header = PlainTextObject(text=f"Storm: {rows} WhatsApp security events", emoji=True)
+    return (
+        HeaderBlock(text=header).to_dict(),
+        ContextBlock(elements=[MarkdownTextObject(text=intro)]).to_dict(),
+    )
+
+
+@lru_cache(maxsize=256)
+def _storm_tail(escalate_id: int | None, resolve_id: int | None) -> tuple[dict[str, Any], ...]:
+    whole: list[ButtonElement] = []
+    if escalate_id is not None:
+        whole.append(_escalate_button(escalate_id))
+    if resolve_id is not None:
+        whole.append(_resolve_button(resolve_id, action_id=RESOLVE_STORM_ACTION))
+    if not whole:
+        return ()
+    return (ActionsBlock(block_id="pinwatch-storm", elements=whole).to_dict(),)
 
 
 def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> Message:
@@ -610,25 +649,17 @@ def render_storm(alerts: Sequence[Alert], *, threshold: int, window: float) -> M
     # Every row's, not the first's alone: a first row inside an announced window has none.
     if mentions := list(dict.fromkeys(m for alert in rows for m in alert.mentions)):
         intro = " ".join(mention(m) for m in mentions) + " " + intro
-    head: list[Block] = [
-        HeaderBlock(
-            text=PlainTextObject(text=f"Storm: {len(rows)} WhatsApp security events", emoji=True)
-        ),
-        ContextBlock(elements=[MarkdownTextObject(text=clip(intro, CONTEXT_TEXT_MAX))]),
-    ]
     # One Escalate for the whole storm: it pages once for the summary (see the dispatcher).
     unresolved = [a for a in rows if a.resolved is None]
-    whole: list[ButtonElement] = []
-    if (target := next((a for a in unresolved if a.escalated is None), None)) is not None:
-        whole.append(_escalate_button(target))
-    if unresolved:
-        whole.append(_resolve_button(unresolved[0].id, action_id=RESOLVE_STORM_ACTION))
-    tail: list[Block] = []
-    if whole:
-        tail.append(ActionsBlock(block_id="pinwatch-storm", elements=whole))
+    escalate = next((a.id for a in unresolved if a.escalated is None), None)
+    resolve = unresolved[0].id if unresolved else None
     team = f" for team {first.team}" if first.team else ""
     text = f"[STORM] {len(rows)} WhatsApp security events{team}; first: {_fallback(first)}"
-    blocks = [*_to_dicts(head), *(_storm_row(alert) for alert in rows), *_to_dicts(tail)]
+    blocks = [
+        *_storm_head(len(rows), clip(intro, CONTEXT_TEXT_MAX)),
+        *(_storm_row(alert) for alert in rows),
+        *_storm_tail(escalate, resolve),
+    ]
     return Message(text=clip(text, FALLBACK_TEXT_MAX), blocks=blocks)
 
 
